@@ -34,6 +34,18 @@ def _write_via_temp(path: Path, write: Callable[[Any], None], mode: str) -> Path
     return path
 
 
+def ensure_writable_dir(path: Path) -> Path:
+    """Create `path` if needed and prove a file can be written there, before hours of work."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write to {path}: {exc.strerror or exc}") from None
+    return path
+
+
 def write_text(path: Path, text: str) -> Path:
     return _write_via_temp(path, lambda fh: fh.write(text), "w")
 

@@ -16,6 +16,13 @@ from .nets import MODELS
 from .variants import COMPILE_MODES, DEVICES, PRECISIONS
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (plus a pointer to --help), not a usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -70,11 +77,14 @@ def _show_progress(args: argparse.Namespace) -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .atomic import ensure_writable_dir
     from .machine import busy_warning
     from .sweep import save_run
     from .train import train
 
     config = _train_config(args)
+    config.validate()
+    ensure_writable_dir(Path(args.runs_dir))
     model, record = train(config, progress=_show_progress(args))
     path = save_run(model, record, Path(args.runs_dir), config)
     print(f"Accuracy: {record['test_accuracy']:.4f} (inputs scaled to [0, 1], as in training)")
@@ -87,9 +97,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from .atomic import ensure_writable_dir
     from .sweep import run_sweep, sweep_configs
 
     configs = sweep_configs(_train_config(args), args.models, args.variants, args.seeds)
+    ensure_writable_dir(Path(args.runs_dir))
     result = run_sweep(configs, Path(args.runs_dir), progress=_show_progress(args))
     print(f"sweep done: {result['trained']} trained, {result['skipped']} already finished; records in {args.runs_dir}/{args.dataset}")
     return 0
@@ -114,11 +126,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mnist-bench",
         description="Train, sweep, profile and report on the seed's two MNIST CNNs (simple, deep).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("train", help="train one net with the seed's recipe (or a variant) and save its record and weights",
                        description="Train one net. Prints the seed's per-epoch cost line, then the real accuracy and the seed-style one.")

@@ -45,6 +45,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     eval_every_epoch: bool = True  # test accuracy after each epoch, for accuracy-per-epoch curves
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
+    measure_latency: bool = True  # forward latency at batch 1 and 1000 after training
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -221,7 +222,7 @@ def train(
     accuracy = epochs[-1]["test_accuracy"]
     seed_style = evaluate(model, dataset.test, variant.device, config.eval_batch_size, scale=False)
     train_seconds = sum(e["seconds"] for e in epochs)
-    latency = inference_latency_ms(model, variant)
+    latency = inference_latency_ms(model, variant) if config.measure_latency else {}
     peak, peak_kind = peak_memory_mb(variant.device)
     run = {
         "kind": "mnist-bench train run",

@@ -1,0 +1,113 @@
+"""The console script end to end: real subprocesses for the happy path, main() for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mnist_models import cli
+from mnist_models.nets import build_model
+
+FAST = ["--dataset", "mnist-5k", "--epochs", "1", "--loader", "tensor", "--no-progress"]
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "mnist_models.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_train_end_to_end(tmp_path):
+    result = run_cli("train", "--model", "simple", "--dataset", "mnist-5k", "--epochs", "1", "--no-progress",
+                     "--runs-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("[Epoch:    1] cost = ")
+    assert "Seed-style accuracy:" in result.stdout and "Traceback" not in result.stderr
+    record_path = tmp_path / "mnist-5k" / "simple-seed-cpu-eager-fp32-s777.json"
+    record = json.loads(record_path.read_text())
+    assert record["config"]["loader"] == "seed" and record["config"]["seed"] == 777
+    assert record["dataset"] == {**record["dataset"], "name": "mnist-5k", "train": 4000, "test": 1000}
+    assert record["test_accuracy"] > 0.5 and 0 <= record["seed_style_accuracy"] <= 1
+    assert record["machine"]["torch"] == torch.__version__
+    assert {"cost", "seconds", "steps", "test_accuracy"} <= set(record["epochs"][0])
+    model = build_model("simple")
+    model.load_state_dict(torch.load(record["weights"], weights_only=True))
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_help_explains_every_flag():
+    result = run_cli("train", "--help")
+    assert result.returncode == 0
+    for flag in ("--model", "--dataset", "--epochs", "--batch-size", "--lr", "--seed", "--device", "--loader",
+                 "--compile", "--precision", "--channels-last", "--threads", "--runs-dir"):
+        assert flag in result.stdout
+
+
+def one_line_error(capsys, argv, code=2):
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(cli.main(argv))
+    assert exc.value.code == code
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--model", "vgg"], "invalid choice: 'vgg'"),
+        (["train", "--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+        (["train", "--epochs", "0"], "must be positive"),
+        (["train", "--batch-size", "-5"], "must be positive"),
+        (["train", "--epochs", "two"], "expected a whole number"),
+        (["sweep", "--variants", "tensor-fp64", *FAST], "unknown token 'fp64'"),
+        (["data", "cifar10"], "unknown dataset 'cifar10'"),
+        ([], "required: COMMAND"),
+    ],
+)
+def test_bad_arguments_give_one_line(capsys, argv, message, tmp_path):
+    assert message in one_line_error(capsys, [*argv, "--runs-dir", str(tmp_path)] if argv[:1] == ["sweep"] else argv)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_gpu(capsys, tmp_path):
+    err = one_line_error(capsys, ["train", "--device", "cuda", *FAST, "--runs-dir", str(tmp_path)])
+    assert "no CUDA GPU" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_dataset_names_offline_alternatives(capsys, tmp_path, monkeypatch):
+    # Downloading is attempted for real; with no network it fails and the message says what works offline.
+    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(OSError("no network in this test")))
+    err = one_line_error(capsys, ["train", "--dataset", "mnist", "--data-root", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs")])
+    assert "could not be downloaded" in err and "mnist-5k" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_corrupt_idx_file(capsys, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08\x03garbage")
+    err = one_line_error(capsys, ["train", "--dataset", "mnist", "--data-root", str(tmp_path), "--runs-dir", str(tmp_path / "runs")])
+    assert "corrupt IDX file" in err
+
+
+def test_nan_loss_exits_non_zero_and_writes_nothing(capsys, tmp_path):
+    err = one_line_error(capsys, ["train", *FAST, "--lr", "1e30", "--runs-dir", str(tmp_path)], code=3)
+    assert "loss became nan" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_runs_dir(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    err = one_line_error(capsys, ["train", *FAST, "--runs-dir", str(blocker / "runs")])
+    assert "cannot write" in err
+
+
+def test_data_lists_what_is_available(capsys):
+    assert cli.main(["data", "mnist-5k"]) == 0
+    assert "4,000 train" in capsys.readouterr().out

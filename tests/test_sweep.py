@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from mnist_models import sweep as sweep_mod
+from mnist_models.errors import UsageError
+from mnist_models.sweep import load_runs, parse_variant_spec, run_sweep, sweep_configs
+from mnist_models.train import TrainConfig
+
+BASE = TrainConfig(dataset="mnist-5k", epochs=1, measure_latency=False)
+
+
+def test_variant_specs():
+    assert parse_variant_spec("seed-eager-fp32") == {"loader": "seed", "compile": "off", "precision": "fp32"}
+    assert parse_variant_spec("tensor-compile-bf16-cl") == {"loader": "tensor", "compile": "default", "precision": "bf16", "channels_last": True}
+    with pytest.raises(UsageError, match="unknown token 'nhwc'"):
+        parse_variant_spec("tensor-nhwc")
+
+
+def test_grid_is_seed_major():
+    configs = sweep_configs(BASE, ["simple", "deep"], ["tensor-eager-fp32"], [1, 2])
+    assert [(c.seed, c.model) for c in configs] == [(1, "simple"), (1, "deep"), (2, "simple"), (2, "deep")]
+
+
+def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
+    configs = sweep_configs(BASE, ["simple"], ["tensor-eager-fp32"], [1, 2, 3])
+    real_train = sweep_mod.train
+    calls = []
+
+    def train_then_interrupt(config, *args, **kwargs):
+        calls.append(config.seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the second run
+        return real_train(config, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_mod, "train", train_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(configs, tmp_path, progress=False, log=lambda line: None)
+    finished = sorted(p.name for p in (tmp_path / "mnist-5k").glob("*.json"))
+    assert finished == ["simple-tensor-cpu-eager-fp32-s1.json"]
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+    monkeypatch.setattr(sweep_mod, "train", real_train)
+    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {"trained": 2, "skipped": 1}
+    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {"trained": 0, "skipped": 3}
+    runs, problems = load_runs(tmp_path)
+    assert sorted(r["config"]["seed"] for r in runs) == [1, 2, 3] and problems == []
+
+
+def test_corrupt_record_is_reported_and_skipped(tmp_path):
+    folder = tmp_path / "mnist-5k"
+    folder.mkdir()
+    (folder / "broken.json").write_text("{ not json")
+    (folder / "partial.json").write_text(json.dumps({"kind": "mnist-bench train run", "config": {}}))
+    runs, problems = load_runs(tmp_path)
+    assert runs == []
+    assert len(problems) == 2 and all("skipped corrupt run record" in p for p in problems)
+
+
+def test_missing_runs_dir(tmp_path):
+    with pytest.raises(UsageError, match="no runs directory"):
+        load_runs(tmp_path / "nowhere")

@@ -1,0 +1,137 @@
+import pytest
+import torch
+from torch import nn
+
+from mnist_models.data import Split
+from mnist_models.errors import CheckpointError, DeviceError, TrainingDiverged, UsageError
+from mnist_models.train import SEED_EPOCH_LINE, TrainConfig, evaluate, load_weights, save_weights, train
+from mnist_models.variants import Variant
+
+FAST = dict(dataset="mnist-5k", loader="tensor", epochs=1, measure_latency=False)
+
+
+def quiet(line):
+    pass
+
+
+def test_seed_epoch_line_is_the_seeds_format():
+    assert SEED_EPOCH_LINE.format(1, 0.2259391844) == "[Epoch:    1] cost = 0.225939184"
+    assert SEED_EPOCH_LINE.format(15, 0.00727953995) == "[Epoch:   15] cost = 0.00727953995"
+
+
+def test_short_training_run_learns(mnist5k):
+    config = TrainConfig(model="simple", dataset="mnist-5k", loader="tensor", epochs=2)
+    model, record = train(config, mnist5k, log=quiet)
+    assert record["test_accuracy"] > 0.8  # chance is 0.1
+    assert record["epochs"][1]["cost"] < record["epochs"][0]["cost"]
+    assert record["model"] == {"name": "simple", "params": 50_186, "flops_per_image": 7_739_648}
+    assert record["dataset"]["train"] == 4000 and record["dataset"]["test"] == 1000
+    assert [e["steps"] for e in record["epochs"]] == [40, 40]
+    assert all("test_accuracy" in e for e in record["epochs"])
+    assert set(record["inference_ms"]) == {"1", "1000"}
+
+
+@pytest.mark.parametrize("loader", ["seed", "tensor"])
+def test_same_seed_same_losses_and_weights(small5k, loader):
+    config = TrainConfig(model="deep", loader=loader, eval_every_epoch=False, **{k: v for k, v in FAST.items() if k != "loader"})
+    model_a, run_a = train(config, small5k, log=quiet)
+    model_b, run_b = train(config, small5k, log=quiet)
+    assert run_a["epochs"][0]["cost"] == run_b["epochs"][0]["cost"]
+    for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()):
+        assert torch.equal(a, b)
+    _, run_c = train(TrainConfig(**{**config.__dict__, "seed": 778}), small5k, log=quiet)
+    assert run_c["epochs"][0]["cost"] != run_a["epochs"][0]["cost"]
+
+
+class _BrightnessProbe(nn.Module):
+    """Predicts class 1 when the mean input exceeds 1.0: it can tell raw pixels from scaled ones."""
+
+    def forward(self, x):
+        bright = x.flatten(1).mean(1) > 1.0
+        return torch.nn.functional.one_hot(bright.long(), 10).float()
+
+
+def test_seed_style_evaluation_feeds_raw_pixels_scaled_feeds_unit_range():
+    images = torch.full((30, 28, 28), 200, dtype=torch.uint8)
+    split = Split(images, torch.ones(30, dtype=torch.long))
+    assert evaluate(_BrightnessProbe(), split, "cpu", batch_size=7, scale=False) == 1.0  # 200 > 1
+    assert evaluate(_BrightnessProbe(), split, "cpu", batch_size=7, scale=True) == 0.0  # 200/255 < 1
+
+
+def test_seed_style_accuracy_differs_from_real_accuracy(small5k):
+    model, record = train(TrainConfig(model="simple", **FAST), small5k, log=quiet)
+    assert record["seed_style_accuracy"] == evaluate(model, small5k.test, "cpu", scale=False)
+    assert record["test_accuracy"] == evaluate(model, small5k.test, "cpu", scale=True)
+    assert record["seed_style_accuracy"] != record["test_accuracy"]
+
+
+def test_evaluate_restores_train_mode(small5k):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    model.train()
+    evaluate(model, small5k.test, "cpu")
+    assert model.training
+
+
+def test_nan_loss_raises_before_anything_is_written(small5k):
+    with pytest.raises(TrainingDiverged, match="loss became nan"):
+        train(TrainConfig(model="simple", lr=1e30, **FAST), small5k, log=quiet)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(epochs=0), "epochs must be positive"),
+        (dict(batch_size=0), "batch size must be positive"),
+        (dict(batch_size=5000), "larger than the 1000 training images"),
+        (dict(lr=-1.0), "learning rate must be positive"),
+        (dict(model="lenet"), "unknown model"),
+        (dict(loader="ffcv"), "unknown loader"),
+        (dict(precision="fp8"), "unknown precision"),
+        (dict(precision="fp16", device="cpu"), "fp16 autocast"),
+    ],
+)
+def test_bad_config_is_a_usage_error(small5k, fields, message):
+    with pytest.raises(UsageError, match=message):
+        train(TrainConfig(**{**FAST, **fields}), small5k, log=quiet)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_gpu_is_a_device_error(small5k):
+    with pytest.raises(DeviceError, match="no CUDA GPU"):
+        train(TrainConfig(device="cuda", **FAST), small5k, log=quiet)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_learns(mnist5k):
+    _, record = train(TrainConfig(model="simple", device="cuda", epochs=2, dataset="mnist-5k", loader="tensor"), mnist5k, log=quiet)
+    assert record["test_accuracy"] > 0.8
+
+
+def test_bf16_autocast_step_runs_and_learns(small5k):
+    variant = Variant(precision="bf16", channels_last=True)
+    assert variant.tag == "cpu-eager-bf16-cl"
+    _, record = train(TrainConfig(model="simple", precision="bf16", channels_last=True, **FAST), small5k, log=quiet)
+    assert record["epochs"][0]["cost"] < 2.3  # below log(10), the loss of a uniform guess
+
+
+def test_weights_round_trip_with_weights_only(small5k, tmp_path):
+    model, _ = train(TrainConfig(model="simple", **FAST), small5k, log=quiet)
+    path = save_weights(model, tmp_path / "w.pt")
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+    state = torch.load(path, weights_only=True)
+    assert torch.equal(state["fc.weight"], model.fc.weight.detach())
+    loaded = load_weights("simple", path)
+    assert evaluate(loaded, small5k.test, "cpu") == evaluate(model, small5k.test, "cpu")
+
+
+def test_bad_checkpoint_is_a_checkpoint_error(tmp_path, small5k):
+    garbage = tmp_path / "bad.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot load simple weights"):
+        load_weights("simple", garbage)
+    with pytest.raises(CheckpointError, match="no weights file"):
+        load_weights("simple", tmp_path / "missing.pt")
+    deep_weights = save_weights(train(TrainConfig(model="deep", **FAST), small5k, log=quiet)[0], tmp_path / "deep.pt")
+    with pytest.raises(CheckpointError):
+        load_weights("simple", deep_weights)
