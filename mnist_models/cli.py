@@ -125,6 +125,17 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .bench_report import load_bench_json, write_report
+
+    if not args.bench_json:
+        raise MnistBenchError("nothing to report: give --bench-json FILE")
+    out = Path(args.out) if args.out else Path(args.bench_json).with_suffix(".md")
+    write_report(load_bench_json(Path(args.bench_json)), out, command=f"mnist-bench report --bench-json {args.bench_json}")
+    print(f"benchmark report written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mnist-bench",
@@ -152,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_flags(p)
     _add_variant_flags(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="rebuild the benchmark report from a saved pytest-benchmark JSON",
+                       description="Render markdown reports from stored data: a benchmark JSON (--benchmark-json, --benchmark-autosave "
+                                   "or the JSON written beside reports/benchmarks-*.md).")
+    p.add_argument("--bench-json", default=None, help="a pytest-benchmark JSON file")
+    p.add_argument("--out", default=None, help="markdown path (default: the JSON path with .md)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("data", help="show which datasets are available here, and where from")
     p.add_argument("names", nargs="*", metavar="DATASET", help=f"any of: {', '.join(DATASETS)} (default: all but synthetic)")

@@ -61,6 +61,24 @@ class _Accounting:
         return flops
 
 
+    def train_flops_per_image(self) -> int:
+        """FLOPs of forward + backward for one image, counted by torch.utils.flop_counter.
+
+        Backward is about twice forward, less the input gradient of the first conv, which
+        autograd skips because images need no gradient.
+        """
+        from torch.utils.flop_counter import FlopCounterMode
+
+        batch = 2  # any batch: the count is linear in it
+        device = next(self.parameters()).device
+        x = torch.rand(batch, 1, IMAGE_SIZE, IMAGE_SIZE, device=device)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self(x).sum().backward()
+        self.zero_grad(set_to_none=True)
+        return counter.get_total_flops() // batch
+
+
 class SimpleCNN(_Accounting, nn.Module):
     """Two conv blocks and one linear layer: 50,186 parameters."""
 

@@ -1,0 +1,90 @@
+"""The variant grids of the three suites, as pytest params with readable ids.
+
+Not a full cross product: on a 2-core CPU every torch.compile costs tens of seconds and bf16 runs
+without a hardware path, so each suite lists the comparisons worth making (DESIGN.md, Variants).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from mnist_models.variants import Variant
+
+HAVE_CUDA = torch.cuda.is_available()
+NO_CUDA = pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA GPU on this machine")
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    variant: Variant
+    batch: int
+    loader: str = ""  # epoch suite only: "seed" (DataLoader) or "tensor"
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def id(self) -> str:
+        loader = f"{self.loader}-" if self.loader else ""
+        return f"{self.model}-{loader}{self.variant.tag}-b{self.batch}"
+
+
+def case(model, device="cpu", compile="off", precision="fp32", cl=False, batch=100, loader="", quick=False):
+    variant = Variant(device, compile, precision, cl)
+    marks = []
+    if device == "cuda":
+        marks += [NO_CUDA, pytest.mark.cuda]
+    if compile != "off":
+        marks.append(pytest.mark.compile)
+    if quick:
+        marks.append(pytest.mark.quick)
+    c = Case(model, variant, batch, loader)
+    return pytest.param(c, id=c.id, marks=marks)
+
+
+MODELS = ("simple", "deep")
+# CUDA's max-autotune uses CUDA graphs; CPU has none, so its second compile mode is the graph-free one.
+AUTOTUNE = {"cpu": "max-autotune-no-cudagraphs", "cuda": "max-autotune"}
+
+
+def forward_cases() -> list:
+    cases = []
+    for m in MODELS:
+        for b in (1, 100, 1000):
+            cases += [case(m, batch=b, quick=b == 100), case(m, cl=True, batch=b)]
+        cases += [case(m, precision="bf16", batch=100), case(m, precision="bf16", cl=True, batch=100)]
+        cases += [case(m, compile="default", batch=b) for b in (100, 1000)]
+        cases += [case(m, compile=AUTOTUNE["cpu"], batch=100)]
+        for b in (1, 100, 1000):
+            cases += [case(m, "cuda", batch=b), case(m, "cuda", cl=True, batch=b), case(m, "cuda", precision="bf16", batch=b),
+                      case(m, "cuda", precision="fp16", cl=True, batch=b), case(m, "cuda", compile="default", batch=b),
+                      case(m, "cuda", compile=AUTOTUNE["cuda"], batch=b)]
+    return cases
+
+
+def train_step_cases() -> list:
+    cases = []
+    for m in MODELS:
+        cases += [case(m, batch=100, quick=True), case(m, cl=True, batch=100), case(m, precision="bf16", batch=100),
+                  case(m, precision="bf16", cl=True, batch=100), case(m, compile="default", batch=100),
+                  case(m, compile=AUTOTUNE["cpu"], batch=100)]
+        cases += [case(m, batch=500), case(m, cl=True, batch=500)]
+        for b in (100, 500):
+            cases += [case(m, "cuda", batch=b), case(m, "cuda", cl=True, batch=b), case(m, "cuda", precision="bf16", batch=b),
+                      case(m, "cuda", precision="fp16", batch=b), case(m, "cuda", precision="fp16", cl=True, batch=b),
+                      case(m, "cuda", compile="default", batch=b), case(m, "cuda", compile=AUTOTUNE["cuda"], batch=b)]
+    return cases
+
+
+def epoch_cases() -> list:
+    cases = []
+    for m in MODELS:
+        for device in ("cpu", "cuda"):
+            cases += [case(m, device, loader="seed", quick=device == "cpu"), case(m, device, loader="tensor"),
+                      case(m, device, cl=True, loader="tensor")]
+        cases += [case(m, "cuda", precision="bf16", cl=True, loader="tensor")]
+    return cases

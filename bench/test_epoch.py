@@ -1,0 +1,42 @@
+"""A full epoch of the seed's recipe through each input pipeline, so the report shows what data costs.
+
+Unlike the other suites this one times the loader on purpose. Each round trains a fresh net from
+the same seed (built in the untimed setup); afterwards the test set is evaluated outside timing.
+"""
+
+import pytest
+import torch
+
+from conftest import describe, rates
+from grid import epoch_cases
+from mnist_models.data import make_loader
+from mnist_models.nets import build_model
+from mnist_models.train import evaluate, train_epoch
+from mnist_models.variants import make_train_step
+
+
+@pytest.mark.parametrize("case", epoch_cases())
+def test_epoch(benchmark, case, epoch_dataset, request):
+    v = case.variant
+    state = {}
+
+    def fresh_run():
+        torch.manual_seed(777)
+        model = v.place(build_model(case.model)).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        state["model"] = model
+        batches = make_loader(case.loader, epoch_dataset.train, case.batch, v.device)
+        return (make_train_step(model, optimizer, v), batches, v), {}
+
+    benchmark.group = f"epoch-{case.model}-{v.device}"
+    steps = len(epoch_dataset.train) // case.batch
+    describe(benchmark, case, build_model(case.model).train_flops_per_image() * steps * case.batch, steps * case.batch,
+             suite="epoch", loader=case.loader, dataset=epoch_dataset.name, train_images=len(epoch_dataset.train),
+             test_images=len(epoch_dataset.test))
+    result = benchmark.pedantic(train_epoch, setup=fresh_run, rounds=request.config.getoption("--bench-epoch-rounds"))
+    rates(benchmark)
+    accuracy = evaluate(state["model"], epoch_dataset.test, v.device)
+    benchmark.extra_info.update(mean_loss=result.mean_loss, first_loss=result.first_loss, test_accuracy=accuracy)
+    assert result.steps == steps
+    assert result.mean_loss < result.first_loss  # the epoch learned
+    assert accuracy > 0.2  # chance is 0.1

@@ -1,0 +1,141 @@
+"""pytest-benchmark JSON -> the benchmark report (markdown).
+
+The bench suites put what a reader needs into each benchmark's extra_info (model, variant,
+batch, FLOPs per call, dataset ...). This module only reads that JSON, so a report can be rebuilt
+from any saved `--benchmark-json` / `--benchmark-autosave` file with `mnist-bench report`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import atomic
+from .errors import UsageError
+from .report import fmt_num, fmt_time, header, table
+
+SUITE_ORDER = ("ceiling", "forward", "train-step", "epoch")
+SUITE_TITLES = {
+    "ceiling": "Machine ceiling: large matmuls",
+    "forward": "Forward (inference_mode)",
+    "train-step": "Train step: forward + loss + backward + Adam",
+    "epoch": "Full epoch through the input pipeline",
+}
+
+
+def load_bench_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"no benchmark JSON at {path}") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read benchmark JSON {path}: {exc}") from None
+    if not isinstance(data, dict) or "benchmarks" not in data:
+        raise UsageError(f"{path} is not a pytest-benchmark JSON file (no 'benchmarks')")
+    return data
+
+
+def ceilings(benchmarks: list[dict]) -> dict[tuple[str, str], float]:
+    """(device, precision) -> measured matmul GFLOP/s, from the ceiling suite of the same run."""
+    found = {}
+    for bench in benchmarks:
+        info = bench.get("extra_info", {})
+        if info.get("suite") == "ceiling" and info.get("gflops_per_s"):
+            found[(info["device"], info["precision"])] = info["gflops_per_s"]
+    return found
+
+
+def _ceiling_for(info: dict, peaks: dict) -> float | None:
+    # fp16/bf16 autocast runs the heavy ops in half precision; compare with that matmul.
+    precision = "bf16" if info.get("precision") in ("bf16", "fp16") else "fp32"
+    return peaks.get((info.get("device"), "fp16" if info.get("precision") == "fp16" else precision)) or peaks.get(
+        (info.get("device"), precision)
+    )
+
+
+def _is_baseline(info: dict) -> bool:
+    plain = info.get("compile") == "off" and info.get("precision") == "fp32" and not info.get("channels_last")
+    return plain and info.get("loader", "seed") == "seed"
+
+
+def _group_rows(benchmarks: list[dict], peaks: dict) -> tuple[list[list], list[str]]:
+    baseline = next((b for b in benchmarks if _is_baseline(b.get("extra_info", {}))), None)
+    rows, notes = [], []
+    for bench in sorted(benchmarks, key=lambda b: b["stats"]["median"]):
+        info, stats = bench.get("extra_info", {}), bench["stats"]
+        median = stats["median"]
+        per_call = info.get("images_per_call") or info.get("batch") or 0
+        gflops = info.get("flops_per_call", 0) / median / 1e9 if info.get("flops_per_call") else None
+        peak = _ceiling_for(info, peaks)
+        speedup = baseline["stats"]["median"] / median if baseline else None
+        extras = []
+        if info.get("compile_seconds"):
+            extras.append(f"compile {info['compile_seconds']:.1f} s")
+        if info.get("test_accuracy") is not None:
+            extras.append(f"acc {info['test_accuracy']:.4f}")
+        if info.get("loader"):
+            extras.append(f"{info['loader']} loader")
+        rows.append([
+            f"`{bench['name'].split('[')[-1].rstrip(']')}`",
+            fmt_time(median),
+            fmt_time(stats["iqr"]),
+            stats["rounds"],
+            fmt_num(per_call / median, 0) if per_call else "-",
+            fmt_num(gflops, 1),
+            f"{100 * gflops / peak:.1f}%" if gflops and peak else "-",
+            f"{speedup:.2f}x" if speedup else "-",
+            "; ".join(extras),
+        ])
+    if baseline is None:
+        notes.append("no eager fp32 contiguous baseline in this group: no speedups")
+    return rows, notes
+
+
+def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
+    benchmarks = data["benchmarks"]
+    extra = data.get("mnist_bench", {})
+    machine = data.get("machine_info", {}).get("mnist_bench") or extra.get("machine", {})
+    datasets = {b["extra_info"]["dataset"] for b in benchmarks if b.get("extra_info", {}).get("dataset")}
+    out = [header("Benchmarks: forward, train step, full epoch", machine, datasets, command,
+                  busy=extra.get("busy"), when=(data.get("datetime") or "")[:16].replace("T", " ") + " UTC")]
+    if extra.get("cores_used_by_others_during_run") is not None:
+        out.append(f"- **During the run** other processes used {extra['cores_used_by_others_during_run']} cores on average"
+                   + (f"; suite wall time {extra['wall_seconds']:.0f} s" if extra.get("wall_seconds") else "") + "\n")
+    out.append(
+        "\nMedian and IQR over rounds. images/s = images per call / median. GFLOP/s counts the nets' convolution and "
+        "linear FLOPs (forward: 2 x MACs per image; train step: forward + backward from torch.utils.flop_counter). "
+        "% of ceiling compares with the large-matmul rate of the same device and precision measured in this run. "
+        "Speedup is against the group's eager fp32 contiguous baseline (for epochs: the seed's DataLoader pipeline).\n"
+    )
+    peaks = ceilings(benchmarks)
+    groups: dict[str, list[dict]] = {}
+    for bench in benchmarks:
+        groups.setdefault(bench.get("group") or "ungrouped", []).append(bench)
+
+    def order(name: str) -> tuple:
+        info = groups[name][0].get("extra_info", {})
+        suite = info.get("suite", "")
+        model = {"simple": 0, "deep": 1}.get(info.get("model"), 2)
+        return (SUITE_ORDER.index(suite) if suite in SUITE_ORDER else 99, model, info.get("device", ""), info.get("batch", 0), name)
+
+    current_suite = None
+    for name in sorted(groups, key=order):
+        suite = groups[name][0].get("extra_info", {}).get("suite", "")
+        if suite != current_suite:
+            out.append(f"\n## {SUITE_TITLES.get(suite, suite or 'Other')}\n")
+            current_suite = suite
+        if suite == "ceiling":
+            out.append(table(["benchmark", "median", "IQR", "rounds", "GFLOP/s"],
+                             [[f"`{b['name']}`", fmt_time(b["stats"]["median"]), fmt_time(b["stats"]["iqr"]), b["stats"]["rounds"],
+                               fmt_num(b["extra_info"].get("gflops_per_s"), 1)] for b in groups[name]]))
+            continue
+        rows, notes = _group_rows(groups[name], peaks)
+        out.append(f"\n### {name}\n")
+        out.append(table(["variant", "median", "IQR", "rounds", "images/s", "GFLOP/s", "% ceiling", "speedup", "notes"], rows,
+                         align="lrrrrrrrl"))
+        out += [f"\n_{note}_\n" for note in notes]
+    return "".join(out)
+
+
+def write_report(data: dict, path: Path, command: str = "pytest bench --benchmark-only") -> Path:
+    return atomic.write_text(path, render(data, command))
