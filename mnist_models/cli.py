@@ -125,6 +125,25 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .profiling import ProfileConfig, load_summaries, profile, render_kernel_report, save_summary
+
+    config = ProfileConfig(
+        model=args.model, mode=args.mode, device=args.device, compile=args.compile, precision=args.precision,
+        channels_last=args.channels_last, batch_size=args.batch_size, wait=args.wait, warmup=args.warmup,
+        active=args.active, out_dir=args.out, threads=args.threads,
+    )
+    run_dir, summary = profile(config)
+    save_summary(summary, Path(args.summary_dir))
+    report = Path(args.report)
+    from .atomic import write_text
+
+    write_text(report, render_kernel_report(load_summaries(Path(args.summary_dir)), "mnist-bench profile ... (one run per section)"))
+    print(f"trace: {run_dir}  (tensorboard --logdir {args.out})")
+    print(f"profiled step {summary['step_ms']:.1f} ms, convolutions {100 * summary['conv_share']:.0f}%; kernel report: {report}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .bench_report import load_bench_json, write_report
 
@@ -163,6 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_flags(p)
     _add_variant_flags(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("profile", help="profile one net + variant with torch.profiler: TensorBoard trace and conv-kernel report",
+                       description="Profile a train step (or a forward pass) with a wait/warmup/active schedule, recording shapes, FLOPs "
+                                   "and memory. Writes a TensorBoard trace (PyTorch Profiler tab; also opens in ui.perfetto.dev), a JSON "
+                                   "summary, and rebuilds the markdown conv-kernel report from all summaries.")
+    p.add_argument("--model", default="simple", choices=list(MODELS), help="which net (default: simple)")
+    p.add_argument("--mode", default="train", choices=["train", "forward"], help="a whole train step or forward only (default: train)")
+    p.add_argument("--batch-size", type=_positive_int, default=100, help="batch size (default: 100)")
+    p.add_argument("--wait", type=int, default=1, help="profiler schedule: steps skipped first (default: 1)")
+    p.add_argument("--warmup", type=int, default=2, help="profiler schedule: steps traced but discarded (default: 2)")
+    p.add_argument("--active", type=_positive_int, default=3, help="profiler schedule: steps recorded (default: 3)")
+    p.add_argument("--out", default="reports/traces", help="TensorBoard log directory; one run folder per model+variant (default: reports/traces)")
+    p.add_argument("--summary-dir", default="reports/kernels", help="where per-run JSON summaries go (default: reports/kernels)")
+    p.add_argument("--report", default="reports/conv-kernels.md", help="the markdown kernel report (default: reports/conv-kernels.md)")
+    _add_variant_flags(p)
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("report", help="rebuild the benchmark report from a saved pytest-benchmark JSON",
                        description="Render markdown reports from stored data: a benchmark JSON (--benchmark-json, --benchmark-autosave "

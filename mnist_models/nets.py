@@ -34,32 +34,40 @@ class _Accounting:
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def flops_per_image(self) -> int:
-        """Forward FLOPs for one image: 2 x multiply-adds of every Conv2d and Linear.
+    def layer_flops(self, batch: int = 1) -> list[dict]:
+        """Forward FLOPs of every Conv2d and Linear (2 x multiply-adds), with the shapes they see.
 
-        Counted from the layers' real output shapes (one forward pass on a blank image), so it
-        cannot drift from the architecture. Pooling, ReLU and bias adds are left out, as usual.
+        Counted from the layers' real shapes in one forward pass of blank images, so it cannot
+        drift from the architecture. Pooling, ReLU and bias adds are left out, as usual. The
+        profiler's kernel tables look convolutions up here by (input shape, weight shape).
         """
-        flops = 0
+        layers: list[dict] = []
 
         def count(module: nn.Module, inputs, output) -> None:
-            nonlocal flops
             if isinstance(module, nn.Conv2d):
                 macs_per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-                flops += 2 * macs_per_output * output[0].numel()
-            elif isinstance(module, nn.Linear):
-                flops += 2 * module.in_features * module.out_features
+                flops = 2 * macs_per_output * output.numel()
+            else:
+                flops = 2 * module.in_features * module.out_features * inputs[0].shape[0]
+            layers.append({
+                "name": names[module], "kind": type(module).__name__, "flops": flops,
+                "input_shape": list(inputs[0].shape), "weight_shape": list(module.weight.shape), "output_shape": list(output.shape),
+            })
 
+        names = {m: n for n, m in self.named_modules()}
         hooks = [m.register_forward_hook(count) for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         try:
             device = next(self.parameters()).device
             with torch.no_grad():
-                self(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=device))
+                self(torch.zeros(batch, 1, IMAGE_SIZE, IMAGE_SIZE, device=device))
         finally:
             for hook in hooks:
                 hook.remove()
-        return flops
+        return layers
 
+    def flops_per_image(self) -> int:
+        """Forward FLOPs for one image: convolutions and linear layers."""
+        return sum(layer["flops"] for layer in self.layer_flops(batch=1))
 
     def train_flops_per_image(self) -> int:
         """FLOPs of forward + backward for one image, counted by torch.utils.flop_counter.

@@ -1,0 +1,275 @@
+"""torch.profiler runs -> TensorBoard traces, and the conv-kernel tables built from them.
+
+Profiling is its own mode (never timed while profiling): a schedule of wait / warmup / active
+steps, shapes, FLOPs and memory recorded, traces written by tensorboard_trace_handler into one run
+directory per model and variant, so `tensorboard --logdir reports/traces` lists them side by side.
+
+FLOPs: the profiler counts only some forward ops (mm/addmm here), none of the backward or the
+compiled convolutions, so convolution FLOPs come from the nets' own per-layer count
+(`layer_flops`), looked up by (input shape, weight shape). A backward convolution costs 2x its
+forward (input and weight gradients), except the first layer, whose input needs no gradient (1x).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from . import atomic
+from .data import load_dataset
+from .errors import UsageError
+from .machine import busy_check, machine_info
+from .nets import MODELS, build_model
+from .variants import Variant, device_name, make_forward, make_train_step, resolve_device
+
+MODES = ("train", "forward")
+# Rows that only wrap other rows (their time is their children's) are left out of the tables.
+_WRAPPERS = re.compile(r"^(ProfilerStep#|autograd::engine|Optimizer\.|CompiledFunction|Torch-Compiled Region|TorchDynamo|"
+                       r"aten::(conv2d|convolution|_convolution|linear|max_pool2d|cross_entropy_loss|to|_to_copy|empty.*)$|"
+                       r".*Backward\d*$)")  # autograd nodes: their time is the backward kernels beneath
+_CONV = re.compile(r"conv|cudnn|fprop|dgrad|wgrad|implicit_gemm|winograd", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    model: str = "simple"
+    mode: str = "train"  # a whole train step, or forward only
+    device: str = "auto"
+    compile: str = "off"
+    precision: str = "fp32"
+    channels_last: bool = False
+    batch_size: int = 100
+    wait: int = 1
+    warmup: int = 2
+    active: int = 3
+    out_dir: str = "reports/traces"
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            raise UsageError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
+        if self.mode not in MODES:
+            raise UsageError(f"unknown mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        for name in ("batch_size", "active"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name.replace('_', ' ')} must be positive")
+        if self.wait < 0 or self.warmup < 0:
+            raise UsageError("wait and warmup steps cannot be negative")
+
+    def variant(self) -> Variant:
+        return Variant(resolve_device(self.device), self.compile, self.precision, self.channels_last)
+
+    def run_name(self) -> str:
+        """One TensorBoard run per model + variant, readable in its run picker: simple-train-cpu-eager-fp32-b100."""
+        return f"{self.model}-{self.mode}-{self.variant().tag}-b{self.batch_size}"
+
+
+def _conv_flops_by_shape(model, batch: int, mode: str) -> dict[tuple, dict]:
+    """(input shape, weight shape) -> forward and backward FLOPs of that convolution."""
+    table = {}
+    convs = [layer for layer in model.layer_flops(batch) if layer["kind"] == "Conv2d"]
+    for i, layer in enumerate(convs):
+        key = (tuple(layer["input_shape"]), tuple(layer["weight_shape"]))
+        backward = layer["flops"] * (1 if i == 0 else 2) if mode == "train" else 0
+        table[key] = {"forward": layer["flops"], "backward": backward, "layer": layer["name"]}
+    return table
+
+
+def _row_flops(name: str, shapes: list, conv_flops: dict) -> tuple[int | None, str | None]:
+    """FLOPs of one call of a convolution row, from its recorded input shapes."""
+    shapes = [tuple(s) for s in shapes if isinstance(s, (list, tuple))]
+    if "backward" in name.lower() and len(shapes) >= 3:  # (grad_output, input, weight, ...)
+        hit = conv_flops.get((shapes[1], shapes[2]))
+        return (hit["backward"], hit["layer"]) if hit else (None, None)
+    if len(shapes) >= 2:  # (input, weight, ...)
+        hit = conv_flops.get((shapes[0], shapes[1]))
+        return (hit["forward"], hit["layer"]) if hit else (None, None)
+    return None, None
+
+
+def summarise(prof, config: ProfileConfig, model) -> dict:
+    """Per-row tables from a finished profiler: convolution rows and the top other rows."""
+    variant = config.variant()
+    on_cuda = variant.device == "cuda"
+    events = prof.key_averages(group_by_input_shape=True)
+
+    def self_us(e) -> float:
+        return float(e.self_device_time_total if on_cuda else e.self_cpu_time_total)
+
+    def total_us(e) -> float:
+        return float(e.device_time_total if on_cuda else e.cpu_time_total)
+
+    step_us = sum(self_us(e) for e in events) / config.active  # time of one step, as the profiler saw it
+    conv_flops = _conv_flops_by_shape(model, config.batch_size, config.mode)
+    convs, others = [], []
+    for e in events:
+        if self_us(e) <= 0 or _WRAPPERS.match(e.key):
+            continue
+        shapes = [list(s) for s in (e.input_shapes or []) if s]
+        row = {
+            "name": e.key,
+            "calls_per_step": e.count / config.active,
+            "self_ms_per_step": self_us(e) / config.active / 1e3,
+            "total_ms_per_step": total_us(e) / config.active / 1e3,
+            "share": self_us(e) / config.active / step_us if step_us else 0.0,
+            "input_shapes": shapes[:3],
+        }
+        if _CONV.search(e.key):
+            flops, layer = _row_flops(e.key, shapes, conv_flops)
+            if flops is not None:
+                row["layer"] = layer
+                row["flops_per_call"] = flops
+                row["gflops_per_s"] = flops * e.count / (self_us(e) / 1e6) / 1e9
+            convs.append(row)
+        else:
+            others.append(row)
+    convs.sort(key=lambda r: -r["self_ms_per_step"])
+    others.sort(key=lambda r: -r["self_ms_per_step"])
+    conv_share = sum(r["share"] for r in convs)
+    return {
+        "kind": "mnist-bench profile",
+        "run": config.run_name(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": asdict(config),
+        "variant": asdict(variant) | {"tag": variant.tag},
+        "device_name": device_name(variant.device),
+        "timeline": "CUDA device time" if on_cuda else "CPU self time",
+        "step_ms": step_us / 1e3,
+        "conv_share": conv_share,
+        "conv_rows": convs,
+        "other_rows": others[:8],
+        "flop_source": "per-layer count from the nets' own layer shapes (mnist_models.nets.layer_flops)",
+        "machine": machine_info(),
+    }
+
+
+def profile(config: ProfileConfig, log=print) -> tuple[Path, dict]:
+    """Profile one model + variant; returns the trace run directory and the kernel summary."""
+    from torch.profiler import ProfilerActivity, schedule, tensorboard_trace_handler
+
+    config.validate()
+    variant = config.variant()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    run_dir = atomic.ensure_writable_dir(Path(config.out_dir) / config.run_name())
+    busy = busy_check()
+
+    images = load_dataset("mnist-5k").train  # real digits; the op mix does not depend on the dataset
+    idx = torch.arange(config.batch_size) % len(images)
+    x = variant.to_input(images.images[idx].unsqueeze(1).float().div(255))
+    y = images.labels[idx].to(variant.device)
+
+    torch.manual_seed(777)
+    model = variant.place(build_model(config.model))
+    if config.mode == "train":
+        step = make_train_step(model.train(), torch.optim.Adam(model.parameters(), lr=1e-3), variant)
+        run = lambda: step(x, y)  # noqa: E731
+    else:
+        forward = make_forward(model, variant)
+        run = lambda: forward(x)  # noqa: E731
+
+    start = time.perf_counter()
+    for _ in range(3):  # compile and first-call costs stay out of the trace
+        run()
+    variant.synchronize()
+    log(f"warm-up (compile included) {time.perf_counter() - start:.1f} s; profiling {config.run_name()}")
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if variant.device == "cuda" else [])
+    # Old trace files of the same run would show up as extra workers in TensorBoard.
+    for old in run_dir.glob("*.pt.trace.json*"):
+        old.unlink()
+    wall = []
+    with torch.profiler.profile(
+        activities=activities,
+        schedule=schedule(wait=config.wait, warmup=config.warmup, active=config.active, repeat=1),
+        on_trace_ready=tensorboard_trace_handler(str(run_dir), worker_name=config.run_name()),
+        record_shapes=True, with_flops=True, profile_memory=True,
+    ) as prof:
+        for _ in range(config.wait + config.warmup + config.active):
+            t = time.perf_counter()
+            run()
+            variant.synchronize()
+            wall.append(time.perf_counter() - t)
+            prof.step()
+    summary = summarise(prof, config, model)
+    summary["wall_ms_per_step_while_profiling"] = 1e3 * statistics.median(wall[-config.active:])
+    summary["busy_before_start"] = busy
+    summary["trace_dir"] = str(run_dir)
+    return run_dir, summary
+
+
+# ---------------------------------------------------------------------------------------------
+# The conv-kernel report: one section per profiled run, rendered from the stored summaries.
+
+DEFAULT_SUMMARY_DIR = Path("reports/kernels")
+DEFAULT_KERNEL_REPORT = Path("reports/conv-kernels.md")
+
+
+def save_summary(summary: dict, summary_dir: Path = DEFAULT_SUMMARY_DIR) -> Path:
+    return atomic.write_json(Path(summary_dir) / f"{summary['run']}.json", summary)
+
+
+def load_summaries(summary_dir: Path = DEFAULT_SUMMARY_DIR) -> list[dict]:
+    import json
+
+    summaries = []
+    for path in sorted(Path(summary_dir).glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("kind") == "mnist-bench profile":
+            summaries.append(data)
+    order = {"simple": 0, "deep": 1}
+    return sorted(summaries, key=lambda s: (order.get(s["config"]["model"], 2), s["config"]["mode"], s["variant"]["device"],
+                                             s["config"]["compile"] != "off", s["config"]["precision"], s["config"]["channels_last"]))
+
+
+def _shapes(shapes: list) -> str:
+    return " ".join("x".join(str(d) for d in s) for s in shapes[:3])
+
+
+def render_kernel_report(summaries: list[dict], command: str) -> str:
+    from .report import fmt_num, header, table
+
+    if not summaries:
+        raise UsageError("no profile summaries to report; run mnist-bench profile first")
+    machine = summaries[-1]["machine"]
+    out = [header("Convolution kernels: which kernels run the convs, and where a step's time goes", machine, ["mnist-5k (real digits; the op mix does not depend on the data)"], command)]
+    out.append(
+        "\nEach section is one `mnist-bench profile` run (a schedule of wait/warmup/active steps; times are per step, averaged over the active "
+        "steps, with the profiler's own overhead: compare shares, and take absolute speed from the benchmark report). "
+        "Convolution FLOPs come from the nets' own per-layer count (`layer_flops`), not the profiler, which counts no backward or "
+        "compiled convolution: backward = 2x forward, except the first layer (1x: images need no gradient). "
+        "Rows that only wrap other rows (aten::conv2d, autograd nodes) are left out.\n"
+    )
+    overview = []
+    for s in summaries:
+        top = s["other_rows"][0] if s["other_rows"] else None
+        overview.append([f"`{s['run']}`", f"{s['step_ms']:.1f} ms", f"{100 * s['conv_share']:.0f}%",
+                         f"`{top['name'][:50]}` ({100 * top['share']:.0f}%)" if top else "-"])
+    out.append("\n## Overview\n\n")
+    out.append(table(["run", "profiled step", "conv share", "largest non-conv row"], overview, align="lrrl"))
+    for s in summaries:
+        out.append(f"\n## `{s['run']}`\n\n")
+        out.append(f"{s['config']['mode']} step, batch {s['config']['batch_size']}, {s['device_name']}; {s['timeline']} per step "
+                   f"{s['step_ms']:.1f} ms (wall {s['wall_ms_per_step_while_profiling']:.1f} ms while profiling); "
+                   f"convolutions {100 * s['conv_share']:.0f}% of it. Trace: `{s['trace_dir']}`.\n\n")
+        rows = [[f"`{r['name'][:60]}`", r.get("layer", "-"), fmt_num(r["calls_per_step"], 0), f"{r['self_ms_per_step']:.2f}",
+                 f"{r['total_ms_per_step']:.2f}", f"{100 * r['share']:.1f}%", _shapes(r["input_shapes"]),
+                 fmt_num(r["flops_per_call"] / 1e6, 1) if r.get("flops_per_call") else "-", fmt_num(r.get("gflops_per_s"), 1)]
+                for r in s["conv_rows"]]
+        out.append("Convolution ops and kernels:\n\n")
+        out.append(table(["op / kernel", "layer", "calls", "self ms", "total ms", "share", "input shapes", "MFLOP/call", "GFLOP/s"],
+                         rows, align="llrrrrlrr"))
+        rows = [[f"`{r['name'][:60]}`", fmt_num(r["calls_per_step"], 0), f"{r['self_ms_per_step']:.2f}", f"{100 * r['share']:.1f}%",
+                 _shapes(r["input_shapes"])] for r in s["other_rows"]]
+        out.append("\nTop other ops:\n\n")
+        out.append(table(["op", "calls", "self ms", "share", "input shapes"], rows, align="lrrrl"))
+    return "".join(out)

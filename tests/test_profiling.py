@@ -1,0 +1,141 @@
+"""mnist-bench profile: the trace, the kernel summary, bad input, and TensorBoard's profiler plugin."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+import torch
+
+from mnist_models import cli
+from mnist_models.errors import UsageError
+from mnist_models.profiling import ProfileConfig, profile, render_kernel_report
+
+PLUGIN = "/data/plugin/pytorch_profiler"
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("traces")
+    config = ProfileConfig(model="simple", mode="train", device="cpu", batch_size=32, wait=1, warmup=1, active=2, out_dir=str(out))
+    run_dir, summary = profile(config, log=lambda line: None)
+    return out, run_dir, summary
+
+
+def test_trace_lands_in_one_named_run_directory(profiled):
+    out, run_dir, summary = profiled
+    assert run_dir.parent == out and run_dir.name == "simple-train-cpu-eager-fp32-b32"
+    traces = list(run_dir.glob("*.pt.trace.json"))
+    assert len(traces) == 1
+    events = json.loads(traces[0].read_text())["traceEvents"]
+    assert any("convolution" in e.get("name", "") for e in events)
+
+
+def test_summary_names_the_conv_kernels_with_flops(profiled):
+    _, _, summary = profiled
+    by_layer = {(r["name"], r.get("layer")): r for r in summary["conv_rows"]}
+    forward = by_layer[("aten::mkldnn_convolution", "layer2.0")]
+    backward = by_layer[("aten::convolution_backward", "layer2.0")]
+    first_backward = by_layer[("aten::convolution_backward", "layer1.0")]
+    layer2_flops = 2 * 32 * 9 * 64 * 14 * 14 * 32  # batch 32
+    assert forward["flops_per_call"] == layer2_flops
+    assert backward["flops_per_call"] == 2 * layer2_flops  # input and weight gradients
+    assert first_backward["flops_per_call"] == 2 * 1 * 9 * 32 * 28 * 28 * 32  # weight gradient only
+    assert forward["gflops_per_s"] > 0 and forward["calls_per_step"] == 1
+    assert 0 < summary["conv_share"] < 1
+    assert any("max_pool2d" in r["name"] for r in summary["other_rows"])
+    shares = sum(r["share"] for r in summary["conv_rows"] + summary["other_rows"])
+    assert shares <= 1.0001
+
+
+def test_kernel_report_renders_every_run(profiled):
+    _, _, summary = profiled
+    text = render_kernel_report([summary], "test")
+    assert "## `simple-train-cpu-eager-fp32-b32`" in text
+    assert "aten::mkldnn_convolution" in text and "Top other ops" in text
+    with pytest.raises(UsageError, match="no profile summaries"):
+        render_kernel_report([], "test")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["profile", "--compile", "turbo"], "invalid choice: 'turbo'"),
+        (["profile", "--mode", "backward"], "invalid choice: 'backward'"),
+        (["profile", "--precision", "int8"], "invalid choice: 'int8'"),
+    ],
+)
+def test_bad_profile_arguments(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_profile_cuda_without_gpu(capsys, tmp_path):
+    assert cli.main(["profile", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_profile_unwritable_output(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli.main(["profile", "--out", str(blocker / "traces")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port: int, route: str, **params):
+    url = f"http://127.0.0.1:{port}{PLUGIN}{route}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_tensorboard_profiler_plugin_loads_the_trace(profiled):
+    out, run_dir, _ = profiled
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from tensorboard.main import run_main; run_main()", "--logdir", str(out),
+         "--port", str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline, runs = time.monotonic() + 120, None
+        while time.monotonic() < deadline:
+            assert server.poll() is None, f"tensorboard exited: {server.stderr.read()[-2000:]}"
+            try:
+                runs = _get(port, "/runs")
+                if run_dir.name in runs["runs"] and not runs["loading"]:
+                    break
+            except OSError:
+                pass  # not listening yet
+            time.sleep(1)
+        assert runs and run_dir.name in runs["runs"], f"run never listed: {runs}"
+
+        views = _get(port, "/views", run=run_dir.name)
+        assert {"Overview", "Operator"} <= set(views)
+        workers = _get(port, "/workers", run=run_dir.name, view="Operator")
+        assert workers
+        spans = _get(port, "/spans", run=run_dir.name, worker=workers[0])
+        table = _get(port, "/operation/table", run=run_dir.name, worker=workers[0], span=spans[0] if spans else "",
+                     view="Operator", group_by="Operation")
+        names = {row["name"] for row in table["data"]}  # {"metadata": ..., "data": [{"name": ..., ...}]}
+        assert {"aten::mkldnn_convolution", "aten::convolution_backward"} <= names
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
