@@ -145,13 +145,30 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """The accuracy-vs-cost report from stored runs; and/or a benchmark report from a saved JSON."""
+    from .atomic import write_text
     from .bench_report import load_bench_json, write_report
 
-    if not args.bench_json:
-        raise MnistBenchError("nothing to report: give --bench-json FILE")
-    out = Path(args.out) if args.out else Path(args.bench_json).with_suffix(".md")
-    write_report(load_bench_json(Path(args.bench_json)), out, command=f"mnist-bench report --bench-json {args.bench_json}")
-    print(f"benchmark report written to {out}")
+    bench = load_bench_json(Path(args.bench_json)) if args.bench_json else None
+    if bench is not None and args.bench_out:
+        write_report(bench, Path(args.bench_out), command=f"mnist-bench report --bench-json {args.bench_json}")
+        print(f"benchmark report written to {args.bench_out}")
+    if args.no_accuracy:
+        return 0
+    from .accuracy_report import render
+    from .sweep import load_runs
+
+    runs, problems = load_runs(Path(args.runs_dir))
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if not runs:
+        raise MnistBenchError(f"no run records under {args.runs_dir}; train or sweep first")
+    if bench is None:
+        latest = sorted(Path("reports").glob("benchmarks-*.json"), key=lambda p: p.stat().st_mtime)
+        bench = load_bench_json(latest[-1]) if latest else None
+    out = Path(args.out)
+    write_text(out, render(runs, problems, bench, out.parent, command="mnist-bench report"))
+    print(f"accuracy-vs-cost report written to {out} ({len(runs)} runs)")
     return 0
 
 
@@ -199,11 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_variant_flags(p)
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("report", help="rebuild the benchmark report from a saved pytest-benchmark JSON",
-                       description="Render markdown reports from stored data: a benchmark JSON (--benchmark-json, --benchmark-autosave "
-                                   "or the JSON written beside reports/benchmarks-*.md).")
-    p.add_argument("--bench-json", default=None, help="a pytest-benchmark JSON file")
-    p.add_argument("--out", default=None, help="markdown path (default: the JSON path with .md)")
+    p = sub.add_parser("report", help="build reports/accuracy-vs-cost.md from run records; rebuild a benchmark report from its JSON",
+                       description="Render markdown reports from stored data: the accuracy-vs-cost report (with PNG plots) from run "
+                                   "records, and optionally a benchmark report from a pytest-benchmark JSON (--benchmark-json, "
+                                   "--benchmark-autosave, or the JSON written beside reports/benchmarks-*.md).")
+    p.add_argument("--runs-dir", default="reports/runs", help="run records to report on (default: reports/runs)")
+    p.add_argument("--out", default="reports/accuracy-vs-cost.md", help="accuracy-vs-cost markdown; PNG plots go beside it (default: reports/accuracy-vs-cost.md)")
+    p.add_argument("--bench-json", default=None, help="a pytest-benchmark JSON file (default: the newest reports/benchmarks-*.json)")
+    p.add_argument("--bench-out", default=None, help="also render the benchmark report from --bench-json to this markdown path")
+    p.add_argument("--no-accuracy", action="store_true", help="only the benchmark report (with --bench-json and --bench-out)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("data", help="show which datasets are available here, and where from")

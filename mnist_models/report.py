@@ -53,7 +53,7 @@ def fmt_time(seconds: float | None) -> str:
 
 
 def fmt_num(value: float | None, digits: int = 1) -> str:
-    if value is None:
+    if value is None or value != value:  # None or NaN
         return "-"
     return f"{value:,.{digits}f}"
 

@@ -1,0 +1,260 @@
+"""Run records (+ the latest benchmark JSON) -> reports/accuracy-vs-cost.md and its plots.
+
+One section per dataset: runs from different datasets are never averaged together. Within a
+dataset, runs group by model, loader, variant, recipe and thread count; each group reports the
+spread over its seeds, so a difference between the nets can be weighed against seed-to-seed noise.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from . import atomic
+from .report import fmt_num, header, table
+
+# The seed's printed per-epoch costs (MNIST, its unnamed machine) and accuracies (raw-pixel evaluation).
+SEED_COSTS = {
+    "simple": [0.225939184, 0.0630982518, 0.0463336967, 0.0374494195, 0.0313653052, 0.0261803828, 0.0218190774,
+               0.0183058828, 0.0164249353, 0.0131303286, 0.00988870859, 0.00991326477, 0.00879074447, 0.0067628026,
+               0.00727953995],
+    "deep": [0.190638304, 0.0532845221, 0.037660379, 0.0296484027, 0.0239125956, 0.0203637555, 0.0181394033,
+             0.0136777712, 0.0135163562, 0.0108031444, 0.00989781693, 0.0114726787, 0.00667280518, 0.00744756451,
+             0.00912202988],
+}
+SEED_ACCURACY = {"simple": 0.9874, "deep": 0.9838}
+GROUP_KEYS = ["model", "loader", "tag", "epochs_cfg", "batch_size", "lr", "threads"]
+
+
+def runs_frame(runs: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        cfg = r["config"]
+        epochs = r["epochs"]
+        rows.append({
+            "dataset": r["dataset"]["name"], "train_images": r["dataset"]["train"], "test_images": r["dataset"]["test"],
+            "model": cfg["model"], "loader": cfg["loader"], "tag": r.get("variant", {}).get("tag", "?"),
+            "epochs_cfg": cfg["epochs"], "batch_size": cfg["batch_size"], "lr": cfg["lr"], "seed": cfg["seed"],
+            "threads": r.get("busy_before_start", {}).get("torch_threads") or r.get("machine", {}).get("torch_threads"),
+            "accuracy": r["test_accuracy"], "seed_style": r["seed_style_accuracy"], "train_seconds": r["train_seconds"],
+            "sec_per_epoch": r["train_seconds"] / len(epochs), "params": r["model"]["params"], "flops": r["model"]["flops_per_image"],
+            "peak_mb": r.get("peak_memory_mb"), "lat1_ms": r.get("inference_ms", {}).get("1"),
+            "lat1000_ms": r.get("inference_ms", {}).get("1000"),
+            "contended": bool(r.get("busy_before_start", {}).get("busy")) or (r.get("cores_used_by_others_during_run") or 0) > 0.25,
+            "curve": [e.get("test_accuracy") for e in epochs], "costs": [e["cost"] for e in epochs],
+            "cum_seconds": list(pd.Series([e["seconds"] for e in epochs]).cumsum()),
+            "machine": r.get("machine", {}),
+        })
+    return pd.DataFrame(rows)
+
+
+def _label(g: pd.Series | dict) -> str:
+    return f"{g['model']} {g['loader']}-loader {g['tag']}"
+
+
+def _is_seed_recipe(row) -> bool:
+    return row["loader"] == "seed" and row["tag"].endswith("eager-fp32") and row["batch_size"] == 100 and row["lr"] == 1e-3
+
+
+def _time_to(row, target: float) -> float | None:
+    for acc, seconds in zip(row["curve"], row["cum_seconds"]):
+        if acc is not None and acc >= target:
+            return seconds
+    return None
+
+
+def summarise_groups(df: pd.DataFrame) -> pd.DataFrame:
+    def agg(g: pd.DataFrame) -> pd.Series:
+        return pd.Series({
+            "n": len(g), "seeds": sorted(g["seed"]), "acc_mean": g["accuracy"].mean(), "acc_std": g["accuracy"].std(ddof=1) if len(g) > 1 else 0.0,
+            "acc_min": g["accuracy"].min(), "acc_max": g["accuracy"].max(), "seed_style_mean": g["seed_style"].mean(),
+            "sec_per_epoch": g["sec_per_epoch"].mean(), "train_seconds": g["train_seconds"].mean(),
+            "train_seconds_std": g["train_seconds"].std(ddof=1) if len(g) > 1 else 0.0,
+            "lat1_ms": g["lat1_ms"].median(), "lat1000_ms": g["lat1000_ms"].median(), "params": g["params"].iloc[0],
+            "flops": g["flops"].iloc[0], "peak_mb": g["peak_mb"].max(), "contended": bool(g["contended"].any()),
+            "runs": g,
+        })
+
+    return df.groupby(GROUP_KEYS, sort=True).apply(agg, include_groups=False).reset_index()
+
+
+def pareto(points: list[tuple[float, float]]) -> list[bool]:
+    """For (cost, accuracy) points: True where no other point is cheaper-or-equal and at least as accurate."""
+    flags = []
+    for i, (c, a) in enumerate(points):
+        dominated = any((c2 <= c and a2 >= a) and (c2 < c or a2 > a) for j, (c2, a2) in enumerate(points) if j != i)
+        flags.append(not dominated)
+    return flags
+
+
+def plot(groups: pd.DataFrame, dataset: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    flags = pareto(list(zip(groups["train_seconds"], groups["acc_mean"])))
+    for (_, g), on_front in zip(groups.iterrows(), flags):
+        ax1.errorbar(g["train_seconds"], g["acc_mean"], xerr=g["train_seconds_std"], yerr=g["acc_std"], fmt="o", capsize=4,
+                     label=f"{_label(g)}, {g['epochs_cfg']} ep, {g['threads']} thr (n={g['n']})", markersize=9 if on_front else 6,
+                     markeredgecolor="black" if on_front else None, markeredgewidth=2 if on_front else 0)
+        curves = pd.DataFrame(list(g["runs"]["curve"]))
+        epochs = range(1, curves.shape[1] + 1)
+        line = ax2.plot(epochs, curves.mean(), label=_label(g))[0]
+        ax2.fill_between(epochs, curves.min(), curves.max(), alpha=0.2, color=line.get_color())
+    ax1.set_xlabel("training time, s (mean over seeds; bars: std)")
+    ax1.set_ylabel("final test accuracy (bars: std over seeds)")
+    ax1.set_title(f"{dataset}: accuracy vs training cost (outlined: Pareto-optimal)")
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("test accuracy (mean; band: min-max over seeds)")
+    ax2.set_title(f"{dataset}: test accuracy per epoch")
+    ax2.legend(fontsize=7)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return atomic.write_bytes(path, buffer.getvalue())
+
+
+def _bench_latency(bench: dict | None, model: str, tag: str) -> str:
+    """Forward medians at batch 1 and 1000 from the benchmark JSON, when it has this model + variant."""
+    if not bench:
+        return "-"
+    found = {}
+    for b in bench.get("benchmarks", []):
+        info = b.get("extra_info", {})
+        if info.get("suite") == "forward" and info.get("model") == model and b["name"].split("[")[-1].startswith(f"{model}-{tag}-b"):
+            found[info["batch"]] = b["stats"]["median"] * 1e3
+    return " / ".join(f"{found[k]:.2f}" if k in found else "-" for k in (1, 1000)) if found else "-"
+
+
+def _baselines(groups: pd.DataFrame) -> pd.DataFrame:
+    """The seed-recipe groups at the longest schedule, one per model (the one with most seeds)."""
+    base = groups[groups.apply(_is_seed_recipe, axis=1)]
+    if base.empty:
+        return base
+    base = base[base["epochs_cfg"] == base["epochs_cfg"].max()]
+    return base.sort_values("n").groupby("model").tail(1)
+
+
+def _reading(groups: pd.DataFrame) -> list[str]:
+    """A generated reading of the table: which net is better at equal cost, and is the gap real."""
+    lines = []
+    base = _baselines(groups)
+    by_model = {row["model"]: row for _, row in base.iterrows()}
+    if {"simple", "deep"} <= set(by_model):
+        s, d = by_model["simple"], by_model["deep"]
+        diff = d["acc_mean"] - s["acc_mean"]
+        noise = math.sqrt(s["acc_std"] ** 2 / s["n"] + d["acc_std"] ** 2 / d["n"]) if s["n"] > 1 and d["n"] > 1 else None
+        verdict = ("cannot be weighed against seed-to-seed spread with a single seed per net" if noise is None else
+                   f"{'larger' if abs(diff) > 2 * noise else 'not larger'} than twice its standard error ({2 * noise:.4f}) from the seed-to-seed spread")
+        lines.append(f"- **Real accuracy, seed recipe**: deep {d['acc_mean']:.4f} vs simple {s['acc_mean']:.4f} "
+                     f"(n = {d['n']} and {s['n']} seeds): deep {'better' if diff > 0 else 'worse'} by {abs(diff):.4f}, which is {verdict}.")
+        seed_diff = d["seed_style_mean"] - s["seed_style_mean"]
+        lines.append(f"- **The seed's conclusion** (\"deeper is not always better\" from deep 0.9838 < simple 0.9874 on raw 0..255 pixels): "
+                     f"with the seed's evaluation here, deep {d['seed_style_mean']:.4f} vs simple {s['seed_style_mean']:.4f} "
+                     f"(deep {'worse' if seed_diff < 0 else 'better'}); evaluated correctly, deep is {'better' if diff > 0 else 'worse'}. "
+                     + ("The conclusion does not survive correct evaluation." if diff > 0 and (noise is None or diff > 2 * noise)
+                        else "The conclusion is not overturned by these runs." if diff <= 0 else
+                        "Correct evaluation favours deep, but not beyond the seed-to-seed spread."))
+        t_simple = s["train_seconds"]
+        reach = [_time_to(r, s["acc_mean"]) for _, r in d["runs"].iterrows()]
+        reached = [t for t in reach if t is not None]
+        if reached:
+            lines.append(f"- **At equal cost**: simple needs {t_simple:.0f} s ({s['epochs_cfg']} epochs) for {s['acc_mean']:.4f}; deep reaches that accuracy "
+                         f"after {sum(reached) / len(reached):.0f} s on average ({len(reached)}/{len(reach)} seeds reach it), "
+                         f"so {'deep' if sum(reached) / len(reached) < t_simple else 'simple'} is the better buy at that accuracy.")
+        else:
+            lines.append(f"- **At equal cost**: deep never reaches simple's final {s['acc_mean']:.4f} in these runs; simple is the better buy.")
+    same_schedule = groups[groups["epochs_cfg"] == (base["epochs_cfg"].max() if not base.empty else groups["epochs_cfg"].max())]
+    for model, g in same_schedule.groupby("model"):
+        fastest = g.loc[g["train_seconds"].idxmin()]
+        lines.append(f"- **Cheapest {model} training** over {fastest['epochs_cfg']} epochs: {_label(fastest)}, {fastest['train_seconds']:.0f} s "
+                     f"for {fastest['acc_mean']:.4f} (n = {fastest['n']}).")
+    return lines
+
+
+def render(runs: list[dict], problems: list[str], bench: dict | None, out_dir: Path, command: str) -> str:
+    df = runs_frame(runs)
+    machine = runs[-1].get("machine", {}) if runs else {}
+    out = [header("Accuracy versus cost", machine, df["dataset"].unique() if len(df) else [], command)]
+    out.append("\nEvery figure comes from stored run records (`reports/runs/<dataset>/*.json`), made by `mnist-bench train` / "
+               "`mnist-bench sweep` on this machine. Accuracy is on the test set with pixels scaled as in training; the "
+               "seed-style column feeds raw 0..255 pixels, as the seed's script did. Training time excludes the per-epoch "
+               "evaluations. Datasets are reported separately and never averaged together.\n")
+    if problems:
+        out.append("\n" + "\n".join(f"- WARNING: {p}" for p in problems) + "\n")
+    for dataset in sorted(df["dataset"].unique()):
+        sub = df[df["dataset"] == dataset]
+        groups = summarise_groups(sub)
+        counts = f"{sub['train_images'].iloc[0]:,} train / {sub['test_images'].iloc[0]:,} test images"
+        out.append(f"\n## {dataset} ({counts})\n\n")
+        if dataset == "synthetic":
+            out.append("_synthetic data is random: its accuracies mean nothing and are not reported._\n")
+            continue
+        if groups["contended"].any():
+            out.append("_Runs marked * shared the CPU with other work (see `busy_before_start` and "
+                       "`cores_used_by_others_during_run` in their records): their times are upper bounds._\n\n")
+        rows = []
+        for _, g in groups.iterrows():
+            rows.append([
+                f"{_label(g)}{'*' if g['contended'] else ''}", g["epochs_cfg"], g["threads"], f"{g['n']} ({', '.join(map(str, g['seeds']))})",
+                f"{g['acc_mean']:.4f} ± {g['acc_std']:.4f}", f"{g['acc_min']:.4f}–{g['acc_max']:.4f}", f"{g['seed_style_mean']:.4f}",
+                f"{g['sec_per_epoch']:.1f}", f"{g['train_seconds']:.0f}",
+                f"{fmt_num(g['lat1_ms'], 2)} / {fmt_num(g['lat1000_ms'], 1)}", _bench_latency(bench, g["model"], g["tag"]),
+                f"{g['params']:,}", f"{g['flops'] / 1e6:.2f} M", fmt_num(g["peak_mb"], 0),
+            ])
+        out.append(table(["model, loader, variant", "epochs", "threads", "seeds", "accuracy mean ± std", "min–max", "seed-style",
+                          "s / epoch", "train s", "latency b1 / b1000 ms (run)", "bench b1 / b1000 ms", "params", "FLOPs / image", "peak MB"],
+                         rows, align="lrrlrrrrrrrrrr"))
+        out.append("\nPeak MB is the process's peak RSS on CPU (it includes the dataset) or CUDA's allocator peak.\n")
+
+        base = _baselines(groups)
+        targets = sorted({round(float(a), 4) for a in base["acc_mean"]})
+        if targets:
+            out.append("\n### Time to reach an accuracy (targets: the seed recipe's final accuracy per net)\n\n")
+            rows = []
+            for _, g in groups.iterrows():
+                cells = []
+                for target in targets:
+                    times = [_time_to(r, target) for _, r in g["runs"].iterrows()]
+                    hit = [t for t in times if t is not None]
+                    cells.append(f"{sum(hit) / len(hit):.0f} s ({len(hit)}/{len(times)})" if hit else f"not reached (0/{len(times)})")
+                rows.append([_label(g), *cells])
+            out.append(table(["model, loader, variant", *[f"≥ {t:.4f}" for t in targets]], rows))
+            out.append("\nMean training seconds to the first epoch whose test accuracy reaches the target (seeds reaching it / seeds).\n")
+
+        out.append(_seed_table(sub))
+        png = out_dir / f"accuracy-vs-cost-{dataset}.png"
+        plot(groups, dataset, png)
+        out.append(f"\n### Plot\n\n![accuracy vs cost, {dataset}]({png.name})\n")
+        out.append("\n### Reading\n\n" + "\n".join(_reading(groups)) + "\n")
+    return "".join(out)
+
+
+def _seed_table(sub: pd.DataFrame) -> str:
+    """The seed's own table beside ours: seed recipe, seed 777, per-epoch cost, both accuracies."""
+    ours = {r["model"]: r for _, r in sub.iterrows() if _is_seed_recipe(r) and r["seed"] == 777 and r["epochs_cfg"] == 15}
+    if not ours:
+        return ""
+    models = [m for m in ("simple", "deep") if m in ours]
+    rows = []
+    for epoch in range(15):
+        row = [epoch + 1]
+        for m in models:
+            row += [f"{SEED_COSTS[m][epoch]:.9g}", f"{ours[m]['costs'][epoch]:.9g}", f"{ours[m]['curve'][epoch]:.4f}"]
+        rows.append(row)
+    rows.append(["seed-style acc"] + sum(([f"{SEED_ACCURACY[m]}", f"{ours[m]['seed_style']:.4f}", ""] for m in models), []))
+    rows.append(["real acc"] + sum((["(not measured)", f"{ours[m]['accuracy']:.4f}", ""] for m in models), []))
+    columns = ["epoch"] + sum(([f"{m}: seed's cost (MNIST)", f"{m}: our cost", f"{m}: our test acc"] for m in models), [])
+    return ("\n### The seed's table, reproduced (seed recipe, seed 777, 15 epochs)\n\n"
+            "The seed's costs were printed on MNIST on a machine it does not name; ours are on this dataset. The seed's accuracies "
+            "come from raw 0..255 test pixels; the matching figure here is the seed-style row.\n\n" + table(columns, rows))

@@ -1,0 +1,98 @@
+"""Report rendering: accuracy-vs-cost from run records, benchmarks from pytest-benchmark JSON."""
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mnist_models import cli
+from mnist_models.accuracy_report import pareto, render
+from mnist_models.bench_report import render as render_bench
+from mnist_models.sweep import load_runs, run_sweep, sweep_configs
+from mnist_models.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """Real runs: both nets, the seed recipe, two seeds, one epoch on mnist-5k."""
+    folder = tmp_path_factory.mktemp("runs")
+    base = TrainConfig(dataset="mnist-5k", epochs=1, measure_latency=False)
+    run_sweep(sweep_configs(base, ["simple", "deep"], ["seed-eager-fp32"], [1, 2]), folder, progress=False, log=lambda s: None)
+    return folder
+
+
+def test_pareto_front():
+    # (cost, accuracy): the second point is cheaper and better than the first; the third is more accurate.
+    assert pareto([(10, 0.90), (5, 0.92), (20, 0.95)]) == [False, True, True]
+
+
+def test_accuracy_report_from_real_runs(runs_dir, tmp_path):
+    runs, problems = load_runs(runs_dir)
+    text = render(runs, problems, None, tmp_path, "test")
+    assert "## mnist-5k (4,000 train / 1,000 test images)" in text
+    assert "simple seed-loader cpu-eager-fp32" in text and "deep seed-loader cpu-eager-fp32" in text
+    assert "2 (1, 2)" in text  # two seeds per group
+    assert "### Reading" in text and "seed-to-seed spread" in text
+    assert (tmp_path / "accuracy-vs-cost-mnist-5k.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_corrupt_record_is_skipped_and_named(runs_dir, tmp_path, capsys):
+    mixed = tmp_path / "runs"
+    subprocess.run(["cp", "-r", str(runs_dir), str(mixed)], check=True)
+    (mixed / "mnist-5k" / "zz-broken.json").write_text("{")
+    assert cli.main(["report", "--runs-dir", str(mixed), "--out", str(tmp_path / "r.md")]) == 0
+    assert "skipped corrupt run record" in capsys.readouterr().err
+    text = (tmp_path / "r.md").read_text()
+    assert "WARNING: skipped corrupt run record" in text and "deep seed-loader" in text
+
+
+def test_datasets_are_never_averaged_together(runs_dir, tmp_path):
+    runs, _ = load_runs(runs_dir)
+    other = copy.deepcopy(runs[0])
+    other["dataset"] = {**other["dataset"], "name": "fashion-mnist", "train": 60000, "test": 10000}
+    other["test_accuracy"] = 0.5
+    text = render(runs + [other], [], None, tmp_path, "test")
+    assert "## fashion-mnist (60,000 train / 10,000 test images)" in text
+    assert "(mixed: compare within a dataset only)" in text
+    mnist5k_section = text.split("## mnist-5k")[1]
+    assert "0.5000" not in mnist5k_section.split("## ")[0]
+
+
+def test_report_without_runs_is_one_line_error(tmp_path, capsys):
+    assert cli.main(["report", "--runs-dir", str(tmp_path / "none"), "--out", str(tmp_path / "r.md")]) == 2
+    assert "no runs directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["report", "--runs-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r.md")]) == 2
+    assert "no run records" in capsys.readouterr().err
+
+
+def _bench(name, group, median, **info):
+    return {"name": f"test_x[{name}]", "group": group, "stats": {"median": median, "iqr": median / 10, "rounds": 5},
+            "extra_info": info}
+
+
+def test_bench_report_speedups_and_ceiling_share():
+    common = dict(suite="train-step", model="simple", device="cpu", batch=100, flops_per_call=2e9, images_per_call=100)
+    data = {"datetime": "2026-11-28T10:00:00", "benchmarks": [
+        _bench("cpu-fp32", "ceiling", 0.1, suite="ceiling", device="cpu", precision="fp32", gflops_per_s=100.0),
+        _bench("simple-cpu-eager-fp32-b100", "g", 0.040, compile="off", precision="fp32", channels_last=False, **common),
+        _bench("simple-cpu-eager-fp32-cl-b100", "g", 0.020, compile="off", precision="fp32", channels_last=True, **common),
+    ], "mnist_bench": {"machine": {"cpu": "test cpu", "torch": "x"}, "busy": {"busy": True, "reason": "a neighbour"}}}
+    text = render_bench(data)
+    row = next(line for line in text.splitlines() if "eager-fp32-cl-b100" in line)
+    assert "2.00x" in row  # 40 ms baseline / 20 ms
+    assert "5,000" in row  # images/s
+    assert "100.0" in row and "100.0%" in row  # 2 GFLOP / 20 ms = 100 GFLOP/s = the ceiling
+    assert "WARNING: the machine was busy" in text
+
+
+def test_bench_session_writes_report(tmp_path):
+    report = tmp_path / "bench.md"
+    result = subprocess.run([sys.executable, "-m", "pytest", "bench", "-q", "--benchmark-only", "-k", "ceiling and cpu-fp32",
+                             "--bench-report", str(report), "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:]
+    data = json.loads(report.with_suffix(".json").read_text())
+    assert data["benchmarks"][0]["extra_info"]["gflops_per_s"] > 0
+    assert "## Machine ceiling" in report.read_text()
