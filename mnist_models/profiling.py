@@ -30,7 +30,7 @@ from .variants import Variant, device_name, make_forward, make_train_step, resol
 
 MODES = ("train", "forward")
 # Rows that only wrap other rows (their time is their children's) are left out of the tables.
-_WRAPPERS = re.compile(r"^(ProfilerStep#|autograd::engine|Optimizer\.|CompiledFunction|Torch-Compiled Region|TorchDynamo|"
+_WRAPPERS = re.compile(r"^(ProfilerStep|autograd::engine|Optimizer\.|CompiledFunction|Torch-Compiled Region|TorchDynamo|"
                        r"aten::(conv2d|convolution|_convolution|linear|max_pool2d|cross_entropy_loss|to|_to_copy|empty.*)$|"
                        r".*Backward\d*$)")  # autograd nodes: their time is the backward kernels beneath
 _CONV = re.compile(r"conv|cudnn|fprop|dgrad|wgrad|implicit_gemm|winograd", re.IGNORECASE)
@@ -109,7 +109,8 @@ def summarise(prof, config: ProfileConfig, model) -> dict:
     conv_flops = _conv_flops_by_shape(model, config.batch_size, config.mode)
     convs, others = [], []
     for e in events:
-        if self_us(e) <= 0 or _WRAPPERS.match(e.key):
+        # Keep the rows that do the work: a wrapper's time is mostly its children's.
+        if self_us(e) <= 0 or _WRAPPERS.match(e.key) or self_us(e) < 0.5 * total_us(e):
             continue
         shapes = [list(s) for s in (e.input_shapes or []) if s]
         row = {
@@ -228,7 +229,7 @@ def load_summaries(summary_dir: Path = DEFAULT_SUMMARY_DIR) -> list[dict]:
             summaries.append(data)
     order = {"simple": 0, "deep": 1}
     return sorted(summaries, key=lambda s: (order.get(s["config"]["model"], 2), s["config"]["mode"], s["variant"]["device"],
-                                             s["config"]["compile"] != "off", s["config"]["precision"], s["config"]["channels_last"]))
+                                             s["config"]["compile"] != "off", s["config"]["precision"] != "fp32", s["config"]["channels_last"]))
 
 
 def _shapes(shapes: list) -> str:
@@ -247,7 +248,9 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
         "steps, with the profiler's own overhead: compare shares, and take absolute speed from the benchmark report). "
         "Convolution FLOPs come from the nets' own per-layer count (`layer_flops`), not the profiler, which counts no backward or "
         "compiled convolution: backward = 2x forward, except the first layer (1x: images need no gradient). "
-        "Rows that only wrap other rows (aten::conv2d, autograd nodes) are left out.\n"
+        "Rows that only wrap other rows (aten::conv2d, autograd nodes, any row whose self time is under half its total) are left out. "
+        "Under torch.compile, `## Call CompiledFxGraph ...` is the time of inductor's generated kernels (fused ReLU, pooling, "
+        "their backward and the optimizer's elementwise work); convolutions stay library calls (extern kernels).\n"
     )
     overview = []
     for s in summaries:
