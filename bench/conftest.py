@@ -46,7 +46,7 @@ def pytest_report_header(config):
     lines = [f"mnist-bench: torch {torch.__version__}, {torch.get_num_threads()} threads, {device_name('cpu')}"
              + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")]
     warning = busy_warning(state["busy"])
-    if warning:
+    if warning and not config.getoption("benchmark_disable"):  # nothing is timed in a smoke run
         lines.append(warning)
     return lines
 
@@ -91,6 +91,8 @@ def pytest_terminal_summary(terminalreporter, config):
     state = config._mnist_bench
     if "report" in state:
         terminalreporter.write_line(f"mnist-bench: report written to {state['report']} (data: {state['report'].with_suffix('.json')})")
+    if config.getoption("benchmark_disable"):
+        return
     warning = busy_warning(state["busy"])
     others = state["contention"].cores_used_by_others()
     if warning:
@@ -161,3 +163,24 @@ def rates(benchmark) -> None:
     info = benchmark.extra_info
     info["images_per_s"] = info["images_per_call"] / median
     info["gflops_per_s"] = info["flops_per_call"] / median / 1e9
+
+
+def time_call(benchmark, case, fn, suite: str, flops_per_call: float):
+    """The forward and train-step protocol: sync inside the timed callable, warm up, describe, time.
+
+    Returns fn's result from the timed run, for the caller to check.
+    """
+    v = case.variant
+
+    def run():
+        out = fn()
+        v.synchronize()
+        return out
+
+    compile_seconds = warm_up(run)
+    benchmark.group = f"{suite}-{case.model}-{v.device}-b{case.batch}"
+    describe(benchmark, case, flops_per_call, case.batch, suite=suite, dataset="mnist-5k",
+             compile_seconds=compile_seconds if v.compile != "off" else None)
+    result = benchmark(run)
+    rates(benchmark)
+    return result

@@ -91,6 +91,41 @@ def _group_rows(benchmarks: list[dict], peaks: dict) -> tuple[list[list], list[s
     return rows, notes
 
 
+def _short(bench: dict) -> str:
+    return bench["name"].split("[")[-1].rstrip("]")
+
+
+def headlines(groups: dict[str, list[dict]], peaks: dict) -> list[str]:
+    """One line per group at the seed's batch (and per epoch group): baseline, best variant, speedup."""
+    lines = []
+    for name, benches in groups.items():
+        info = benches[0].get("extra_info", {})
+        if info.get("suite") not in ("forward", "train-step", "epoch") or (info.get("suite") != "epoch" and info.get("batch") != 100):
+            continue
+        baseline = next((b for b in benches if _is_baseline(b.get("extra_info", {}))), None)
+        best = min(benches, key=lambda b: b["stats"]["median"])
+        if baseline is None:
+            continue
+        ratio = baseline["stats"]["median"] / best["stats"]["median"]
+        line = f"- **{name}**: baseline `{_short(baseline)}` {fmt_time(baseline['stats']['median'])}"
+        if best is baseline:
+            line += "; no variant beats it"
+        else:
+            line += f"; fastest `{_short(best)}` {fmt_time(best['stats']['median'])} (**{ratio:.2f}x**)"
+        b_info = best.get("extra_info", {})
+        flops = b_info.get("flops_per_call")
+        peak = _ceiling_for(b_info, peaks)
+        if flops and peak:
+            line += f", {100 * flops / best['stats']['median'] / 1e9 / peak:.0f}% of the matmul ceiling"
+        if info.get("suite") == "epoch":
+            accs = [b.get("extra_info", {}).get("test_accuracy") for b in (baseline, best)]
+            if None not in accs:
+                line += f"; test accuracy after the epoch {accs[0]:.4f} (baseline) vs {accs[1]:.4f}"
+            line += f"; the 3x target is {'met' if ratio >= 3 else 'not met'}"
+        lines.append(line)
+    return sorted(lines)
+
+
 def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
     benchmarks = data["benchmarks"]
     extra = data.get("mnist_bench", {})
@@ -111,6 +146,9 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
     groups: dict[str, list[dict]] = {}
     for bench in benchmarks:
         groups.setdefault(bench.get("group") or "ungrouped", []).append(bench)
+    lines = headlines(groups, peaks)
+    if lines:
+        out.append("\n## Headlines\n\n" + "\n".join(lines) + "\n")
 
     def order(name: str) -> tuple:
         info = groups[name][0].get("extra_info", {})

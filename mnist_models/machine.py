@@ -144,10 +144,32 @@ def machine_info() -> dict:
     return info
 
 
+def reset_peak_memory(device: str) -> None:
+    """Start a fresh peak: CUDA's allocator counter, or the process's RSS high-water mark on Linux.
+
+    Without the reset, the second run of a sweep would report the first run's peak.
+    """
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM (Linux >= 4.0)
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device: str) -> tuple[float, str]:
-    """Peak memory and what kind of peak it is: CUDA's allocator peak, or the process's peak RSS."""
+    """Peak memory since reset_peak_memory, and what kind of peak it is."""
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20, "cuda max_memory_allocated"
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024, "process peak RSS during the run (includes the dataset)"
+    except OSError:
+        pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS (includes the dataset)"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process lifetime peak RSS (includes the dataset)"

@@ -21,7 +21,7 @@ from torch import nn
 from . import atomic
 from .data import DATASETS, LOADERS, Dataset, Split, check_batch_size, load_dataset, make_loader
 from .errors import CheckpointError, TrainingDiverged, UsageError
-from .machine import CpuContention, busy_check, machine_info, peak_memory_mb
+from .machine import CpuContention, busy_check, machine_info, peak_memory_mb, reset_peak_memory
 from .nets import MODELS, build_model
 from .variants import Variant, device_name, make_forward, make_train_step, resolve_device
 
@@ -183,7 +183,7 @@ def train(
     torch.manual_seed(config.seed)
     if variant.device == "cuda":
         torch.cuda.manual_seed_all(config.seed)
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(variant.device)
     model = variant.place(build_model(config.model))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     step = make_train_step(model, optimizer, variant)
@@ -214,6 +214,7 @@ def train(
             )
         record = {"epoch": epoch, "cost": result.mean_loss, "seconds": result.seconds, "steps": result.steps}
         if config.eval_every_epoch or epoch == config.epochs:
+            # Evaluation runs the eager net in fp32 for every variant: one yardstick for all.
             record["test_accuracy"] = evaluate(model, dataset.test, variant.device, config.eval_batch_size)
         epochs.append(record)
         log(SEED_EPOCH_LINE.format(epoch, result.mean_loss))
