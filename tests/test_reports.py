@@ -81,7 +81,7 @@ def test_bench_report_speedups_and_ceiling_share():
         _bench("simple-cpu-eager-fp32-cl-b100", "g", 0.020, compile="off", precision="fp32", channels_last=True, **common),
     ], "mnist_bench": {"machine": {"cpu": "test cpu", "torch": "x"}, "busy": {"busy": True, "reason": "a neighbour"}}}
     text = render_bench(data)
-    row = next(line for line in text.splitlines() if "eager-fp32-cl-b100" in line)
+    row = next(line for line in text.splitlines() if line.startswith("| `") and "eager-fp32-cl-b100" in line)
     assert "2.00x" in row  # 40 ms baseline / 20 ms
     assert "5,000" in row  # images/s
     assert "100.0" in row and "100.0%" in row  # 2 GFLOP / 20 ms = 100 GFLOP/s = the ceiling
