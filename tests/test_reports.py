@@ -96,3 +96,13 @@ def test_bench_session_writes_report(tmp_path):
     data = json.loads(report.with_suffix(".json").read_text())
     assert data["benchmarks"][0]["extra_info"]["gflops_per_s"] > 0
     assert "## Machine ceiling" in report.read_text()
+
+
+def test_half_precision_ceiling_is_never_below_fp32():
+    from mnist_models.bench_report import _ceiling_for
+
+    cpu_without_bf16 = {("cpu", "fp32"): 100.0, ("cpu", "bf16"): 1.0}
+    gpu = {("cuda", "fp32"): 50.0, ("cuda", "bf16"): 500.0}
+    assert _ceiling_for({"device": "cpu", "precision": "bf16"}, cpu_without_bf16) == 100.0
+    assert _ceiling_for({"device": "cuda", "precision": "bf16"}, gpu) == 500.0
+    assert _ceiling_for({"device": "cuda", "precision": "fp32"}, gpu) == 50.0
