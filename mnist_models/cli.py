@@ -13,6 +13,8 @@ from pathlib import Path
 from .data import DATASETS, DEFAULT_ROOT, LOADERS
 from .errors import MnistBenchError
 from .nets import MODELS
+from .profiling import DEFAULT_KERNEL_REPORT, DEFAULT_SUMMARY_DIR
+from .sweep import DEFAULT_RUNS_DIR
 from .variants import COMPILE_MODES, DEVICES, PRECISIONS
 
 
@@ -56,7 +58,7 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loader", default="seed", choices=LOADERS,
                         help="seed: the seed's DataLoader over ToTensor; tensor: batches from in-memory tensors (default: seed)")
     parser.add_argument("--eval-batch-size", type=_positive_int, default=1000, help="test-set batch size (default: 1000)")
-    parser.add_argument("--runs-dir", default="reports/runs", help="where run records (JSON) and weights go (default: reports/runs)")
+    parser.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help=f"where run records (JSON) and weights go (default: {DEFAULT_RUNS_DIR})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
 
 
@@ -211,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="profiler schedule: steps traced but discarded (default: 2)")
     p.add_argument("--active", type=_positive_int, default=3, help="profiler schedule: steps recorded (default: 3)")
     p.add_argument("--out", default="reports/traces", help="TensorBoard log directory; one run folder per model+variant (default: reports/traces)")
-    p.add_argument("--summary-dir", default="reports/kernels", help="where per-run JSON summaries go (default: reports/kernels)")
-    p.add_argument("--report", default="reports/conv-kernels.md", help="the markdown kernel report (default: reports/conv-kernels.md)")
+    p.add_argument("--summary-dir", default=str(DEFAULT_SUMMARY_DIR), help=f"where per-run JSON summaries go (default: {DEFAULT_SUMMARY_DIR})")
+    p.add_argument("--report", default=str(DEFAULT_KERNEL_REPORT), help=f"the markdown kernel report (default: {DEFAULT_KERNEL_REPORT})")
     _add_variant_flags(p)
     p.set_defaults(func=cmd_profile)
 
@@ -220,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Render markdown reports from stored data: the accuracy-vs-cost report (with PNG plots) from run "
                                    "records, and optionally a benchmark report from a pytest-benchmark JSON (--benchmark-json, "
                                    "--benchmark-autosave, or the JSON written beside reports/benchmarks-*.md).")
-    p.add_argument("--runs-dir", default="reports/runs", help="run records to report on (default: reports/runs)")
+    p.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help=f"run records to report on (default: {DEFAULT_RUNS_DIR})")
     p.add_argument("--out", default="reports/accuracy-vs-cost.md", help="accuracy-vs-cost markdown; PNG plots go beside it (default: reports/accuracy-vs-cost.md)")
     p.add_argument("--bench-json", default=None, help="a pytest-benchmark JSON file (default: the newest reports/benchmarks-*.json)")
     p.add_argument("--bench-out", default=None, help="also render the benchmark report from --bench-json to this markdown path")

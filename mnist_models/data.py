@@ -74,13 +74,6 @@ def load_dataset(name: str, root: Path | str = DEFAULT_ROOT, download: bool = Tr
     return dataset
 
 
-def mnist_available(root: Path | str = DEFAULT_ROOT) -> bool:
-    """True when the real MNIST files are already in the data root (no download attempted)."""
-    from torchvision.datasets import MNIST
-
-    return _missing_files(MNIST, Path(root)) == []
-
-
 # ---------------------------------------------------------------------------------------------
 # torchvision's IDX datasets
 

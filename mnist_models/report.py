@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
@@ -56,7 +55,3 @@ def fmt_num(value: float | None, digits: int = 1) -> str:
     if value is None or value != value:  # None or NaN
         return "-"
     return f"{value:,.{digits}f}"
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

@@ -72,10 +72,6 @@ class Variant:
         return "-".join(parts + (["cl"] if self.channels_last else []))
 
     @property
-    def is_baseline(self) -> bool:
-        return self.compile == "off" and self.precision == "fp32" and not self.channels_last
-
-    @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
