@@ -111,6 +111,9 @@ def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True,
     write = bar.write if bar is not None else log
     try:
         for config in todo:
+            if record_paths(runs_dir, config)[0].exists():  # finished meanwhile by another sweep on the same folder
+                write(f"== {config.dataset} {config.run_name()}: already finished, skipped")
+                continue
             write(f"== {config.dataset} {config.run_name()}")
             model, record = train(config, datasets[config.dataset], progress=progress, log=write)
             path = save_run(model, record, runs_dir, config)
