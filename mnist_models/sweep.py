@@ -109,14 +109,17 @@ def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True,
 
         bar = tqdm(total=len(todo), desc="runs", unit="run", file=sys.stderr, position=1, dynamic_ncols=True)
     write = bar.write if bar is not None else log
+    trained = 0
     try:
         for config in todo:
             if record_paths(runs_dir, config)[0].exists():  # finished meanwhile by another sweep on the same folder
                 write(f"== {config.dataset} {config.run_name()}: already finished, skipped")
+                skipped += 1
                 continue
             write(f"== {config.dataset} {config.run_name()}")
             model, record = train(config, datasets[config.dataset], progress=progress, log=write)
             path = save_run(model, record, runs_dir, config)
+            trained += 1
             write(f"   test accuracy {record['test_accuracy']:.4f} (seed-style {record['seed_style_accuracy']:.4f}), "
                   f"{record['train_seconds']:.0f} s training -> {path}")
             if bar is not None:
@@ -124,4 +127,4 @@ def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True,
     finally:
         if bar is not None:
             bar.close()
-    return {"trained": len(todo), "skipped": skipped}
+    return {"trained": trained, "skipped": skipped}
