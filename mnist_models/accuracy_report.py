@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import atomic
+from .machine import run_was_contended
 from .report import fmt_num, header, table
 
 # The seed's printed per-epoch costs (MNIST, its unnamed machine) and accuracies (raw-pixel evaluation).
@@ -42,7 +43,7 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
             "sec_per_epoch": r["train_seconds"] / len(epochs), "params": r["model"]["params"], "flops": r["model"]["flops_per_image"],
             "peak_mb": r.get("peak_memory_mb"), "lat1_ms": r.get("inference_ms", {}).get("1"),
             "lat1000_ms": r.get("inference_ms", {}).get("1000"),
-            "contended": bool(r.get("busy_before_start", {}).get("busy")) or (r.get("cores_used_by_others_during_run") or 0) > 0.25,
+            "contended": run_was_contended(r),
             "curve": [e.get("test_accuracy") for e in epochs], "costs": [e["cost"] for e in epochs],
             "cum_seconds": list(pd.Series([e["seconds"] for e in epochs]).cumsum()),
             "machine": r.get("machine", {}),
@@ -145,6 +146,18 @@ def _baselines(groups: pd.DataFrame) -> pd.DataFrame:
     return base.sort_values("n").groupby("model").tail(1)
 
 
+def _conclusion_verdict(seed_style_diff: float, diff: float, noise: float | None) -> str:
+    """Does the seed's "deeper is worse" survive? Tell apart "reproduced by the bug, then reversed"
+    from "not even reproduced with the seed's own evaluation on this dataset"."""
+    reproduced = ("The seed's evaluation reproduces its observation here" if seed_style_diff < 0 else
+                  "Even the seed's evaluation does not reproduce its observation on this dataset")
+    if diff <= 0:
+        return f"{reproduced}, and correct evaluation does not overturn it in these runs."
+    if noise is not None and diff <= 2 * noise:
+        return f"{reproduced}; correct evaluation favours deep, but not beyond the seed-to-seed spread."
+    return f"{reproduced}; correct evaluation reverses it beyond the seed-to-seed spread, so the conclusion does not survive."
+
+
 def _reading(groups: pd.DataFrame) -> list[str]:
     """A generated reading of the table: which net is better at equal cost, and is the gap real."""
     lines = []
@@ -162,9 +175,7 @@ def _reading(groups: pd.DataFrame) -> list[str]:
         lines.append(f"- **The seed's conclusion** (\"deeper is not always better\" from deep 0.9838 < simple 0.9874 on raw 0..255 pixels): "
                      f"with the seed's evaluation here, deep {d['seed_style_mean']:.4f} vs simple {s['seed_style_mean']:.4f} "
                      f"(deep {'worse' if seed_diff < 0 else 'better'}); evaluated correctly, deep is {'better' if diff > 0 else 'worse'}. "
-                     + ("The conclusion does not survive correct evaluation." if diff > 0 and (noise is None or diff > 2 * noise)
-                        else "The conclusion is not overturned by these runs." if diff <= 0 else
-                        "Correct evaluation favours deep, but not beyond the seed-to-seed spread."))
+                     + _conclusion_verdict(seed_diff, diff, noise))
         t_simple = s["train_seconds"]
         reach = [_time_to(r, s["acc_mean"]) for _, r in d["runs"].iterrows()]
         reached = [t for t in reach if t is not None]

@@ -104,7 +104,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     configs = sweep_configs(_train_config(args), args.models, args.variants, args.seeds)
     ensure_writable_dir(Path(args.runs_dir))
-    result = run_sweep(configs, Path(args.runs_dir), progress=_show_progress(args))
+    result = run_sweep(configs, Path(args.runs_dir), progress=_show_progress(args), redo_contended=args.redo_contended)
     print(f"sweep done: {result['trained']} trained, {result['skipped']} already finished; records in {args.runs_dir}/{args.dataset}")
     return 0
 
@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="nets to train (default: both)")
     p.add_argument("--variants", nargs="+", default=["seed-eager-fp32"], help="variant specs (default: seed-eager-fp32)")
     p.add_argument("--seeds", nargs="+", type=int, default=[777, 778, 779], help="seeds (default: 777 778 779)")
+    p.add_argument("--redo-contended", action="store_true",
+                   help="also retrain finished runs whose records say another process shared the CPU (their times are "
+                        "upper bounds); the new record keeps the old figures under 'replaces'")
     _add_data_flags(p)
     _add_recipe_flags(p)
     _add_variant_flags(p)

@@ -52,6 +52,11 @@ def _cpu_times() -> tuple[int, int] | None:
     return sum(fields) - idle, sum(fields)
 
 
+# Other processes using more than this many cores make a timing an upper bound. On these 2-core
+# machines one neighbouring single-threaded torch run made each training epoch 2.6x slower.
+BUSY_CORES = 0.25
+
+
 def busy_check(sample_seconds: float = 0.5) -> dict:
     """How much of the CPU other processes use while this one waits, plus load and thread counts.
 
@@ -68,7 +73,7 @@ def busy_check(sample_seconds: float = 0.5) -> dict:
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     threads = torch.get_num_threads()
     reasons = []
-    if others is not None and others > 0.25:
+    if others is not None and others > BUSY_CORES:
         reasons.append(f"other processes were using {others:.1f} of {cores} cores")
     if threads > cores:
         reasons.append(f"torch uses {threads} threads on {cores} cores")
@@ -100,6 +105,12 @@ class CpuContention:
         wall = (end[1] - self._start[1]) / ticks_per_second / (os.cpu_count() or 1)
         others = (end[0] - self._start[0]) / ticks_per_second - (own - self._own)
         return round(max(others, 0.0) / wall, 2) if wall > 0 else None
+
+
+def run_was_contended(record: dict) -> bool:
+    """Did a stored run share the CPU, before or during its work? Its times are then upper bounds."""
+    busy_before = bool(record.get("busy_before_start", {}).get("busy"))
+    return busy_before or (record.get("cores_used_by_others_during_run") or 0) > BUSY_CORES
 
 
 def busy_warning(check: dict) -> str | None:

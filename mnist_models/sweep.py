@@ -2,7 +2,9 @@
 
 Each finished run is a JSON record (written last, atomically, after its weights), so a record on
 disk means a finished run. A sweep started again skips every run whose record exists; a run that
-was interrupted left no record and is trained again from its start.
+was interrupted left no record and is trained again from its start. With redo_contended, runs
+whose records say another process shared the CPU are trained again, and the new record keeps the
+old one's figures under "replaces".
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Iterable
 from . import atomic
 from .data import load_dataset
 from .errors import CheckpointError, UsageError
+from .machine import run_was_contended
 from .train import TrainConfig, save_weights, train
 
 DEFAULT_RUNS_DIR = Path("reports/runs")
@@ -92,12 +95,43 @@ def sweep_configs(base: TrainConfig, models: Iterable[str], variants: Iterable[s
     return configs
 
 
-def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True, log=print) -> dict:
-    """Train every config that has no record yet; returns counts of trained and skipped runs."""
-    todo = [c for c in configs if not record_paths(runs_dir, c)[0].exists()]
+def _read_record(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _needs_training(path: Path, redo_contended: bool) -> bool:
+    """No record yet, or (when asked) a record whose times were taken on a shared CPU."""
+    if not path.exists():
+        return True
+    if not redo_contended:
+        return False
+    record = _read_record(path)
+    return record is not None and run_was_contended(record)
+
+
+def _superseded(record: dict | None) -> dict | None:
+    """What a retrained run keeps of the record it replaces: enough to see whether the seed
+    reproduced its accuracy and how much the contention had cost."""
+    if record is None:
+        return None
+    keep = ("test_accuracy", "seed_style_accuracy", "train_seconds", "cores_used_by_others_during_run", "created")
+    return {"busy_before_start": record.get("busy_before_start", {}).get("busy"), **{k: record.get(k) for k in keep}}
+
+
+def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True, log=print,
+              redo_contended: bool = False) -> dict:
+    """Train every config that has no record yet (and, with redo_contended, every run whose record
+    says the CPU was shared); returns counts of trained and skipped runs."""
+    todo = [c for c in configs if _needs_training(record_paths(runs_dir, c)[0], redo_contended)]
+    redo = [c for c in todo if record_paths(runs_dir, c)[0].exists()]
     skipped = len(configs) - len(todo)
     if skipped:
         log(f"skipping {skipped} finished run(s) already in {runs_dir}")
+    if redo:
+        log(f"retraining {len(redo)} run(s) whose records were timed on a shared CPU")
     if not todo:
         return {"trained": 0, "skipped": skipped}
     for config in todo:  # fail on a bad name before hours of training, not after
@@ -112,12 +146,16 @@ def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True,
     trained = 0
     try:
         for config in todo:
-            if record_paths(runs_dir, config)[0].exists():  # finished meanwhile by another sweep on the same folder
+            record_path = record_paths(runs_dir, config)[0]
+            if not _needs_training(record_path, redo_contended):  # finished meanwhile by another sweep on the same folder
                 write(f"== {config.dataset} {config.run_name()}: already finished, skipped")
                 skipped += 1
                 continue
-            write(f"== {config.dataset} {config.run_name()}")
+            old = _read_record(record_path) if record_path.exists() else None
+            write(f"== {config.dataset} {config.run_name()}" + (" (retraining: its record was timed on a shared CPU)" if old else ""))
             model, record = train(config, datasets[config.dataset], progress=progress, log=write)
+            if old is not None:
+                record["replaces"] = _superseded(old)
             path = save_run(model, record, runs_dir, config)
             trained += 1
             write(f"   test accuracy {record['test_accuracy']:.4f} (seed-style {record['seed_style_accuracy']:.4f}), "

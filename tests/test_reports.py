@@ -106,3 +106,16 @@ def test_half_precision_ceiling_is_never_below_fp32():
     assert _ceiling_for({"device": "cpu", "precision": "bf16"}, cpu_without_bf16) == 100.0
     assert _ceiling_for({"device": "cuda", "precision": "bf16"}, gpu) == 500.0
     assert _ceiling_for({"device": "cuda", "precision": "fp32"}, gpu) == 50.0
+
+
+def test_seed_conclusion_verdict_separates_reproduced_from_not_reproduced():
+    from mnist_models.accuracy_report import _conclusion_verdict
+
+    # seed-style says deep worse, correct eval says deep better by far more than the spread
+    assert "reproduces its observation" in _conclusion_verdict(-0.03, 0.01, 0.002)
+    assert "does not survive" in _conclusion_verdict(-0.03, 0.01, 0.002)
+    # seed-style already says deep better: the observation is not reproduced at all
+    assert "does not reproduce" in _conclusion_verdict(0.01, 0.01, 0.002)
+    # a gap inside the spread is not called a reversal
+    assert "not beyond the seed-to-seed spread" in _conclusion_verdict(-0.03, 0.001, 0.002)
+    assert "does not overturn" in _conclusion_verdict(-0.03, -0.01, 0.002)

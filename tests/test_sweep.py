@@ -60,3 +60,27 @@ def test_corrupt_record_is_reported_and_skipped(tmp_path):
 def test_missing_runs_dir(tmp_path):
     with pytest.raises(UsageError, match="no runs directory"):
         load_runs(tmp_path / "nowhere")
+
+
+def test_redo_contended_retrains_only_runs_timed_on_a_shared_cpu(tmp_path):
+    configs = sweep_configs(BASE, ["simple"], ["tensor-eager-fp32"], [1, 2])
+    run_sweep(configs, tmp_path, progress=False, log=lambda line: None)
+    shared = tmp_path / "mnist-5k" / "simple-tensor-cpu-eager-fp32-s1.json"
+    record = json.loads(shared.read_text())
+    record["busy_before_start"]["busy"] = False
+    record["cores_used_by_others_during_run"] = 1.0  # a neighbour ran beside it
+    record["train_seconds"] = 12345.0
+    shared.write_text(json.dumps(record))
+    quiet = tmp_path / "mnist-5k" / "simple-tensor-cpu-eager-fp32-s2.json"
+    quiet_record = json.loads(quiet.read_text())
+    quiet_record["cores_used_by_others_during_run"] = 0.0
+    quiet_record["busy_before_start"]["busy"] = False
+    quiet.write_text(json.dumps(quiet_record))
+
+    # without the flag a finished run is never retrained
+    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {"trained": 0, "skipped": 2}
+    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None, redo_contended=True) == {"trained": 1, "skipped": 1}
+    redone = json.loads(shared.read_text())
+    assert redone["replaces"]["train_seconds"] == 12345.0 and redone["replaces"]["cores_used_by_others_during_run"] == 1.0
+    assert redone["train_seconds"] != 12345.0
+    assert json.loads(quiet.read_text()) == quiet_record
