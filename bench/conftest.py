@@ -105,6 +105,24 @@ def pytest_terminal_summary(terminalreporter, config):
 # Fixtures
 
 
+@pytest.fixture(autouse=True)
+def case_threads(request):
+    """A case that names its thread count runs with it (fixtures, warm-up and timing), then the
+    session's count comes back for the next case."""
+    callspec = getattr(request.node, "callspec", None)
+    case = callspec.params.get("case") if callspec else None
+    wanted = getattr(case, "threads", None)
+    if not wanted:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def real_images() -> Split:
     """Real digits for the forward and train-step batches (mnist-5k ships with the project)."""
@@ -150,7 +168,8 @@ def describe(benchmark, case, flops_per_call: float, images_per_call: int, **mor
     benchmark.extra_info.update(
         model=case.model, device=v.device, compile=v.compile, precision=v.precision, channels_last=v.channels_last,
         batch=case.batch, flops_per_call=flops_per_call, images_per_call=images_per_call,
-        threads=torch.get_num_threads(), device_name=device_name(v.device), torch=torch.__version__, **more,
+        threads=torch.get_num_threads(), threads_pinned=bool(getattr(case, "threads", None)),
+        device_name=device_name(v.device), torch=torch.__version__, **more,
     )
 
 

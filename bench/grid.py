@@ -23,6 +23,7 @@ class Case:
     variant: Variant
     batch: int
     loader: str = ""  # epoch suite only: "seed" (DataLoader) or "tensor"
+    threads: int | None = None  # CPU intra-op threads for this case; None: the session's (torch's choice or --bench-threads)
 
     def __str__(self) -> str:
         return self.id
@@ -30,10 +31,11 @@ class Case:
     @property
     def id(self) -> str:
         loader = f"{self.loader}-" if self.loader else ""
-        return f"{self.model}-{loader}{self.variant.tag}-b{self.batch}"
+        threads = f"-t{self.threads}" if self.threads else ""
+        return f"{self.model}-{loader}{self.variant.tag}{threads}-b{self.batch}"
 
 
-def case(model, device="cpu", compile="off", precision="fp32", cl=False, batch=100, loader="", quick=False):
+def case(model, device="cpu", compile="off", precision="fp32", cl=False, batch=100, loader="", quick=False, threads=None):
     variant = Variant(device, compile, precision, cl)
     marks = []
     if device == "cuda":
@@ -42,11 +44,15 @@ def case(model, device="cpu", compile="off", precision="fp32", cl=False, batch=1
         marks.append(pytest.mark.compile)
     if quick:
         marks.append(pytest.mark.quick)
-    c = Case(model, variant, batch, loader)
+    c = Case(model, variant, batch, loader, threads)
     return pytest.param(c, id=c.id, marks=marks)
 
 
 MODELS = ("simple", "deep")
+# Does a second CPU thread pay? Measured in the same run as the session's thread count: on this
+# workplace's 2-vCPU machines one thread trained faster than two. Pointless with one thread.
+# (pytest_configure has applied --bench-threads before the suites are collected.)
+SINGLE_THREAD = [1] if torch.get_num_threads() > 1 else []
 # CUDA's max-autotune uses CUDA graphs; CPU has none, so its second compile mode is the graph-free one.
 AUTOTUNE = {"cpu": "max-autotune-no-cudagraphs", "cuda": "max-autotune"}
 
@@ -56,6 +62,7 @@ def forward_cases() -> list:
     for m in MODELS:
         for b in (1, 100, 1000):
             cases += [case(m, batch=b, quick=b == 100), case(m, cl=True, batch=b)]
+        cases += [case(m, cl=cl, batch=100, threads=t) for t in SINGLE_THREAD for cl in (False, True)]
         cases += [case(m, precision="bf16", batch=100), case(m, precision="bf16", cl=True, batch=100)]
         cases += [case(m, compile="default", batch=b) for b in (100, 1000)]
         cases += [case(m, compile=AUTOTUNE["cpu"], batch=100)]
@@ -72,6 +79,7 @@ def train_step_cases() -> list:
         cases += [case(m, batch=100, quick=True), case(m, cl=True, batch=100), case(m, precision="bf16", batch=100),
                   case(m, precision="bf16", cl=True, batch=100), case(m, compile="default", batch=100),
                   case(m, compile=AUTOTUNE["cpu"], batch=100)]
+        cases += [case(m, cl=cl, batch=100, threads=t) for t in SINGLE_THREAD for cl in (False, True)]
         cases += [case(m, batch=500), case(m, cl=True, batch=500)]
         for b in (100, 500):
             cases += [case(m, "cuda", batch=b), case(m, "cuda", cl=True, batch=b), case(m, "cuda", precision="bf16", batch=b),
@@ -86,5 +94,6 @@ def epoch_cases() -> list:
         for device in ("cpu", "cuda"):
             cases += [case(m, device, loader="seed", quick=device == "cpu"), case(m, device, loader="tensor"),
                       case(m, device, cl=True, loader="tensor")]
+        cases += [case(m, cl=True, loader="tensor", threads=t) for t in SINGLE_THREAD]
         cases += [case(m, "cuda", precision="bf16", cl=True, loader="tensor")]
     return cases

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import atomic
-from .machine import run_was_contended
+from .machine import machine_key, mixed_machines_warning, run_was_contended
 from .report import fmt_num, header, table
 
 # The seed's printed per-epoch costs (MNIST, its unnamed machine) and accuracies (raw-pixel evaluation).
@@ -44,6 +44,7 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
             "peak_mb": r.get("peak_memory_mb"), "lat1_ms": r.get("inference_ms", {}).get("1"),
             "lat1000_ms": r.get("inference_ms", {}).get("1000"),
             "contended": run_was_contended(r),
+            "machine_key": machine_key(r.get("machine", {})),
             "curve": [e.get("test_accuracy") for e in epochs], "costs": [e["cost"] for e in epochs],
             "cum_seconds": list(pd.Series([e["seconds"] for e in epochs]).cumsum()),
             "machine": r.get("machine", {}),
@@ -123,6 +124,10 @@ def plot(groups: pd.DataFrame, dataset: str, path: Path) -> Path:
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     return atomic.write_bytes(path, buffer.getvalue())
+
+
+def _bench_machine(bench: dict) -> str:
+    return machine_key(bench.get("mnist_bench", {}).get("machine", {}))
 
 
 def _bench_latency(bench: dict | None, model: str, tag: str) -> str:
@@ -211,6 +216,12 @@ def render(runs: list[dict], problems: list[str], bench: dict | None, out_dir: P
         if dataset == "synthetic":
             out.append("_synthetic data is random: its accuracies mean nothing and are not reported._\n")
             continue
+        mixed = mixed_machines_warning(list(sub["machine"]))
+        if mixed:
+            out.append(f"_{mixed}._\n\n")
+        section_bench = bench if bench is not None and _bench_machine(bench) in set(sub["machine_key"]) else None
+        if bench is not None and section_bench is None:
+            out.append(f"_The benchmark JSON was measured on another machine ({_bench_machine(bench)}): its latencies are left out._\n\n")
         if groups["contended"].any():
             out.append("_Runs marked * shared the CPU with other work (see `busy_before_start` and "
                        "`cores_used_by_others_during_run` in their records): their times are upper bounds._\n\n")
@@ -220,7 +231,7 @@ def render(runs: list[dict], problems: list[str], bench: dict | None, out_dir: P
                 f"{_label(g)}{'*' if g['contended'] else ''}", g["epochs_cfg"], g["threads"], f"{g['n']} ({', '.join(map(str, g['seeds']))})",
                 f"{g['acc_mean']:.4f} ± {g['acc_std']:.4f}", f"{g['acc_min']:.4f}–{g['acc_max']:.4f}", f"{g['seed_style_mean']:.4f}",
                 f"{g['sec_per_epoch']:.1f}", f"{g['train_seconds']:.0f}",
-                f"{fmt_num(g['lat1_ms'], 2)} / {fmt_num(g['lat1000_ms'], 1)}", _bench_latency(bench, g["model"], g["tag"]),
+                f"{fmt_num(g['lat1_ms'], 2)} / {fmt_num(g['lat1000_ms'], 1)}", _bench_latency(section_bench, g["model"], g["tag"]),
                 f"{g['params']:,}", f"{g['flops'] / 1e6:.2f} M", fmt_num(g["peak_mb"], 0),
             ])
         out.append(table(["model, loader, variant", "epochs", "threads", "seeds", "accuracy mean ± std", "min–max", "seed-style",

@@ -61,8 +61,9 @@ def _ceiling_for(info: dict, peaks: dict) -> float | None:
 
 
 def _is_baseline(info: dict) -> bool:
+    """Eager fp32 contiguous at the session's thread count (and, for epochs, the seed's DataLoader)."""
     plain = info.get("compile") == "off" and info.get("precision") == "fp32" and not info.get("channels_last")
-    return plain and info.get("loader", "seed") == "seed"
+    return plain and info.get("loader", "seed") == "seed" and not info.get("threads_pinned")
 
 
 def _group_rows(benchmarks: list[dict], peaks: dict) -> tuple[list[list], list[str]]:
@@ -150,7 +151,8 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
         "the faster of that precision's matmul and fp32's). Compile times are first calls and include inductor's on-disk "
         "cache: a warm cache makes them short. Forward and train-step batches are real mnist-5k digits (the work does not "
         "depend on pixel values); the epoch suite's dataset is named in its rows. "
-        "Speedup is against the group's eager fp32 contiguous baseline (for epochs: the seed's DataLoader pipeline).\n"
+        "Speedup is against the group's eager fp32 contiguous baseline at the session's thread count (for epochs: the "
+        "seed's DataLoader pipeline). Ids ending `-t1-b...` ran with one torch thread, all others with the header's count.\n"
     )
     peaks = ceilings(benchmarks)
     groups: dict[str, list[dict]] = {}

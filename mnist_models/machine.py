@@ -17,10 +17,19 @@ import torch
 @lru_cache(maxsize=1)
 def cpu_model() -> str:
     try:
+        fields = {}
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:  # end of the first processor's block
+                    break
+        if "model name" in fields:
+            # A VM's model name can be as vague as "AMD EPYC": family and model tell Zen 3 (25) from Zen 5 (26).
+            ident = f" (family {fields['cpu family']}, model {fields['model']})" if "cpu family" in fields and "model" in fields else ""
+            return fields["model name"] + ident
     except OSError:
         pass
     return platform.processor() or platform.machine()
@@ -52,8 +61,8 @@ def _cpu_times() -> tuple[int, int] | None:
     return sum(fields) - idle, sum(fields)
 
 
-# Other processes using more than this many cores make a timing an upper bound. On these 2-core
-# machines one neighbouring single-threaded torch run made each training epoch 2.6x slower.
+# Other processes using more than this many cores make a timing an upper bound (on these 2-core
+# machines a 27 ms train step was seen at 283 ms beside another torch run).
 BUSY_CORES = 0.25
 
 
@@ -105,6 +114,25 @@ class CpuContention:
         wall = (end[1] - self._start[1]) / ticks_per_second / (os.cpu_count() or 1)
         others = (end[0] - self._start[0]) / ticks_per_second - (own - self._own)
         return round(max(others, 0.0) / wall, 2) if wall > 0 else None
+
+
+def machine_key(machine: dict) -> str:
+    """What makes two CPU timings comparable: the CPU and the extensions its kernels use."""
+    isa = ", ".join(machine.get("cpu_isa") or []) or "ISA unknown"
+    gpu = f"; GPU {machine['gpu']}" if machine.get("gpu") else ""
+    return f"{machine.get('cpu', '?')} [{isa}]{gpu}"
+
+
+def mixed_machines_warning(machines: list[dict], what: str = "runs") -> str | None:
+    """One line when the records behind a table come from more than one machine, else None."""
+    counts: dict[str, int] = {}
+    for machine in machines:
+        counts[machine_key(machine)] = counts.get(machine_key(machine), 0) + 1
+    if len(counts) < 2:
+        return None
+    listed = "; ".join(f"{key}: {count} {what}" for key, count in counts.items())
+    return (f"WARNING: these {what} come from {len(counts)} different machines ({listed}); "
+            "times compare only between records of one machine")
 
 
 def run_was_contended(record: dict) -> bool:

@@ -24,7 +24,7 @@ import torch
 from . import atomic
 from .data import load_dataset
 from .errors import UsageError
-from .machine import busy_check, machine_info
+from .machine import busy_check, machine_info, mixed_machines_warning
 from .nets import MODELS, build_model
 from .variants import Variant, device_name, make_forward, make_train_step, resolve_device
 
@@ -243,6 +243,9 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
         raise UsageError("no profile summaries to report; run mnist-bench profile first")
     machine = summaries[-1]["machine"]
     out = [header("Convolution kernels: which kernels run the convs, and where a step's time goes", machine, ["mnist-5k (real digits; the op mix does not depend on the data)"], command)]
+    mixed = mixed_machines_warning([s["machine"] for s in summaries], "profiles")
+    if mixed:
+        out.append(f"- **{mixed}**\n")
     out.append(
         "\nEach section is one `mnist-bench profile` run (a schedule of wait/warmup/active steps; times are per step, averaged over the active "
         "steps, with the profiler's own overhead: compare shares, and take absolute speed from the benchmark report). "

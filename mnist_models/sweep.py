@@ -118,7 +118,9 @@ def _superseded(record: dict | None) -> dict | None:
     if record is None:
         return None
     keep = ("test_accuracy", "seed_style_accuracy", "train_seconds", "cores_used_by_others_during_run", "created")
-    return {"busy_before_start": record.get("busy_before_start", {}).get("busy"), **{k: record.get(k) for k in keep}}
+    machine = {k: record.get("machine", {}).get(k) for k in ("cpu", "cpu_isa", "torch_threads", "code")}
+    return {"busy_before_start": record.get("busy_before_start", {}).get("busy"), **{k: record.get(k) for k in keep},
+            "machine": machine}
 
 
 def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True, log=print,

@@ -57,6 +57,9 @@ def test_kernel_report_renders_every_run(profiled):
     text = render_kernel_report([summary], "test")
     assert "## `simple-train-cpu-eager-fp32-b32`" in text
     assert "aten::mkldnn_convolution" in text and "Top other ops" in text
+    assert "different machines" not in text
+    elsewhere = {**summary, "run": "elsewhere", "machine": {**summary["machine"], "cpu": "Another CPU", "cpu_isa": ["avx2"]}}
+    assert "these profiles come from 2 different machines" in render_kernel_report([summary, elsewhere], "test")
     with pytest.raises(UsageError, match="no profile summaries"):
         render_kernel_report([], "test")
 

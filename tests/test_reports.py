@@ -119,3 +119,28 @@ def test_seed_conclusion_verdict_separates_reproduced_from_not_reproduced():
     # a gap inside the spread is not called a reversal
     assert "not beyond the seed-to-seed spread" in _conclusion_verdict(-0.03, 0.001, 0.002)
     assert "does not overturn" in _conclusion_verdict(-0.03, -0.01, 0.002)
+
+
+def test_single_thread_case_is_compared_with_the_baseline_not_used_as_it():
+    common = dict(suite="train-step", model="deep", device="cpu", batch=100, flops_per_call=2e9, images_per_call=100,
+                  compile="off", precision="fp32", channels_last=False)
+    data = {"datetime": "2026-11-29T10:00:00", "benchmarks": [
+        _bench("deep-cpu-eager-fp32-t1-b100", "g", 0.030, threads=1, threads_pinned=True, **common),
+        _bench("deep-cpu-eager-fp32-b100", "g", 0.060, threads=2, threads_pinned=False, **common),
+    ], "mnist_bench": {"machine": {"cpu": "test cpu", "torch": "x"}}}
+    text = render_bench(data)
+    row = next(line for line in text.splitlines() if "eager-fp32-t1-b100" in line and line.startswith("| `"))
+    assert "2.00x" in row  # one thread twice as fast as the two-thread baseline
+    assert "baseline `deep-cpu-eager-fp32-b100`" in text
+
+
+def test_runs_from_different_machines_are_flagged_and_foreign_bench_latencies_left_out(runs_dir, tmp_path):
+    runs, _ = load_runs(runs_dir)
+    other = copy.deepcopy(runs[0])
+    other["machine"] = {**other["machine"], "cpu": "Other CPU (family 25, model 1)", "cpu_isa": ["avx2", "fma"]}
+    bench = {"benchmarks": [], "mnist_bench": {"machine": {"cpu": "Bench CPU", "cpu_isa": ["avx2"]}}}
+    text = render(runs + [other], [], bench, tmp_path, "test")
+    assert "come from 2 different machines" in text and "Other CPU (family 25, model 1) [avx2, fma]: 1 runs" in text
+    assert "measured on another machine (Bench CPU [avx2])" in text
+    same = render(runs, [], {"benchmarks": [], "mnist_bench": {"machine": runs[0]["machine"]}}, tmp_path, "test")
+    assert "different machines" not in same and "another machine" not in same
