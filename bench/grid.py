@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from mnist_models.machine import cpu_isa
 from mnist_models.variants import Variant
 
 HAVE_CUDA = torch.cuda.is_available()
@@ -49,10 +50,13 @@ def case(model, device="cpu", compile="off", precision="fp32", cl=False, batch=1
 
 
 MODELS = ("simple", "deep")
-# Does a second CPU thread pay? Measured in the same run as the session's thread count: on this
-# workplace's 2-vCPU machines one thread trained faster than two. Pointless with one thread.
+# Does a second CPU thread pay? Measured in the same run as the session's thread count (the sweeps
+# train with --threads 1, so this also says what that costs). Pointless with one thread.
 # (pytest_configure has applied --bench-threads before the suites are collected.)
 SINGLE_THREAD = [1] if torch.get_num_threads() > 1 else []
+# A CPU bf16 epoch is only worth its minutes where the CPU has bf16 hardware; elsewhere autocast
+# falls back to a reference convolution 6-16x slower than fp32 (the train-step suite shows that).
+CPU_HAS_BF16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_isa()))
 # CUDA's max-autotune uses CUDA graphs; CPU has none, so its second compile mode is the graph-free one.
 AUTOTUNE = {"cpu": "max-autotune-no-cudagraphs", "cuda": "max-autotune"}
 
@@ -95,5 +99,7 @@ def epoch_cases() -> list:
             cases += [case(m, device, loader="seed", quick=device == "cpu"), case(m, device, loader="tensor"),
                       case(m, device, cl=True, loader="tensor")]
         cases += [case(m, cl=True, loader="tensor", threads=t) for t in SINGLE_THREAD]
+        if CPU_HAS_BF16:
+            cases += [case(m, precision="bf16", cl=True, loader="tensor")]
         cases += [case(m, "cuda", precision="bf16", cl=True, loader="tensor")]
     return cases

@@ -45,6 +45,9 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
             "lat1000_ms": r.get("inference_ms", {}).get("1000"),
             "contended": run_was_contended(r),
             "machine_key": machine_key(r.get("machine", {})),
+            "replaced_accuracy": (r.get("replaces") or {}).get("test_accuracy"),
+            "replaced_elsewhere": bool((r.get("replaces") or {}).get("machine"))
+            and machine_key(r["replaces"]["machine"]) != machine_key(r.get("machine", {})),
             "curve": [e.get("test_accuracy") for e in epochs], "costs": [e["cost"] for e in epochs],
             "cum_seconds": list(pd.Series([e["seconds"] for e in epochs]).cumsum()),
             "machine": r.get("machine", {}),
@@ -160,7 +163,25 @@ def _conclusion_verdict(seed_style_diff: float, diff: float, noise: float | None
         return f"{reproduced}, and correct evaluation does not overturn it in these runs."
     if noise is not None and diff <= 2 * noise:
         return f"{reproduced}; correct evaluation favours deep, but not beyond the seed-to-seed spread."
-    return f"{reproduced}; correct evaluation reverses it beyond the seed-to-seed spread, so the conclusion does not survive."
+    outcome = "reverses it" if seed_style_diff < 0 else "finds deep better too"
+    return f"{reproduced}; correct evaluation {outcome} beyond the seed-to-seed spread, so the conclusion does not survive."
+
+
+def _rerun_line(groups: pd.DataFrame) -> list[str]:
+    """Retrained runs (`sweep --redo-contended`) measure how far one seed's accuracy moves between two
+    runs of the same code: the noise floor under any gap in the table."""
+    runs = pd.concat(list(groups["runs"]))
+    again = runs.dropna(subset=["replaced_accuracy"])
+    if again.empty:
+        return []
+    moved = (again["accuracy"] - again["replaced_accuracy"]).abs()
+    identical = int((moved == 0).sum())
+    elsewhere = int(again["replaced_elsewhere"].sum())
+    where = (f"{elsewhere} of them first ran on another machine" if elsewhere else "all on the same machine as before")
+    return [f"- **Same seed, run again**: {len(again)} runs were retrained after their first records had been timed on a "
+            f"shared CPU ({where}; see `replaces` in each record). Their accuracy moved by {moved.mean():.4f} on average "
+            f"(max {moved.max():.4f}; {identical} identical): "
+            + ("gaps of that size between variants are noise." if identical < len(again) else "the training loop is reproducible here.")]
 
 
 def _reading(groups: pd.DataFrame) -> list[str]:
@@ -190,6 +211,7 @@ def _reading(groups: pd.DataFrame) -> list[str]:
                          f"so {'deep' if sum(reached) / len(reached) < t_simple else 'simple'} is the better buy at that accuracy.")
         else:
             lines.append(f"- **At equal cost**: deep never reaches simple's final {s['acc_mean']:.4f} in these runs; simple is the better buy.")
+    lines += _rerun_line(groups)
     same_schedule = groups[groups["epochs_cfg"] == (base["epochs_cfg"].max() if not base.empty else groups["epochs_cfg"].max())]
     for model, g in same_schedule.groupby("model"):
         fastest = g.loc[g["train_seconds"].idxmin()]

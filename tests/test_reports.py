@@ -76,7 +76,8 @@ def _bench(name, group, median, **info):
 def test_bench_report_speedups_and_ceiling_share():
     common = dict(suite="train-step", model="simple", device="cpu", batch=100, flops_per_call=2e9, images_per_call=100)
     data = {"datetime": "2026-11-28T10:00:00", "benchmarks": [
-        _bench("cpu-fp32", "ceiling", 0.1, suite="ceiling", device="cpu", precision="fp32", gflops_per_s=100.0),
+        _bench("cpu-fp32-n512", "ceiling", 0.1, suite="ceiling", device="cpu", precision="fp32", gflops_per_s=100.0),
+        _bench("cpu-fp32-n2048", "ceiling", 0.1, suite="ceiling", device="cpu", precision="fp32", gflops_per_s=60.0),  # memory-bound
         _bench("simple-cpu-eager-fp32-b100", "g", 0.040, compile="off", precision="fp32", channels_last=False, **common),
         _bench("simple-cpu-eager-fp32-cl-b100", "g", 0.020, compile="off", precision="fp32", channels_last=True, **common),
     ], "mnist_bench": {"machine": {"cpu": "test cpu", "torch": "x"}, "busy": {"busy": True, "reason": "a neighbour"}}}
@@ -84,13 +85,13 @@ def test_bench_report_speedups_and_ceiling_share():
     row = next(line for line in text.splitlines() if line.startswith("| `") and "eager-fp32-cl-b100" in line)
     assert "2.00x" in row  # 40 ms baseline / 20 ms
     assert "5,000" in row  # images/s
-    assert "100.0" in row and "100.0%" in row  # 2 GFLOP / 20 ms = 100 GFLOP/s = the ceiling
+    assert "100.0" in row and "100.0%" in row  # 2 GFLOP / 20 ms = 100 GFLOP/s = the best ceiling size
     assert "WARNING: the machine was busy" in text
 
 
 def test_bench_session_writes_report(tmp_path):
     report = tmp_path / "bench.md"
-    result = subprocess.run([sys.executable, "-m", "pytest", "bench", "-q", "--benchmark-only", "-k", "ceiling and cpu-fp32",
+    result = subprocess.run([sys.executable, "-m", "pytest", "bench", "-q", "--benchmark-only", "-k", "ceiling and cpu-fp32-n512",
                              "--bench-report", str(report), "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:]
     data = json.loads(report.with_suffix(".json").read_text())
@@ -144,3 +145,15 @@ def test_runs_from_different_machines_are_flagged_and_foreign_bench_latencies_le
     assert "measured on another machine (Bench CPU [avx2])" in text
     same = render(runs, [], {"benchmarks": [], "mnist_bench": {"machine": runs[0]["machine"]}}, tmp_path, "test")
     assert "different machines" not in same and "another machine" not in same
+
+
+def test_retrained_runs_give_the_noise_floor(runs_dir, tmp_path):
+    runs, _ = load_runs(runs_dir)
+    runs = copy.deepcopy(runs)
+    runs[0]["replaces"] = {"test_accuracy": runs[0]["test_accuracy"] - 0.01, "machine": {"cpu": "Elsewhere", "cpu_isa": []}}
+    runs[1]["replaces"] = {"test_accuracy": runs[1]["test_accuracy"], "machine": runs[1]["machine"]}
+    text = render(runs, [], None, tmp_path, "test")
+    line = next(line for line in text.splitlines() if "Same seed, run again" in line)
+    assert "2 runs were retrained" in line and "1 of them first ran on another machine" in line
+    assert "moved by 0.0050 on average (max 0.0100; 1 identical)" in line
+    assert "Same seed, run again" not in render(runs[2:], [], None, tmp_path, "test")
