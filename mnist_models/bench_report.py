@@ -100,6 +100,16 @@ def _group_rows(benchmarks: list[dict], peaks: dict) -> tuple[list[list], list[s
     return rows, notes
 
 
+def _beats_ceiling(benchmarks: list[dict], peaks: dict) -> bool:
+    for bench in benchmarks:
+        info = bench.get("extra_info", {})
+        peak = _ceiling_for(info, peaks)
+        if info.get("suite") != "ceiling" and info.get("flops_per_call") and peak:
+            if info["flops_per_call"] / bench["stats"]["median"] / 1e9 > peak:
+                return True
+    return False
+
+
 def _short(bench: dict) -> str:
     return bench["name"].split("[")[-1].rstrip("]")
 
@@ -159,6 +169,10 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
     groups: dict[str, list[dict]] = {}
     for bench in benchmarks:
         groups.setdefault(bench.get("group") or "ungrouped", []).append(bench)
+    if _beats_ceiling(benchmarks, peaks):
+        out.append(
+            "\nSome rows exceed 100% of the ceiling: the nets' convolutions (oneDNN) ran faster than torch's own matmul "
+            "(its BLAS, e.g. MKL) did on this device. The ceiling is a measured library rate, not the hardware's peak.\n")
     lines = headlines(groups, peaks)
     if lines:
         out.append("\n## Headlines\n\n" + "\n".join(lines) + "\n")

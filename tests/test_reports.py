@@ -87,6 +87,9 @@ def test_bench_report_speedups_and_ceiling_share():
     assert "5,000" in row  # images/s
     assert "100.0" in row and "100.0%" in row  # 2 GFLOP / 20 ms = 100 GFLOP/s = the best ceiling size
     assert "WARNING: the machine was busy" in text
+    assert "exceed 100% of the ceiling" not in text  # the fastest row is exactly at the ceiling
+    data["benchmarks"][2]["stats"]["median"] = 0.010
+    assert "exceed 100% of the ceiling" in render_bench(data)
 
 
 def test_bench_session_writes_report(tmp_path):
