@@ -17,7 +17,7 @@ from mnist_models import atomic
 from mnist_models.bench_report import write_report
 from mnist_models.data import DATASETS, Split, load_dataset
 from mnist_models.errors import DataError
-from mnist_models.machine import CpuContention, busy_check, busy_warning, machine_info
+from mnist_models.machine import BUSY_CORES, CpuContention, busy_check, busy_warning, machine_info
 from mnist_models.variants import Variant, device_name
 
 
@@ -97,7 +97,7 @@ def pytest_terminal_summary(terminalreporter, config):
     others = state["contention"].cores_used_by_others()
     if warning:
         terminalreporter.write_line(warning, yellow=True)
-    elif others is not None and others > 0.25:
+    elif others is not None and others > BUSY_CORES:
         terminalreporter.write_line(f"WARNING: other processes used {others} cores during the run; timings are not trustworthy", yellow=True)
 
 

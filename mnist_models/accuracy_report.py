@@ -34,6 +34,7 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
     for r in runs:
         cfg = r["config"]
         epochs = r["epochs"]
+        replaces = r.get("replaces") or {}
         rows.append({
             "dataset": r["dataset"]["name"], "train_images": r["dataset"]["train"], "test_images": r["dataset"]["test"],
             "model": cfg["model"], "loader": cfg["loader"], "tag": r.get("variant", {}).get("tag", "?"),
@@ -45,9 +46,8 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
             "lat1000_ms": r.get("inference_ms", {}).get("1000"),
             "contended": run_was_contended(r),
             "machine_key": machine_key(r.get("machine", {})),
-            "replaced_accuracy": (r.get("replaces") or {}).get("test_accuracy"),
-            "replaced_elsewhere": bool((r.get("replaces") or {}).get("machine"))
-            and machine_key(r["replaces"]["machine"]) != machine_key(r.get("machine", {})),
+            "replaced_accuracy": replaces.get("test_accuracy"),
+            "replaced_elsewhere": bool(replaces.get("machine")) and machine_key(replaces["machine"]) != machine_key(r.get("machine", {})),
             "curve": [e.get("test_accuracy") for e in epochs], "costs": [e["cost"] for e in epochs],
             "cum_seconds": list(pd.Series([e["seconds"] for e in epochs]).cumsum()),
             "machine": r.get("machine", {}),

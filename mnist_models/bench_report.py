@@ -61,6 +61,11 @@ def _ceiling_for(info: dict, peaks: dict) -> float | None:
     return max(p for p in (half, fp32) if p) if (half or fp32) else None
 
 
+def _achieved_gflops(bench: dict) -> float | None:
+    flops = bench.get("extra_info", {}).get("flops_per_call")
+    return flops / bench["stats"]["median"] / 1e9 if flops else None
+
+
 def _is_baseline(info: dict) -> bool:
     """Eager fp32 contiguous at the session's thread count (and, for epochs, the seed's DataLoader)."""
     plain = info.get("compile") == "off" and info.get("precision") == "fp32" and not info.get("channels_last")
@@ -74,7 +79,7 @@ def _group_rows(benchmarks: list[dict], peaks: dict) -> tuple[list[list], list[s
         info, stats = bench.get("extra_info", {}), bench["stats"]
         median = stats["median"]
         per_call = info.get("images_per_call") or info.get("batch") or 0
-        gflops = info.get("flops_per_call", 0) / median / 1e9 if info.get("flops_per_call") else None
+        gflops = _achieved_gflops(bench)
         peak = _ceiling_for(info, peaks)
         speedup = baseline["stats"]["median"] / median if baseline else None
         extras = []
@@ -103,10 +108,9 @@ def _group_rows(benchmarks: list[dict], peaks: dict) -> tuple[list[list], list[s
 def _beats_ceiling(benchmarks: list[dict], peaks: dict) -> bool:
     for bench in benchmarks:
         info = bench.get("extra_info", {})
-        peak = _ceiling_for(info, peaks)
-        if info.get("suite") != "ceiling" and info.get("flops_per_call") and peak:
-            if info["flops_per_call"] / bench["stats"]["median"] / 1e9 > peak:
-                return True
+        gflops, peak = _achieved_gflops(bench), _ceiling_for(info, peaks)
+        if info.get("suite") != "ceiling" and gflops and peak and gflops > peak:
+            return True
     return False
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections import Counter
 from functools import lru_cache
 
 import torch
@@ -125,9 +126,7 @@ def machine_key(machine: dict) -> str:
 
 def mixed_machines_warning(machines: list[dict], what: str = "runs") -> str | None:
     """One line when the records behind a table come from more than one machine, else None."""
-    counts: dict[str, int] = {}
-    for machine in machines:
-        counts[machine_key(machine)] = counts.get(machine_key(machine), 0) + 1
+    counts = Counter(machine_key(machine) for machine in machines)
     if len(counts) < 2:
         return None
     listed = "; ".join(f"{key}: {count} {what}" for key, count in counts.items())

@@ -102,21 +102,20 @@ def _read_record(path: Path) -> dict | None:
         return None
 
 
-def _needs_training(path: Path, redo_contended: bool) -> bool:
-    """No record yet, or (when asked) a record whose times were taken on a shared CPU."""
+def _plan(path: Path, redo_contended: bool) -> tuple[bool, dict | None]:
+    """(train this run?, the record it would replace): no record yet, or (when asked) a record whose
+    times were taken on a shared CPU."""
     if not path.exists():
-        return True
+        return True, None
     if not redo_contended:
-        return False
+        return False, None
     record = _read_record(path)
-    return record is not None and run_was_contended(record)
+    return record is not None and run_was_contended(record), record
 
 
-def _superseded(record: dict | None) -> dict | None:
+def _superseded(record: dict) -> dict:
     """What a retrained run keeps of the record it replaces: enough to see whether the seed
     reproduced its accuracy and how much the contention had cost."""
-    if record is None:
-        return None
     keep = ("test_accuracy", "seed_style_accuracy", "train_seconds", "cores_used_by_others_during_run", "created")
     machine = {k: record.get("machine", {}).get(k) for k in ("cpu", "cpu_isa", "torch_threads", "code")}
     return {"busy_before_start": record.get("busy_before_start", {}).get("busy"), **{k: record.get(k) for k in keep},
@@ -127,13 +126,14 @@ def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True,
               redo_contended: bool = False) -> dict:
     """Train every config that has no record yet (and, with redo_contended, every run whose record
     says the CPU was shared); returns counts of trained and skipped runs."""
-    todo = [c for c in configs if _needs_training(record_paths(runs_dir, c)[0], redo_contended)]
-    redo = [c for c in todo if record_paths(runs_dir, c)[0].exists()]
+    plans = [(c, *_plan(record_paths(runs_dir, c)[0], redo_contended)) for c in configs]
+    todo = [c for c, needed, _ in plans if needed]
+    redo = sum(1 for _, needed, old in plans if needed and old is not None)
     skipped = len(configs) - len(todo)
     if skipped:
         log(f"skipping {skipped} finished run(s) already in {runs_dir}")
     if redo:
-        log(f"retraining {len(redo)} run(s) whose records were timed on a shared CPU")
+        log(f"retraining {redo} run(s) whose records were timed on a shared CPU")
     if not todo:
         return {"trained": 0, "skipped": skipped}
     for config in todo:  # fail on a bad name before hours of training, not after
@@ -148,12 +148,11 @@ def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True,
     trained = 0
     try:
         for config in todo:
-            record_path = record_paths(runs_dir, config)[0]
-            if not _needs_training(record_path, redo_contended):  # finished meanwhile by another sweep on the same folder
+            needed, old = _plan(record_paths(runs_dir, config)[0], redo_contended)  # again: another sweep may share the folder
+            if not needed:
                 write(f"== {config.dataset} {config.run_name()}: already finished, skipped")
                 skipped += 1
                 continue
-            old = _read_record(record_path) if record_path.exists() else None
             write(f"== {config.dataset} {config.run_name()}" + (" (retraining: its record was timed on a shared CPU)" if old else ""))
             model, record = train(config, datasets[config.dataset], progress=progress, log=write)
             if old is not None:
