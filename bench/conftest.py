@@ -23,13 +23,20 @@ from mnist_models.variants import Variant, device_name
 
 def pytest_addoption(parser):
     group = parser.getgroup("mnist-bench")
-    group.addoption("--bench-dataset", default="auto", choices=("auto", *DATASETS),
-                    help="dataset of the epoch suite; auto = mnist when present or downloadable, else mnist-5k")
+    group.addoption(
+        "--bench-dataset",
+        default="auto",
+        choices=("auto", *DATASETS),
+        help="dataset of the epoch suite; auto = mnist when present or downloadable, else mnist-5k",
+    )
     group.addoption("--bench-data-root", default="data", help="data root (default: data)")
     group.addoption("--bench-threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     group.addoption("--bench-epoch-rounds", type=int, default=3, help="rounds of each full-epoch benchmark (default: 3)")
-    group.addoption("--bench-report", default=None,
-                    help="markdown report path (default: reports/benchmarks-cpu.md, or -cuda.md with a GPU); JSON beside it")
+    group.addoption(
+        "--bench-report",
+        default=None,
+        help="markdown report path (default: reports/benchmarks-cpu.md, or -cuda.md with a GPU); JSON beside it",
+    )
 
 
 def pytest_configure(config):
@@ -43,8 +50,10 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     state = config._mnist_bench
-    lines = [f"mnist-bench: torch {torch.__version__}, {torch.get_num_threads()} threads, {device_name('cpu')}"
-             + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")]
+    lines = [
+        f"mnist-bench: torch {torch.__version__}, {torch.get_num_threads()} threads, {device_name('cpu')}"
+        + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
+    ]
     warning = busy_warning(state["busy"])
     if warning and not config.getoption("benchmark_disable"):  # nothing is timed in a smoke run
         lines.append(warning)
@@ -71,7 +80,10 @@ def pytest_sessionfinish(session, exitstatus):
         return
     state = config._mnist_bench
     output = config.hook.pytest_benchmark_generate_json(
-        config=config, benchmarks=bs.benchmarks, include_data=False, machine_info=bs.get_machine_info(),
+        config=config,
+        benchmarks=bs.benchmarks,
+        include_data=False,
+        machine_info=bs.get_machine_info(),
         commit_info=config.hook.pytest_benchmark_generate_commit_info(config=config),
     )
     output["mnist_bench"] = {
@@ -90,7 +102,9 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_terminal_summary(terminalreporter, config):
     state = config._mnist_bench
     if "report" in state:
-        terminalreporter.write_line(f"mnist-bench: report written to {state['report']} (data: {state['report'].with_suffix('.json')})")
+        terminalreporter.write_line(
+            f"mnist-bench: report written to {state['report']} (data: {state['report'].with_suffix('.json')})"
+        )
     if config.getoption("benchmark_disable"):
         return
     warning = busy_warning(state["busy"])
@@ -98,7 +112,9 @@ def pytest_terminal_summary(terminalreporter, config):
     if warning:
         terminalreporter.write_line(warning, yellow=True)
     elif others is not None and others > BUSY_CORES:
-        terminalreporter.write_line(f"WARNING: other processes used {others} cores during the run; timings are not trustworthy", yellow=True)
+        terminalreporter.write_line(
+            f"WARNING: other processes used {others} cores during the run; timings are not trustworthy", yellow=True
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,10 +182,19 @@ def describe(benchmark, case, flops_per_call: float, images_per_call: int, **mor
     """What a reader needs to interpret the number; rates are added by `rates` after timing."""
     v = case.variant
     benchmark.extra_info.update(
-        model=case.model, device=v.device, compile=v.compile, precision=v.precision, channels_last=v.channels_last,
-        batch=case.batch, flops_per_call=flops_per_call, images_per_call=images_per_call,
-        threads=torch.get_num_threads(), threads_pinned=bool(getattr(case, "threads", None)),
-        device_name=device_name(v.device), torch=torch.__version__, **more,
+        model=case.model,
+        device=v.device,
+        compile=v.compile,
+        precision=v.precision,
+        channels_last=v.channels_last,
+        batch=case.batch,
+        flops_per_call=flops_per_call,
+        images_per_call=images_per_call,
+        threads=torch.get_num_threads(),
+        threads_pinned=bool(getattr(case, "threads", None)),
+        device_name=device_name(v.device),
+        torch=torch.__version__,
+        **more,
     )
 
 
@@ -198,8 +223,15 @@ def time_call(benchmark, case, fn, suite: str, flops_per_call: float):
 
     compile_seconds = warm_up(run)
     benchmark.group = f"{suite}-{case.model}-{v.device}-b{case.batch}"
-    describe(benchmark, case, flops_per_call, case.batch, suite=suite, dataset="mnist-5k",
-             compile_seconds=compile_seconds if v.compile != "off" else None)
+    describe(
+        benchmark,
+        case,
+        flops_per_call,
+        case.batch,
+        suite=suite,
+        dataset="mnist-5k",
+        compile_seconds=compile_seconds if v.compile != "off" else None,
+    )
     result = benchmark(run)
     rates(benchmark)
     return result

@@ -71,24 +71,40 @@ def forward_cases() -> list:
         cases += [case(m, compile="default", batch=b) for b in (100, 1000)]
         cases += [case(m, compile=AUTOTUNE["cpu"], batch=100)]
         for b in (1, 100, 1000):
-            cases += [case(m, "cuda", batch=b), case(m, "cuda", cl=True, batch=b), case(m, "cuda", precision="bf16", batch=b),
-                      case(m, "cuda", precision="fp16", cl=True, batch=b), case(m, "cuda", compile="default", batch=b),
-                      case(m, "cuda", compile=AUTOTUNE["cuda"], batch=b)]
+            cases += [
+                case(m, "cuda", batch=b),
+                case(m, "cuda", cl=True, batch=b),
+                case(m, "cuda", precision="bf16", batch=b),
+                case(m, "cuda", precision="fp16", cl=True, batch=b),
+                case(m, "cuda", compile="default", batch=b),
+                case(m, "cuda", compile=AUTOTUNE["cuda"], batch=b),
+            ]
     return cases
 
 
 def train_step_cases() -> list:
     cases = []
     for m in MODELS:
-        cases += [case(m, batch=100, quick=True), case(m, cl=True, batch=100), case(m, precision="bf16", batch=100),
-                  case(m, precision="bf16", cl=True, batch=100), case(m, compile="default", batch=100),
-                  case(m, compile=AUTOTUNE["cpu"], batch=100)]
+        cases += [
+            case(m, batch=100, quick=True),
+            case(m, cl=True, batch=100),
+            case(m, precision="bf16", batch=100),
+            case(m, precision="bf16", cl=True, batch=100),
+            case(m, compile="default", batch=100),
+            case(m, compile=AUTOTUNE["cpu"], batch=100),
+        ]
         cases += [case(m, cl=cl, batch=100, threads=t) for t in SINGLE_THREAD for cl in (False, True)]
         cases += [case(m, batch=500), case(m, cl=True, batch=500)]
         for b in (100, 500):
-            cases += [case(m, "cuda", batch=b), case(m, "cuda", cl=True, batch=b), case(m, "cuda", precision="bf16", batch=b),
-                      case(m, "cuda", precision="fp16", batch=b), case(m, "cuda", precision="fp16", cl=True, batch=b),
-                      case(m, "cuda", compile="default", batch=b), case(m, "cuda", compile=AUTOTUNE["cuda"], batch=b)]
+            cases += [
+                case(m, "cuda", batch=b),
+                case(m, "cuda", cl=True, batch=b),
+                case(m, "cuda", precision="bf16", batch=b),
+                case(m, "cuda", precision="fp16", batch=b),
+                case(m, "cuda", precision="fp16", cl=True, batch=b),
+                case(m, "cuda", compile="default", batch=b),
+                case(m, "cuda", compile=AUTOTUNE["cuda"], batch=b),
+            ]
     return cases
 
 
@@ -96,8 +112,11 @@ def epoch_cases() -> list:
     cases = []
     for m in MODELS:
         for device in ("cpu", "cuda"):
-            cases += [case(m, device, loader="seed", quick=device == "cpu"), case(m, device, loader="tensor"),
-                      case(m, device, cl=True, loader="tensor")]
+            cases += [
+                case(m, device, loader="seed", quick=device == "cpu"),
+                case(m, device, loader="tensor"),
+                case(m, device, cl=True, loader="tensor"),
+            ]
         cases += [case(m, cl=True, loader="tensor", threads=t) for t in SINGLE_THREAD]
         if CPU_HAS_BF16:
             cases += [case(m, precision="bf16", cl=True, loader="tensor")]

@@ -5,15 +5,19 @@ Every other benchmark's GFLOP/s is reported as a share of the best of these per 
 
 import pytest
 import torch
-
 from grid import HAVE_CUDA, NO_CUDA
 
 # The ceiling is the best rate over a few sizes: on a CPU a 2048 fp32 matmul can be memory-bound
 # (seen here: 213 GFLOP/s, while the nets' own batch-100 forward reached 285), a smaller one fits
 # in cache. bf16 on a CPU without AVX-512 BF16 / AMX has no fast kernel (~100x slower than fp32),
 # so its sizes stay small enough to take about a second there.
-SIZES = {("cpu", "fp32"): (512, 1024, 2048), ("cpu", "bf16"): (512, 1024),
-         ("cuda", "fp32"): (4096, 8192), ("cuda", "bf16"): (4096, 8192), ("cuda", "fp16"): (4096, 8192)}
+SIZES = {
+    ("cpu", "fp32"): (512, 1024, 2048),
+    ("cpu", "bf16"): (512, 1024),
+    ("cuda", "fp32"): (4096, 8192),
+    ("cuda", "bf16"): (4096, 8192),
+    ("cuda", "fp16"): (4096, 8192),
+}
 
 
 def _cases() -> list:
@@ -43,8 +47,14 @@ def test_matmul_ceiling(benchmark, device, precision, n):
 
     matmul()  # first-call allocation and library start-up, outside the timing
     benchmark.group = "ceiling"
-    benchmark.extra_info.update(suite="ceiling", device=device, precision=precision, n=n, threads=torch.get_num_threads(),
-                                tf32=bool(HAVE_CUDA and torch.backends.cuda.matmul.allow_tf32))
+    benchmark.extra_info.update(
+        suite="ceiling",
+        device=device,
+        precision=precision,
+        n=n,
+        threads=torch.get_num_threads(),
+        tf32=bool(HAVE_CUDA and torch.backends.cuda.matmul.allow_tf32),
+    )
     out = benchmark(matmul)
     assert out.shape == (n, n) and torch.isfinite(out[:4, :4].float()).all()
     if getattr(benchmark, "stats", None):

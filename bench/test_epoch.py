@@ -6,9 +6,9 @@ the same seed (built in the untimed setup); afterwards the test set is evaluated
 
 import pytest
 import torch
-
 from conftest import describe, rates
 from grid import epoch_cases
+
 from mnist_models.data import make_loader
 from mnist_models.nets import build_model
 from mnist_models.train import evaluate, train_epoch
@@ -30,9 +30,17 @@ def test_epoch(benchmark, case, epoch_dataset, request):
 
     benchmark.group = f"epoch-{case.model}-{v.device}"
     steps = len(epoch_dataset.train) // case.batch
-    describe(benchmark, case, build_model(case.model).train_flops_per_image() * steps * case.batch, steps * case.batch,
-             suite="epoch", loader=case.loader, dataset=epoch_dataset.name, train_images=len(epoch_dataset.train),
-             test_images=len(epoch_dataset.test))
+    describe(
+        benchmark,
+        case,
+        build_model(case.model).train_flops_per_image() * steps * case.batch,
+        steps * case.batch,
+        suite="epoch",
+        loader=case.loader,
+        dataset=epoch_dataset.name,
+        train_images=len(epoch_dataset.train),
+        test_images=len(epoch_dataset.test),
+    )
     result = benchmark.pedantic(train_epoch, setup=fresh_run, rounds=request.config.getoption("--bench-epoch-rounds"))
     rates(benchmark)
     accuracy = evaluate(state["model"], epoch_dataset.test, v.device)

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from conftest import make_batch, time_call
 from grid import train_step_cases
+
 from mnist_models.nets import build_model
 from mnist_models.variants import make_train_step
 

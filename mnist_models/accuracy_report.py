@@ -18,12 +18,40 @@ from .report import fmt_num, header, table
 
 # The seed's printed per-epoch costs (MNIST, its unnamed machine) and accuracies (raw-pixel evaluation).
 SEED_COSTS = {
-    "simple": [0.225939184, 0.0630982518, 0.0463336967, 0.0374494195, 0.0313653052, 0.0261803828, 0.0218190774,
-               0.0183058828, 0.0164249353, 0.0131303286, 0.00988870859, 0.00991326477, 0.00879074447, 0.0067628026,
-               0.00727953995],
-    "deep": [0.190638304, 0.0532845221, 0.037660379, 0.0296484027, 0.0239125956, 0.0203637555, 0.0181394033,
-             0.0136777712, 0.0135163562, 0.0108031444, 0.00989781693, 0.0114726787, 0.00667280518, 0.00744756451,
-             0.00912202988],
+    "simple": [
+        0.225939184,
+        0.0630982518,
+        0.0463336967,
+        0.0374494195,
+        0.0313653052,
+        0.0261803828,
+        0.0218190774,
+        0.0183058828,
+        0.0164249353,
+        0.0131303286,
+        0.00988870859,
+        0.00991326477,
+        0.00879074447,
+        0.0067628026,
+        0.00727953995,
+    ],
+    "deep": [
+        0.190638304,
+        0.0532845221,
+        0.037660379,
+        0.0296484027,
+        0.0239125956,
+        0.0203637555,
+        0.0181394033,
+        0.0136777712,
+        0.0135163562,
+        0.0108031444,
+        0.00989781693,
+        0.0114726787,
+        0.00667280518,
+        0.00744756451,
+        0.00912202988,
+    ],
 }
 SEED_ACCURACY = {"simple": 0.9874, "deep": 0.9838}
 GROUP_KEYS = ["model", "loader", "tag", "epochs_cfg", "batch_size", "lr", "threads"]
@@ -35,23 +63,39 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
         cfg = r["config"]
         epochs = r["epochs"]
         replaces = r.get("replaces") or {}
-        rows.append({
-            "dataset": r["dataset"]["name"], "train_images": r["dataset"]["train"], "test_images": r["dataset"]["test"],
-            "model": cfg["model"], "loader": cfg["loader"], "tag": r.get("variant", {}).get("tag", "?"),
-            "epochs_cfg": cfg["epochs"], "batch_size": cfg["batch_size"], "lr": cfg["lr"], "seed": cfg["seed"],
-            "threads": r.get("busy_before_start", {}).get("torch_threads") or r.get("machine", {}).get("torch_threads"),
-            "accuracy": r["test_accuracy"], "seed_style": r["seed_style_accuracy"], "train_seconds": r["train_seconds"],
-            "sec_per_epoch": r["train_seconds"] / len(epochs), "params": r["model"]["params"], "flops": r["model"]["flops_per_image"],
-            "peak_mb": r.get("peak_memory_mb"), "lat1_ms": r.get("inference_ms", {}).get("1"),
-            "lat1000_ms": r.get("inference_ms", {}).get("1000"),
-            "contended": run_was_contended(r),
-            "machine_key": machine_key(r.get("machine", {})),
-            "replaced_accuracy": replaces.get("test_accuracy"),
-            "replaced_elsewhere": bool(replaces.get("machine")) and machine_key(replaces["machine"]) != machine_key(r.get("machine", {})),
-            "curve": [e.get("test_accuracy") for e in epochs], "costs": [e["cost"] for e in epochs],
-            "cum_seconds": list(pd.Series([e["seconds"] for e in epochs]).cumsum()),
-            "machine": r.get("machine", {}),
-        })
+        rows.append(
+            {
+                "dataset": r["dataset"]["name"],
+                "train_images": r["dataset"]["train"],
+                "test_images": r["dataset"]["test"],
+                "model": cfg["model"],
+                "loader": cfg["loader"],
+                "tag": r.get("variant", {}).get("tag", "?"),
+                "epochs_cfg": cfg["epochs"],
+                "batch_size": cfg["batch_size"],
+                "lr": cfg["lr"],
+                "seed": cfg["seed"],
+                "threads": r.get("busy_before_start", {}).get("torch_threads") or r.get("machine", {}).get("torch_threads"),
+                "accuracy": r["test_accuracy"],
+                "seed_style": r["seed_style_accuracy"],
+                "train_seconds": r["train_seconds"],
+                "sec_per_epoch": r["train_seconds"] / len(epochs),
+                "params": r["model"]["params"],
+                "flops": r["model"]["flops_per_image"],
+                "peak_mb": r.get("peak_memory_mb"),
+                "lat1_ms": r.get("inference_ms", {}).get("1"),
+                "lat1000_ms": r.get("inference_ms", {}).get("1000"),
+                "contended": run_was_contended(r),
+                "machine_key": machine_key(r.get("machine", {})),
+                "replaced_accuracy": replaces.get("test_accuracy"),
+                "replaced_elsewhere": bool(replaces.get("machine"))
+                and machine_key(replaces["machine"]) != machine_key(r.get("machine", {})),
+                "curve": [e.get("test_accuracy") for e in epochs],
+                "costs": [e["cost"] for e in epochs],
+                "cum_seconds": list(pd.Series([e["seconds"] for e in epochs]).cumsum()),
+                "machine": r.get("machine", {}),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -72,15 +116,27 @@ def _time_to(row, target: float) -> float | None:
 
 def summarise_groups(df: pd.DataFrame) -> pd.DataFrame:
     def agg(g: pd.DataFrame) -> pd.Series:
-        return pd.Series({
-            "n": len(g), "seeds": sorted(g["seed"]), "acc_mean": g["accuracy"].mean(), "acc_std": g["accuracy"].std(ddof=1) if len(g) > 1 else 0.0,
-            "acc_min": g["accuracy"].min(), "acc_max": g["accuracy"].max(), "seed_style_mean": g["seed_style"].mean(),
-            "sec_per_epoch": g["sec_per_epoch"].mean(), "train_seconds": g["train_seconds"].mean(),
-            "train_seconds_std": g["train_seconds"].std(ddof=1) if len(g) > 1 else 0.0,
-            "lat1_ms": g["lat1_ms"].median(), "lat1000_ms": g["lat1000_ms"].median(), "params": g["params"].iloc[0],
-            "flops": g["flops"].iloc[0], "peak_mb": g["peak_mb"].max(), "contended": bool(g["contended"].any()),
-            "runs": g,
-        })
+        return pd.Series(
+            {
+                "n": len(g),
+                "seeds": sorted(g["seed"]),
+                "acc_mean": g["accuracy"].mean(),
+                "acc_std": g["accuracy"].std(ddof=1) if len(g) > 1 else 0.0,
+                "acc_min": g["accuracy"].min(),
+                "acc_max": g["accuracy"].max(),
+                "seed_style_mean": g["seed_style"].mean(),
+                "sec_per_epoch": g["sec_per_epoch"].mean(),
+                "train_seconds": g["train_seconds"].mean(),
+                "train_seconds_std": g["train_seconds"].std(ddof=1) if len(g) > 1 else 0.0,
+                "lat1_ms": g["lat1_ms"].median(),
+                "lat1000_ms": g["lat1000_ms"].median(),
+                "params": g["params"].iloc[0],
+                "flops": g["flops"].iloc[0],
+                "peak_mb": g["peak_mb"].max(),
+                "contended": bool(g["contended"].any()),
+                "runs": g,
+            }
+        )
 
     return df.groupby(GROUP_KEYS, sort=True).apply(agg, include_groups=False).reset_index()
 
@@ -103,9 +159,18 @@ def plot(groups: pd.DataFrame, dataset: str, path: Path) -> Path:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     flags = pareto(list(zip(groups["train_seconds"], groups["acc_mean"])))
     for (_, g), on_front in zip(groups.iterrows(), flags):
-        ax1.errorbar(g["train_seconds"], g["acc_mean"], xerr=g["train_seconds_std"], yerr=g["acc_std"], fmt="o", capsize=4,
-                     label=f"{_label(g)}, {g['epochs_cfg']} ep, {g['threads']} thr (n={g['n']})", markersize=9 if on_front else 6,
-                     markeredgecolor="black" if on_front else None, markeredgewidth=2 if on_front else 0)
+        ax1.errorbar(
+            g["train_seconds"],
+            g["acc_mean"],
+            xerr=g["train_seconds_std"],
+            yerr=g["acc_std"],
+            fmt="o",
+            capsize=4,
+            label=f"{_label(g)}, {g['epochs_cfg']} ep, {g['threads']} thr (n={g['n']})",
+            markersize=9 if on_front else 6,
+            markeredgecolor="black" if on_front else None,
+            markeredgewidth=2 if on_front else 0,
+        )
         curves = pd.DataFrame(list(g["runs"]["curve"]))
         epochs = range(1, curves.shape[1] + 1)
         line = ax2.plot(epochs, curves.mean(), label=_label(g))[0]
@@ -140,7 +205,11 @@ def _bench_latency(bench: dict | None, model: str, tag: str) -> str:
     found = {}
     for b in bench.get("benchmarks", []):
         info = b.get("extra_info", {})
-        if info.get("suite") == "forward" and info.get("model") == model and b["name"].split("[")[-1].startswith(f"{model}-{tag}-b"):
+        if (
+            info.get("suite") == "forward"
+            and info.get("model") == model
+            and b["name"].split("[")[-1].startswith(f"{model}-{tag}-b")
+        ):
             found[info["batch"]] = b["stats"]["median"] * 1e3
     return " / ".join(f"{found[k]:.2f}" if k in found else "-" for k in (1, 1000)) if found else "-"
 
@@ -157,8 +226,11 @@ def _baselines(groups: pd.DataFrame) -> pd.DataFrame:
 def _conclusion_verdict(seed_style_diff: float, diff: float, noise: float | None) -> str:
     """Does the seed's "deeper is worse" survive? Tell apart "reproduced by the bug, then reversed"
     from "not even reproduced with the seed's own evaluation on this dataset"."""
-    reproduced = ("The seed's evaluation reproduces its observation here" if seed_style_diff < 0 else
-                  "Even the seed's evaluation does not reproduce its observation on this dataset")
+    reproduced = (
+        "The seed's evaluation reproduces its observation here"
+        if seed_style_diff < 0
+        else "Even the seed's evaluation does not reproduce its observation on this dataset"
+    )
     if diff <= 0:
         return f"{reproduced}, and correct evaluation does not overturn it in these runs."
     if noise is not None and diff <= 2 * noise:
@@ -177,11 +249,17 @@ def _rerun_line(groups: pd.DataFrame) -> list[str]:
     moved = (again["accuracy"] - again["replaced_accuracy"]).abs()
     identical = int((moved == 0).sum())
     elsewhere = int(again["replaced_elsewhere"].sum())
-    where = (f"{elsewhere} of them first ran on another machine" if elsewhere else "all on the same machine as before")
-    return [f"- **Same seed, run again**: {len(again)} runs were retrained after their first records had been timed on a "
-            f"shared CPU ({where}; see `replaces` in each record). Their accuracy moved by {moved.mean():.4f} on average "
-            f"(max {moved.max():.4f}; {identical} identical): "
-            + ("gaps of that size between variants are noise." if identical < len(again) else "the training loop is reproducible here.")]
+    where = f"{elsewhere} of them first ran on another machine" if elsewhere else "all on the same machine as before"
+    return [
+        f"- **Same seed, run again**: {len(again)} runs were retrained after their first records had been timed on a "
+        f"shared CPU ({where}; see `replaces` in each record). Their accuracy moved by {moved.mean():.4f} on average "
+        f"(max {moved.max():.4f}; {identical} identical): "
+        + (
+            "gaps of that size between variants are noise."
+            if identical < len(again)
+            else "the training loop is reproducible here."
+        )
+    ]
 
 
 def _reading(groups: pd.DataFrame) -> list[str]:
@@ -193,30 +271,43 @@ def _reading(groups: pd.DataFrame) -> list[str]:
         s, d = by_model["simple"], by_model["deep"]
         diff = d["acc_mean"] - s["acc_mean"]
         noise = math.sqrt(s["acc_std"] ** 2 / s["n"] + d["acc_std"] ** 2 / d["n"]) if s["n"] > 1 and d["n"] > 1 else None
-        verdict = ("cannot be weighed against seed-to-seed spread with a single seed per net" if noise is None else
-                   f"{'larger' if abs(diff) > 2 * noise else 'not larger'} than twice its standard error ({2 * noise:.4f}) from the seed-to-seed spread")
-        lines.append(f"- **Real accuracy, seed recipe**: deep {d['acc_mean']:.4f} vs simple {s['acc_mean']:.4f} "
-                     f"(n = {d['n']} and {s['n']} seeds): deep {'better' if diff > 0 else 'worse'} by {abs(diff):.4f}, which is {verdict}.")
+        verdict = (
+            "cannot be weighed against seed-to-seed spread with a single seed per net"
+            if noise is None
+            else f"{'larger' if abs(diff) > 2 * noise else 'not larger'} than twice its standard error ({2 * noise:.4f}) from the seed-to-seed spread"
+        )
+        lines.append(
+            f"- **Real accuracy, seed recipe**: deep {d['acc_mean']:.4f} vs simple {s['acc_mean']:.4f} "
+            f"(n = {d['n']} and {s['n']} seeds): deep {'better' if diff > 0 else 'worse'} by {abs(diff):.4f}, which is {verdict}."
+        )
         seed_diff = d["seed_style_mean"] - s["seed_style_mean"]
-        lines.append(f"- **The seed's conclusion** (\"deeper is not always better\" from deep 0.9838 < simple 0.9874 on raw 0..255 pixels): "
-                     f"with the seed's evaluation here, deep {d['seed_style_mean']:.4f} vs simple {s['seed_style_mean']:.4f} "
-                     f"(deep {'worse' if seed_diff < 0 else 'better'}); evaluated correctly, deep is {'better' if diff > 0 else 'worse'}. "
-                     + _conclusion_verdict(seed_diff, diff, noise))
+        lines.append(
+            f'- **The seed\'s conclusion** ("deeper is not always better" from deep 0.9838 < simple 0.9874 on raw 0..255 pixels): '
+            f"with the seed's evaluation here, deep {d['seed_style_mean']:.4f} vs simple {s['seed_style_mean']:.4f} "
+            f"(deep {'worse' if seed_diff < 0 else 'better'}); evaluated correctly, deep is {'better' if diff > 0 else 'worse'}. "
+            + _conclusion_verdict(seed_diff, diff, noise)
+        )
         t_simple = s["train_seconds"]
         reach = [_time_to(r, s["acc_mean"]) for _, r in d["runs"].iterrows()]
         reached = [t for t in reach if t is not None]
         if reached:
-            lines.append(f"- **At equal cost**: simple needs {t_simple:.0f} s ({s['epochs_cfg']} epochs) for {s['acc_mean']:.4f}; deep reaches that accuracy "
-                         f"after {sum(reached) / len(reached):.0f} s on average ({len(reached)}/{len(reach)} seeds reach it), "
-                         f"so {'deep' if sum(reached) / len(reached) < t_simple else 'simple'} is the better buy at that accuracy.")
+            lines.append(
+                f"- **At equal cost**: simple needs {t_simple:.0f} s ({s['epochs_cfg']} epochs) for {s['acc_mean']:.4f}; deep reaches that accuracy "
+                f"after {sum(reached) / len(reached):.0f} s on average ({len(reached)}/{len(reach)} seeds reach it), "
+                f"so {'deep' if sum(reached) / len(reached) < t_simple else 'simple'} is the better buy at that accuracy."
+            )
         else:
-            lines.append(f"- **At equal cost**: deep never reaches simple's final {s['acc_mean']:.4f} in these runs; simple is the better buy.")
+            lines.append(
+                f"- **At equal cost**: deep never reaches simple's final {s['acc_mean']:.4f} in these runs; simple is the better buy."
+            )
     lines += _rerun_line(groups)
     same_schedule = groups[groups["epochs_cfg"] == (base["epochs_cfg"].max() if not base.empty else groups["epochs_cfg"].max())]
     for model, g in same_schedule.groupby("model"):
         fastest = g.loc[g["train_seconds"].idxmin()]
-        lines.append(f"- **Cheapest {model} training** over {fastest['epochs_cfg']} epochs: {_label(fastest)}, {fastest['train_seconds']:.0f} s "
-                     f"for {fastest['acc_mean']:.4f} (n = {fastest['n']}).")
+        lines.append(
+            f"- **Cheapest {model} training** over {fastest['epochs_cfg']} epochs: {_label(fastest)}, {fastest['train_seconds']:.0f} s "
+            f"for {fastest['acc_mean']:.4f} (n = {fastest['n']})."
+        )
     return lines
 
 
@@ -224,10 +315,12 @@ def render(runs: list[dict], problems: list[str], bench: dict | None, out_dir: P
     df = runs_frame(runs)
     machine = runs[-1].get("machine", {}) if runs else {}
     out = [header("Accuracy versus cost", machine, df["dataset"].unique() if len(df) else [], command)]
-    out.append("\nEvery figure comes from stored run records (`reports/runs/<dataset>/*.json`), made by `mnist-bench train` / "
-               "`mnist-bench sweep` on this machine. Accuracy is on the test set with pixels scaled as in training; the "
-               "seed-style column feeds raw 0..255 pixels, as the seed's script did. Training time excludes the per-epoch "
-               "evaluations. Datasets are reported separately and never averaged together.\n")
+    out.append(
+        "\nEvery figure comes from stored run records (`reports/runs/<dataset>/*.json`), made by `mnist-bench train` / "
+        "`mnist-bench sweep` on this machine. Accuracy is on the test set with pixels scaled as in training; the "
+        "seed-style column feeds raw 0..255 pixels, as the seed's script did. Training time excludes the per-epoch "
+        "evaluations. Datasets are reported separately and never averaged together.\n"
+    )
     if problems:
         out.append("\n" + "\n".join(f"- WARNING: {p}" for p in problems) + "\n")
     for dataset in sorted(df["dataset"].unique()):
@@ -243,22 +336,56 @@ def render(runs: list[dict], problems: list[str], bench: dict | None, out_dir: P
             out.append(f"_{mixed}._\n\n")
         section_bench = bench if bench is not None and _bench_machine(bench) in set(sub["machine_key"]) else None
         if bench is not None and section_bench is None:
-            out.append(f"_The benchmark JSON was measured on another machine ({_bench_machine(bench)}): its latencies are left out._\n\n")
+            out.append(
+                f"_The benchmark JSON was measured on another machine ({_bench_machine(bench)}): its latencies are left out._\n\n"
+            )
         if groups["contended"].any():
-            out.append("_Runs marked * shared the CPU with other work (see `busy_before_start` and "
-                       "`cores_used_by_others_during_run` in their records): their times are upper bounds._\n\n")
+            out.append(
+                "_Runs marked * shared the CPU with other work (see `busy_before_start` and "
+                "`cores_used_by_others_during_run` in their records): their times are upper bounds._\n\n"
+            )
         rows = []
         for _, g in groups.iterrows():
-            rows.append([
-                f"{_label(g)}{'*' if g['contended'] else ''}", g["epochs_cfg"], g["threads"], f"{g['n']} ({', '.join(map(str, g['seeds']))})",
-                f"{g['acc_mean']:.4f} ± {g['acc_std']:.4f}", f"{g['acc_min']:.4f}–{g['acc_max']:.4f}", f"{g['seed_style_mean']:.4f}",
-                f"{g['sec_per_epoch']:.1f}", f"{g['train_seconds']:.0f}",
-                f"{fmt_num(g['lat1_ms'], 2)} / {fmt_num(g['lat1000_ms'], 1)}", _bench_latency(section_bench, g["model"], g["tag"]),
-                f"{g['params']:,}", f"{g['flops'] / 1e6:.2f} M", fmt_num(g["peak_mb"], 0),
-            ])
-        out.append(table(["model, loader, variant", "epochs", "threads", "seeds", "accuracy mean ± std", "min–max", "seed-style",
-                          "s / epoch", "train s", "latency b1 / b1000 ms (run)", "bench b1 / b1000 ms", "params", "FLOPs / image", "peak MB"],
-                         rows, align="lrrlrrrrrrrrrr"))
+            rows.append(
+                [
+                    f"{_label(g)}{'*' if g['contended'] else ''}",
+                    g["epochs_cfg"],
+                    g["threads"],
+                    f"{g['n']} ({', '.join(map(str, g['seeds']))})",
+                    f"{g['acc_mean']:.4f} ± {g['acc_std']:.4f}",
+                    f"{g['acc_min']:.4f}–{g['acc_max']:.4f}",
+                    f"{g['seed_style_mean']:.4f}",
+                    f"{g['sec_per_epoch']:.1f}",
+                    f"{g['train_seconds']:.0f}",
+                    f"{fmt_num(g['lat1_ms'], 2)} / {fmt_num(g['lat1000_ms'], 1)}",
+                    _bench_latency(section_bench, g["model"], g["tag"]),
+                    f"{g['params']:,}",
+                    f"{g['flops'] / 1e6:.2f} M",
+                    fmt_num(g["peak_mb"], 0),
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "model, loader, variant",
+                    "epochs",
+                    "threads",
+                    "seeds",
+                    "accuracy mean ± std",
+                    "min–max",
+                    "seed-style",
+                    "s / epoch",
+                    "train s",
+                    "latency b1 / b1000 ms (run)",
+                    "bench b1 / b1000 ms",
+                    "params",
+                    "FLOPs / image",
+                    "peak MB",
+                ],
+                rows,
+                align="lrrlrrrrrrrrrr",
+            )
+        )
         out.append("\nPeak MB is the process's peak RSS on CPU (it includes the dataset) or CUDA's allocator peak.\n")
 
         base = _baselines(groups)
@@ -271,10 +398,14 @@ def render(runs: list[dict], problems: list[str], bench: dict | None, out_dir: P
                 for target in targets:
                     times = [_time_to(r, target) for _, r in g["runs"].iterrows()]
                     hit = [t for t in times if t is not None]
-                    cells.append(f"{sum(hit) / len(hit):.0f} s ({len(hit)}/{len(times)})" if hit else f"not reached (0/{len(times)})")
+                    cells.append(
+                        f"{sum(hit) / len(hit):.0f} s ({len(hit)}/{len(times)})" if hit else f"not reached (0/{len(times)})"
+                    )
                 rows.append([_label(g), *cells])
             out.append(table(["model, loader, variant", *[f"≥ {t:.4f}" for t in targets]], rows))
-            out.append("\nMean training seconds to the first epoch whose test accuracy reaches the target (seeds reaching it / seeds).\n")
+            out.append(
+                "\nMean training seconds to the first epoch whose test accuracy reaches the target (seeds reaching it / seeds).\n"
+            )
 
         out.append(_seed_table(sub))
         png = out_dir / f"accuracy-vs-cost-{dataset}.png"
@@ -299,6 +430,8 @@ def _seed_table(sub: pd.DataFrame) -> str:
     rows.append(["seed-style acc"] + sum(([f"{SEED_ACCURACY[m]}", f"{ours[m]['seed_style']:.4f}", ""] for m in models), []))
     rows.append(["real acc"] + sum((["(not measured)", f"{ours[m]['accuracy']:.4f}", ""] for m in models), []))
     columns = ["epoch"] + sum(([f"{m}: seed's cost (MNIST)", f"{m}: our cost", f"{m}: our test acc"] for m in models), [])
-    return ("\n### The seed's table, reproduced (seed recipe, seed 777, 15 epochs)\n\n"
-            "The seed's costs were printed on MNIST on a machine it does not name; ours are on this dataset. The seed's accuracies "
-            "come from raw 0..255 test pixels; the matching figure here is the seed-style row.\n\n" + table(columns, rows))
+    return (
+        "\n### The seed's table, reproduced (seed recipe, seed 777, 15 epochs)\n\n"
+        "The seed's costs were printed on MNIST on a machine it does not name; ours are on this dataset. The seed's accuracies "
+        "come from raw 0..255 test pixels; the matching figure here is the seed-style row.\n\n" + table(columns, rows)
+    )

@@ -89,17 +89,19 @@ def _group_rows(benchmarks: list[dict], peaks: dict) -> tuple[list[list], list[s
             extras.append(f"acc {info['test_accuracy']:.4f}")
         if info.get("loader"):
             extras.append(f"{info['loader']} loader")
-        rows.append([
-            f"`{bench['name'].split('[')[-1].rstrip(']')}`",
-            fmt_time(median),
-            fmt_time(stats["iqr"]),
-            stats["rounds"],
-            fmt_num(per_call / median, 0) if per_call else "-",
-            fmt_num(gflops, 1),
-            f"{100 * gflops / peak:.1f}%" if gflops and peak else "-",
-            f"{speedup:.2f}x" if speedup else "-",
-            "; ".join(extras),
-        ])
+        rows.append(
+            [
+                f"`{bench['name'].split('[')[-1].rstrip(']')}`",
+                fmt_time(median),
+                fmt_time(stats["iqr"]),
+                stats["rounds"],
+                fmt_num(per_call / median, 0) if per_call else "-",
+                fmt_num(gflops, 1),
+                f"{100 * gflops / peak:.1f}%" if gflops and peak else "-",
+                f"{speedup:.2f}x" if speedup else "-",
+                "; ".join(extras),
+            ]
+        )
     if baseline is None:
         notes.append("no eager fp32 contiguous baseline in this group: no speedups")
     return rows, notes
@@ -123,7 +125,9 @@ def headlines(groups: dict[str, list[dict]], peaks: dict) -> list[str]:
     lines = []
     for name, benches in groups.items():
         info = benches[0].get("extra_info", {})
-        if info.get("suite") not in ("forward", "train-step", "epoch") or (info.get("suite") != "epoch" and info.get("batch") != 100):
+        if info.get("suite") not in ("forward", "train-step", "epoch") or (
+            info.get("suite") != "epoch" and info.get("batch") != 100
+        ):
             continue
         baseline = next((b for b in benches if _is_baseline(b.get("extra_info", {}))), None)
         best = min(benches, key=lambda b: b["stats"]["median"])
@@ -154,11 +158,22 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
     extra = data.get("mnist_bench", {})
     machine = data.get("machine_info", {}).get("mnist_bench") or extra.get("machine", {})
     datasets = {b["extra_info"]["dataset"] for b in benchmarks if b.get("extra_info", {}).get("dataset")}
-    out = [header("Benchmarks: forward, train step, full epoch", machine, datasets, command,
-                  busy=extra.get("busy"), when=(data.get("datetime") or "")[:16].replace("T", " ") + " UTC")]
+    out = [
+        header(
+            "Benchmarks: forward, train step, full epoch",
+            machine,
+            datasets,
+            command,
+            busy=extra.get("busy"),
+            when=(data.get("datetime") or "")[:16].replace("T", " ") + " UTC",
+        )
+    ]
     if extra.get("cores_used_by_others_during_run") is not None:
-        out.append(f"- **During the run** other processes used {extra['cores_used_by_others_during_run']} cores on average"
-                   + (f"; suite wall time {extra['wall_seconds']:.0f} s" if extra.get("wall_seconds") else "") + "\n")
+        out.append(
+            f"- **During the run** other processes used {extra['cores_used_by_others_during_run']} cores on average"
+            + (f"; suite wall time {extra['wall_seconds']:.0f} s" if extra.get("wall_seconds") else "")
+            + "\n"
+        )
     out.append(
         "\nMedian and IQR over rounds. images/s = images per call / median. GFLOP/s counts the nets' convolution and "
         "linear FLOPs (forward: 2 x MACs per image; train step: forward + backward from torch.utils.flop_counter). "
@@ -176,7 +191,8 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
     if _beats_ceiling(benchmarks, peaks):
         out.append(
             "\nSome rows exceed 100% of the ceiling: the nets' convolutions (oneDNN) ran faster than torch's own matmul "
-            "(its BLAS, e.g. MKL) did on this device. The ceiling is a measured library rate, not the hardware's peak.\n")
+            "(its BLAS, e.g. MKL) did on this device. The ceiling is a measured library rate, not the hardware's peak.\n"
+        )
     lines = headlines(groups, peaks)
     if lines:
         out.append("\n## Headlines\n\n" + "\n".join(lines) + "\n")
@@ -185,7 +201,13 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
         info = groups[name][0].get("extra_info", {})
         suite = info.get("suite", "")
         model = {"simple": 0, "deep": 1}.get(info.get("model"), 2)
-        return (SUITE_ORDER.index(suite) if suite in SUITE_ORDER else 99, model, info.get("device", ""), info.get("batch", 0), name)
+        return (
+            SUITE_ORDER.index(suite) if suite in SUITE_ORDER else 99,
+            model,
+            info.get("device", ""),
+            info.get("batch", 0),
+            name,
+        )
 
     current_suite = None
     for name in sorted(groups, key=order):
@@ -194,14 +216,31 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
             out.append(f"\n## {SUITE_TITLES.get(suite, suite or 'Other')}\n")
             current_suite = suite
         if suite == "ceiling":
-            out.append(table(["benchmark", "median", "IQR", "rounds", "GFLOP/s"],
-                             [[f"`{b['name']}`", fmt_time(b["stats"]["median"]), fmt_time(b["stats"]["iqr"]), b["stats"]["rounds"],
-                               fmt_num(b["extra_info"].get("gflops_per_s"), 1)] for b in groups[name]]))
+            out.append(
+                table(
+                    ["benchmark", "median", "IQR", "rounds", "GFLOP/s"],
+                    [
+                        [
+                            f"`{b['name']}`",
+                            fmt_time(b["stats"]["median"]),
+                            fmt_time(b["stats"]["iqr"]),
+                            b["stats"]["rounds"],
+                            fmt_num(b["extra_info"].get("gflops_per_s"), 1),
+                        ]
+                        for b in groups[name]
+                    ],
+                )
+            )
             continue
         rows, notes = _group_rows(groups[name], peaks)
         out.append(f"\n### {name}\n")
-        out.append(table(["variant", "median", "IQR", "rounds", "images/s", "GFLOP/s", "% ceiling", "speedup", "notes"], rows,
-                         align="lrrrrrrrl"))
+        out.append(
+            table(
+                ["variant", "median", "IQR", "rounds", "images/s", "GFLOP/s", "% ceiling", "speedup", "notes"],
+                rows,
+                align="lrrrrrrrl",
+            )
+        )
         out += [f"\n_{note}_\n" for note in notes]
     return "".join(out)
 

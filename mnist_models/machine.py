@@ -29,7 +29,11 @@ def cpu_model() -> str:
                     break
         if "model name" in fields:
             # A VM's model name can be as vague as "AMD EPYC": family and model tell Zen 3 (25) from Zen 5 (26).
-            ident = f" (family {fields['cpu family']}, model {fields['model']})" if "cpu family" in fields and "model" in fields else ""
+            ident = (
+                f" (family {fields['cpu family']}, model {fields['model']})"
+                if "cpu family" in fields and "model" in fields
+                else ""
+            )
             return fields["model name"] + ident
     except OSError:
         pass
@@ -130,8 +134,10 @@ def mixed_machines_warning(machines: list[dict], what: str = "runs") -> str | No
     if len(counts) < 2:
         return None
     listed = "; ".join(f"{key}: {count} {what}" for key, count in counts.items())
-    return (f"WARNING: these {what} come from {len(counts)} different machines ({listed}); "
-            "times compare only between records of one machine")
+    return (
+        f"WARNING: these {what} come from {len(counts)} different machines ({listed}); "
+        "times compare only between records of one machine"
+    )
 
 
 def run_was_contended(record: dict) -> bool:
@@ -153,7 +159,9 @@ def git_commit() -> str | None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode != 0:

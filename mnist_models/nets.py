@@ -49,10 +49,16 @@ class _Accounting:
                 flops = 2 * macs_per_output * output.numel()
             else:
                 flops = 2 * module.in_features * module.out_features * inputs[0].shape[0]
-            layers.append({
-                "name": names[module], "kind": type(module).__name__, "flops": flops,
-                "input_shape": list(inputs[0].shape), "weight_shape": list(module.weight.shape), "output_shape": list(output.shape),
-            })
+            layers.append(
+                {
+                    "name": names[module],
+                    "kind": type(module).__name__,
+                    "flops": flops,
+                    "input_shape": list(inputs[0].shape),
+                    "weight_shape": list(module.weight.shape),
+                    "output_shape": list(output.shape),
+                }
+            )
 
         names = {m: n for n, m in self.named_modules()}
         hooks = [m.register_forward_hook(count) for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

@@ -30,9 +30,11 @@ from .variants import Variant, device_name, make_forward, make_train_step, resol
 
 MODES = ("train", "forward")
 # Rows that only wrap other rows (their time is their children's) are left out of the tables.
-_WRAPPERS = re.compile(r"^(ProfilerStep|autograd::engine|Optimizer\.|CompiledFunction|Torch-Compiled Region|TorchDynamo|"
-                       r"aten::(conv2d|convolution|_convolution|linear|max_pool2d|cross_entropy_loss|to|_to_copy|empty.*)$|"
-                       r".*Backward\d*$)")  # autograd nodes: their time is the backward kernels beneath
+_WRAPPERS = re.compile(
+    r"^(ProfilerStep|autograd::engine|Optimizer\.|CompiledFunction|Torch-Compiled Region|TorchDynamo|"
+    r"aten::(conv2d|convolution|_convolution|linear|max_pool2d|cross_entropy_loss|to|_to_copy|empty.*)$|"
+    r".*Backward\d*$)"
+)  # autograd nodes: their time is the backward kernels beneath
 _CONV = re.compile(r"conv|cudnn|fprop|dgrad|wgrad|implicit_gemm|winograd", re.IGNORECASE)
 
 
@@ -190,7 +192,9 @@ def profile(config: ProfileConfig, log=print) -> tuple[Path, dict]:
         activities=activities,
         schedule=schedule(wait=config.wait, warmup=config.warmup, active=config.active, repeat=1),
         on_trace_ready=tensorboard_trace_handler(str(run_dir), worker_name=config.run_name()),
-        record_shapes=True, with_flops=True, profile_memory=True,
+        record_shapes=True,
+        with_flops=True,
+        profile_memory=True,
     ) as prof:
         for _ in range(config.wait + config.warmup + config.active):
             t = time.perf_counter()
@@ -199,7 +203,7 @@ def profile(config: ProfileConfig, log=print) -> tuple[Path, dict]:
             wall.append(time.perf_counter() - t)
             prof.step()
     summary = summarise(prof, config, model)
-    summary["wall_ms_per_step_while_profiling"] = 1e3 * statistics.median(wall[-config.active:])
+    summary["wall_ms_per_step_while_profiling"] = 1e3 * statistics.median(wall[-config.active :])
     summary["busy_before_start"] = busy
     summary["trace_dir"] = str(run_dir)
     return run_dir, summary
@@ -228,8 +232,17 @@ def load_summaries(summary_dir: Path = DEFAULT_SUMMARY_DIR) -> list[dict]:
         if data.get("kind") == "mnist-bench profile":
             summaries.append(data)
     order = {"simple": 0, "deep": 1}
-    return sorted(summaries, key=lambda s: (order.get(s["config"]["model"], 2), s["config"]["mode"], s["variant"]["device"],
-                                             s["config"]["compile"] != "off", s["config"]["precision"] != "fp32", s["config"]["channels_last"]))
+    return sorted(
+        summaries,
+        key=lambda s: (
+            order.get(s["config"]["model"], 2),
+            s["config"]["mode"],
+            s["variant"]["device"],
+            s["config"]["compile"] != "off",
+            s["config"]["precision"] != "fp32",
+            s["config"]["channels_last"],
+        ),
+    )
 
 
 def _shapes(shapes: list) -> str:
@@ -242,7 +255,14 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
     if not summaries:
         raise UsageError("no profile summaries to report; run mnist-bench profile first")
     machine = summaries[-1]["machine"]
-    out = [header("Convolution kernels: which kernels run the convs, and where a step's time goes", machine, ["mnist-5k (real digits; the op mix does not depend on the data)"], command)]
+    out = [
+        header(
+            "Convolution kernels: which kernels run the convs, and where a step's time goes",
+            machine,
+            ["mnist-5k (real digits; the op mix does not depend on the data)"],
+            command,
+        )
+    ]
     mixed = mixed_machines_warning([s["machine"] for s in summaries], "profiles")
     if mixed:
         out.append(f"- **{mixed}**\n")
@@ -258,24 +278,55 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
     overview = []
     for s in summaries:
         top = s["other_rows"][0] if s["other_rows"] else None
-        overview.append([f"`{s['run']}`", f"{s['step_ms']:.1f} ms", f"{100 * s['conv_share']:.0f}%",
-                         f"`{top['name'][:50]}` ({100 * top['share']:.0f}%)" if top else "-"])
+        overview.append(
+            [
+                f"`{s['run']}`",
+                f"{s['step_ms']:.1f} ms",
+                f"{100 * s['conv_share']:.0f}%",
+                f"`{top['name'][:50]}` ({100 * top['share']:.0f}%)" if top else "-",
+            ]
+        )
     out.append("\n## Overview\n\n")
     out.append(table(["run", "profiled step", "conv share", "largest non-conv row"], overview, align="lrrl"))
     for s in summaries:
         out.append(f"\n## `{s['run']}`\n\n")
-        out.append(f"{s['config']['mode']} step, batch {s['config']['batch_size']}, {s['device_name']}; {s['timeline']} per step "
-                   f"{s['step_ms']:.1f} ms (wall {s['wall_ms_per_step_while_profiling']:.1f} ms while profiling); "
-                   f"convolutions {100 * s['conv_share']:.0f}% of it. Trace: `{s['trace_dir']}`.\n\n")
-        rows = [[f"`{r['name'][:60]}`", r.get("layer", "-"), fmt_num(r["calls_per_step"], 0), f"{r['self_ms_per_step']:.2f}",
-                 f"{r['total_ms_per_step']:.2f}", f"{100 * r['share']:.1f}%", _shapes(r["input_shapes"]),
-                 fmt_num(r["flops_per_call"] / 1e6, 1) if r.get("flops_per_call") else "-", fmt_num(r.get("gflops_per_s"), 1)]
-                for r in s["conv_rows"]]
+        out.append(
+            f"{s['config']['mode']} step, batch {s['config']['batch_size']}, {s['device_name']}; {s['timeline']} per step "
+            f"{s['step_ms']:.1f} ms (wall {s['wall_ms_per_step_while_profiling']:.1f} ms while profiling); "
+            f"convolutions {100 * s['conv_share']:.0f}% of it. Trace: `{s['trace_dir']}`.\n\n"
+        )
+        rows = [
+            [
+                f"`{r['name'][:60]}`",
+                r.get("layer", "-"),
+                fmt_num(r["calls_per_step"], 0),
+                f"{r['self_ms_per_step']:.2f}",
+                f"{r['total_ms_per_step']:.2f}",
+                f"{100 * r['share']:.1f}%",
+                _shapes(r["input_shapes"]),
+                fmt_num(r["flops_per_call"] / 1e6, 1) if r.get("flops_per_call") else "-",
+                fmt_num(r.get("gflops_per_s"), 1),
+            ]
+            for r in s["conv_rows"]
+        ]
         out.append("Convolution ops and kernels:\n\n")
-        out.append(table(["op / kernel", "layer", "calls", "self ms", "total ms", "share", "input shapes", "MFLOP/call", "GFLOP/s"],
-                         rows, align="llrrrrlrr"))
-        rows = [[f"`{r['name'][:60]}`", fmt_num(r["calls_per_step"], 0), f"{r['self_ms_per_step']:.2f}", f"{100 * r['share']:.1f}%",
-                 _shapes(r["input_shapes"])] for r in s["other_rows"]]
+        out.append(
+            table(
+                ["op / kernel", "layer", "calls", "self ms", "total ms", "share", "input shapes", "MFLOP/call", "GFLOP/s"],
+                rows,
+                align="llrrrrlrr",
+            )
+        )
+        rows = [
+            [
+                f"`{r['name'][:60]}`",
+                fmt_num(r["calls_per_step"], 0),
+                f"{r['self_ms_per_step']:.2f}",
+                f"{100 * r['share']:.1f}%",
+                _shapes(r["input_shapes"]),
+            ]
+            for r in s["other_rows"]
+        ]
         out.append("\nTop other ops:\n\n")
         out.append(table(["op", "calls", "self ms", "share", "input shapes"], rows, align="lrrrl"))
     return "".join(out)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
-from typing import Iterable, Sequence
 
 
-def header(title: str, machine: dict, datasets: Iterable[str], command: str, busy: dict | None = None, when: str | None = None) -> str:
+def header(
+    title: str, machine: dict, datasets: Iterable[str], command: str, busy: dict | None = None, when: str | None = None
+) -> str:
     """Machine, torch version, dataset(s) and date on top of every report; a warning if it was busy."""
     datasets = sorted(set(datasets))
     isa = ", ".join(machine.get("cpu_isa") or []) or "unknown"

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
 
 from . import atomic
 from .data import load_dataset
@@ -118,12 +118,14 @@ def _superseded(record: dict) -> dict:
     reproduced its accuracy and how much the contention had cost."""
     keep = ("test_accuracy", "seed_style_accuracy", "train_seconds", "cores_used_by_others_during_run", "created")
     machine = {k: record.get("machine", {}).get(k) for k in ("cpu", "cpu_isa", "torch_threads", "code")}
-    return {"busy_before_start": record.get("busy_before_start", {}).get("busy"), **{k: record.get(k) for k in keep},
-            "machine": machine}
+    return {
+        "busy_before_start": record.get("busy_before_start", {}).get("busy"),
+        **{k: record.get(k) for k in keep},
+        "machine": machine,
+    }
 
 
-def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True, log=print,
-              redo_contended: bool = False) -> dict:
+def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True, log=print, redo_contended: bool = False) -> dict:
     """Train every config that has no record yet (and, with redo_contended, every run whose record
     says the CPU was shared); returns counts of trained and skipped runs."""
     plans = [(c, *_plan(record_paths(runs_dir, c)[0], redo_contended)) for c in configs]
@@ -153,14 +155,19 @@ def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True,
                 write(f"== {config.dataset} {config.run_name()}: already finished, skipped")
                 skipped += 1
                 continue
-            write(f"== {config.dataset} {config.run_name()}" + (" (retraining: its record was timed on a shared CPU)" if old else ""))
+            write(
+                f"== {config.dataset} {config.run_name()}"
+                + (" (retraining: its record was timed on a shared CPU)" if old else "")
+            )
             model, record = train(config, datasets[config.dataset], progress=progress, log=write)
             if old is not None:
                 record["replaces"] = _superseded(old)
             path = save_run(model, record, runs_dir, config)
             trained += 1
-            write(f"   test accuracy {record['test_accuracy']:.4f} (seed-style {record['seed_style_accuracy']:.4f}), "
-                  f"{record['train_seconds']:.0f} s training -> {path}")
+            write(
+                f"   test accuracy {record['test_accuracy']:.4f} (seed-style {record['seed_style_accuracy']:.4f}), "
+                f"{record['train_seconds']:.0f} s training -> {path}"
+            )
             if bar is not None:
                 bar.update(1)
     finally:

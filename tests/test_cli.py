@@ -18,8 +18,9 @@ def run_cli(*args, cwd=None):
 
 
 def test_train_end_to_end(tmp_path):
-    result = run_cli("train", "--model", "simple", "--dataset", "mnist-5k", "--epochs", "1", "--no-progress",
-                     "--runs-dir", str(tmp_path))
+    result = run_cli(
+        "train", "--model", "simple", "--dataset", "mnist-5k", "--epochs", "1", "--no-progress", "--runs-dir", str(tmp_path)
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("[Epoch:    1] cost = ")
     assert "Seed-style accuracy:" in result.stdout and "Traceback" not in result.stderr
@@ -39,8 +40,21 @@ def test_train_end_to_end(tmp_path):
 def test_help_explains_every_flag():
     result = run_cli("train", "--help")
     assert result.returncode == 0
-    for flag in ("--model", "--dataset", "--epochs", "--batch-size", "--lr", "--seed", "--device", "--loader",
-                 "--compile", "--precision", "--channels-last", "--threads", "--runs-dir"):
+    for flag in (
+        "--model",
+        "--dataset",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--seed",
+        "--device",
+        "--loader",
+        "--compile",
+        "--precision",
+        "--channels-last",
+        "--threads",
+        "--runs-dir",
+    ):
         assert flag in result.stdout
 
 
@@ -81,7 +95,9 @@ def test_cuda_without_gpu(capsys, tmp_path):
 def test_missing_dataset_names_offline_alternatives(capsys, tmp_path, monkeypatch):
     # Downloading is attempted for real; with no network it fails and the message says what works offline.
     monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(OSError("no network in this test")))
-    err = one_line_error(capsys, ["train", "--dataset", "mnist", "--data-root", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs")])
+    err = one_line_error(
+        capsys, ["train", "--dataset", "mnist", "--data-root", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs")]
+    )
     assert "could not be downloaded" in err and "mnist-5k" in err
     assert not list((tmp_path / "runs").rglob("*.*"))  # no record, no weights
 
@@ -91,7 +107,9 @@ def test_corrupt_idx_file(capsys, tmp_path):
     raw.mkdir(parents=True)
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (raw / name).write_bytes(b"\x00\x00\x08\x03garbage")
-    err = one_line_error(capsys, ["train", "--dataset", "mnist", "--data-root", str(tmp_path), "--runs-dir", str(tmp_path / "runs")])
+    err = one_line_error(
+        capsys, ["train", "--dataset", "mnist", "--data-root", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
+    )
     assert "corrupt IDX file" in err
 
 

@@ -91,8 +91,10 @@ def test_corrupt_debian_gzip_is_a_data_error(tmp_path, monkeypatch):
         load_dataset("fashion-mnist", tmp_path / "root", download=False)
 
 
-@pytest.mark.skipif(not (DEBIAN_FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not (DEBIAN_FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)",
+)
 def test_fashion_mnist_from_the_debian_package(tmp_path):
     dataset = load_dataset("fashion-mnist", tmp_path, download=False)
     assert dataset.counts() == {"train": 60_000, "test": 10_000}
@@ -108,7 +110,7 @@ def test_both_loaders_yield_the_same_kind_of_batches(small5k):
     tensor_x, tensor_y = next(iter(TensorBatches(small5k.train, 50)))
     for x, y in ((seed_x, seed_y), (tensor_x, tensor_y)):
         assert x.shape == (50, 1, 28, 28) and x.dtype == torch.float32
-        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+        assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
         assert y.shape == (50,) and y.dtype == torch.int64
 
 

@@ -21,7 +21,9 @@ PLUGIN = "/data/plugin/pytorch_profiler"
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("traces")
-    config = ProfileConfig(model="simple", mode="train", device="cpu", batch_size=32, wait=1, warmup=1, active=2, out_dir=str(out))
+    config = ProfileConfig(
+        model="simple", mode="train", device="cpu", batch_size=32, wait=1, warmup=1, active=2, out_dir=str(out)
+    )
     run_dir, summary = profile(config, log=lambda line: None)
     return out, run_dir, summary
 
@@ -110,9 +112,20 @@ def test_tensorboard_profiler_plugin_loads_the_trace(profiled):
     out, run_dir, _ = profiled
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-c", "from tensorboard.main import run_main; run_main()", "--logdir", str(out),
-         "--port", str(port), "--host", "127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from tensorboard.main import run_main; run_main()",
+            "--logdir",
+            str(out),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline, runs = time.monotonic() + 120, None
@@ -132,8 +145,15 @@ def test_tensorboard_profiler_plugin_loads_the_trace(profiled):
         workers = _get(port, "/workers", run=run_dir.name, view="Operator")
         assert workers
         spans = _get(port, "/spans", run=run_dir.name, worker=workers[0])
-        table = _get(port, "/operation/table", run=run_dir.name, worker=workers[0], span=spans[0] if spans else "",
-                     view="Operator", group_by="Operation")
+        table = _get(
+            port,
+            "/operation/table",
+            run=run_dir.name,
+            worker=workers[0],
+            span=spans[0] if spans else "",
+            view="Operator",
+            group_by="Operation",
+        )
         names = {row["name"] for row in table["data"]}  # {"metadata": ..., "data": [{"name": ..., ...}]}
         assert {"aten::mkldnn_convolution", "aten::convolution_backward"} <= names
     finally:

@@ -69,18 +69,28 @@ def test_report_without_runs_is_one_line_error(tmp_path, capsys):
 
 
 def _bench(name, group, median, **info):
-    return {"name": f"test_x[{name}]", "group": group, "stats": {"median": median, "iqr": median / 10, "rounds": 5},
-            "extra_info": info}
+    return {
+        "name": f"test_x[{name}]",
+        "group": group,
+        "stats": {"median": median, "iqr": median / 10, "rounds": 5},
+        "extra_info": info,
+    }
 
 
 def test_bench_report_speedups_and_ceiling_share():
     common = dict(suite="train-step", model="simple", device="cpu", batch=100, flops_per_call=2e9, images_per_call=100)
-    data = {"datetime": "2026-11-28T10:00:00", "benchmarks": [
-        _bench("cpu-fp32-n512", "ceiling", 0.1, suite="ceiling", device="cpu", precision="fp32", gflops_per_s=100.0),
-        _bench("cpu-fp32-n2048", "ceiling", 0.1, suite="ceiling", device="cpu", precision="fp32", gflops_per_s=60.0),  # memory-bound
-        _bench("simple-cpu-eager-fp32-b100", "g", 0.040, compile="off", precision="fp32", channels_last=False, **common),
-        _bench("simple-cpu-eager-fp32-cl-b100", "g", 0.020, compile="off", precision="fp32", channels_last=True, **common),
-    ], "mnist_bench": {"machine": {"cpu": "test cpu", "torch": "x"}, "busy": {"busy": True, "reason": "a neighbour"}}}
+    data = {
+        "datetime": "2026-11-28T10:00:00",
+        "benchmarks": [
+            _bench("cpu-fp32-n512", "ceiling", 0.1, suite="ceiling", device="cpu", precision="fp32", gflops_per_s=100.0),
+            _bench(
+                "cpu-fp32-n2048", "ceiling", 0.1, suite="ceiling", device="cpu", precision="fp32", gflops_per_s=60.0
+            ),  # memory-bound
+            _bench("simple-cpu-eager-fp32-b100", "g", 0.040, compile="off", precision="fp32", channels_last=False, **common),
+            _bench("simple-cpu-eager-fp32-cl-b100", "g", 0.020, compile="off", precision="fp32", channels_last=True, **common),
+        ],
+        "mnist_bench": {"machine": {"cpu": "test cpu", "torch": "x"}, "busy": {"busy": True, "reason": "a neighbour"}},
+    }
     text = render_bench(data)
     row = next(line for line in text.splitlines() if line.startswith("| `") and "eager-fp32-cl-b100" in line)
     assert "2.00x" in row  # 40 ms baseline / 20 ms
@@ -94,8 +104,25 @@ def test_bench_report_speedups_and_ceiling_share():
 
 def test_bench_session_writes_report(tmp_path):
     report = tmp_path / "bench.md"
-    result = subprocess.run([sys.executable, "-m", "pytest", "bench", "-q", "--benchmark-only", "-k", "ceiling and cpu-fp32-n512",
-                             "--bench-report", str(report), "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "bench",
+            "-q",
+            "--benchmark-only",
+            "-k",
+            "ceiling and cpu-fp32-n512",
+            "--bench-report",
+            str(report),
+            "-p",
+            "no:cacheprovider",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     data = json.loads(report.with_suffix(".json").read_text())
     assert data["benchmarks"][0]["extra_info"]["gflops_per_s"] > 0
@@ -126,12 +153,25 @@ def test_seed_conclusion_verdict_separates_reproduced_from_not_reproduced():
 
 
 def test_single_thread_case_is_compared_with_the_baseline_not_used_as_it():
-    common = dict(suite="train-step", model="deep", device="cpu", batch=100, flops_per_call=2e9, images_per_call=100,
-                  compile="off", precision="fp32", channels_last=False)
-    data = {"datetime": "2026-11-29T10:00:00", "benchmarks": [
-        _bench("deep-cpu-eager-fp32-t1-b100", "g", 0.030, threads=1, threads_pinned=True, **common),
-        _bench("deep-cpu-eager-fp32-b100", "g", 0.060, threads=2, threads_pinned=False, **common),
-    ], "mnist_bench": {"machine": {"cpu": "test cpu", "torch": "x"}}}
+    common = dict(
+        suite="train-step",
+        model="deep",
+        device="cpu",
+        batch=100,
+        flops_per_call=2e9,
+        images_per_call=100,
+        compile="off",
+        precision="fp32",
+        channels_last=False,
+    )
+    data = {
+        "datetime": "2026-11-29T10:00:00",
+        "benchmarks": [
+            _bench("deep-cpu-eager-fp32-t1-b100", "g", 0.030, threads=1, threads_pinned=True, **common),
+            _bench("deep-cpu-eager-fp32-b100", "g", 0.060, threads=2, threads_pinned=False, **common),
+        ],
+        "mnist_bench": {"machine": {"cpu": "test cpu", "torch": "x"}},
+    }
     text = render_bench(data)
     row = next(line for line in text.splitlines() if "eager-fp32-t1-b100" in line and line.startswith("| `"))
     assert "2.00x" in row  # one thread twice as fast as the two-thread baseline

@@ -12,7 +12,12 @@ BASE = TrainConfig(dataset="mnist-5k", epochs=1, measure_latency=False)
 
 def test_variant_specs():
     assert parse_variant_spec("seed-eager-fp32") == {"loader": "seed", "compile": "off", "precision": "fp32"}
-    assert parse_variant_spec("tensor-compile-bf16-cl") == {"loader": "tensor", "compile": "default", "precision": "bf16", "channels_last": True}
+    assert parse_variant_spec("tensor-compile-bf16-cl") == {
+        "loader": "tensor",
+        "compile": "default",
+        "precision": "bf16",
+        "channels_last": True,
+    }
     with pytest.raises(UsageError, match="unknown token 'nhwc'"):
         parse_variant_spec("tensor-nhwc")
 
@@ -79,7 +84,10 @@ def test_redo_contended_retrains_only_runs_timed_on_a_shared_cpu(tmp_path):
 
     # without the flag a finished run is never retrained
     assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {"trained": 0, "skipped": 2}
-    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None, redo_contended=True) == {"trained": 1, "skipped": 1}
+    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None, redo_contended=True) == {
+        "trained": 1,
+        "skipped": 1,
+    }
     redone = json.loads(shared.read_text())
     assert redone["replaces"]["train_seconds"] == 12345.0 and redone["replaces"]["cores_used_by_others_during_run"] == 1.0
     assert redone["train_seconds"] != 12345.0

@@ -104,7 +104,9 @@ def test_cuda_without_gpu_is_a_device_error(small5k):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_training_learns(mnist5k):
-    _, record = train(TrainConfig(model="simple", device="cuda", epochs=2, dataset="mnist-5k", loader="tensor"), mnist5k, log=quiet)
+    _, record = train(
+        TrainConfig(model="simple", device="cuda", epochs=2, dataset="mnist-5k", loader="tensor"), mnist5k, log=quiet
+    )
     assert record["test_accuracy"] > 0.8
 
 
