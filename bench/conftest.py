@@ -1,13 +1,16 @@
-"""Shared set-up of the benchmark suites: options, batches, extra_info, and the report at the end.
+"""Shared set-up of the benchmark suites: options, fixtures, extra_info, and the report at the end.
 
 Run `pytest bench --benchmark-only` for the full suites (report in reports/), `pytest bench -m quick`
 for a small subset, and `pytest bench --benchmark-disable` to run every body once as a smoke test.
+Model, optimizer, step and batch come from the library's harness (mnist_models.harness), the same
+code that training and profiling run. Session state lives in `config.stash`.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,8 +20,23 @@ from mnist_models import atomic
 from mnist_models.bench_report import write_report
 from mnist_models.data import DATASETS, Split, load_dataset
 from mnist_models.errors import DataError
-from mnist_models.machine import BUSY_CORES, CpuContention, busy_check, busy_warning, machine_info
-from mnist_models.variants import Variant, device_name
+from mnist_models.harness import warm_up
+from mnist_models.machine import BUSY_CORES, CpuContention, busy_check, busy_warning
+from mnist_models.report import REPORTS_DIR
+from mnist_models.variants import device_name
+
+
+@dataclass
+class BenchState:
+    busy: dict
+    contention: CpuContention
+    started: float
+    timed: list = field(default_factory=list)  # the stats (pytest-benchmark's Metadata) of every timed benchmark
+    report: Path | None = None
+    partial: bool = False
+
+
+STATE = pytest.StashKey[BenchState]()
 
 
 def pytest_addoption(parser):
@@ -32,11 +50,8 @@ def pytest_addoption(parser):
     group.addoption("--bench-data-root", default="data", help="data root (default: data)")
     group.addoption("--bench-threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     group.addoption("--bench-epoch-rounds", type=int, default=3, help="rounds of each full-epoch benchmark (default: 3)")
-    group.addoption(
-        "--bench-report",
-        default=None,
-        help="markdown report path (default: reports/benchmarks-cpu.md, or -cuda.md with a GPU); JSON beside it",
-    )
+    group.addoption("--bench-report", default=None,
+                    help=f"markdown report path (default: {REPORTS_DIR}/benchmarks-cpu.md, or -cuda.md with a GPU); JSON beside it")  # fmt: skip
 
 
 def pytest_configure(config):
@@ -45,70 +60,90 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # autotuned in each benchmark's warm-up, outside the timed rounds
-    config._mnist_bench = {"busy": busy_check(), "contention": CpuContention(), "started": time.perf_counter()}
+    config.stash[STATE] = BenchState(busy_check(), CpuContention(), time.perf_counter())
 
 
 def pytest_report_header(config):
-    state = config._mnist_bench
+    state = config.stash[STATE]
     lines = [
         f"mnist-bench: torch {torch.__version__}, {torch.get_num_threads()} threads, {device_name('cpu')}"
         + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
     ]
-    warning = busy_warning(state["busy"])
+    warning = busy_warning(state.busy)
     if warning and not config.getoption("benchmark_disable"):  # nothing is timed in a smoke run
         lines.append(warning)
     return lines
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
+    """The one copy of the project's machine info (CPU family, ISA, versions, code) in every JSON."""
     from mnist_models.machine import machine_info as ours
 
     machine_info["mnist_bench"] = ours()
 
 
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Every JSON pytest-benchmark writes (--benchmark-json, autosave) and the report's own carry
+    whether the machine was busy before and during the run."""
+    state = config.stash[STATE]
+    output_json["mnist_bench"] = {
+        "busy": state.busy,
+        "cores_used_by_others_during_run": state.contention.cores_used_by_others(),
+        "wall_seconds": time.perf_counter() - state.started,
+    }
+
+
+@pytest.fixture
+def benchmark(benchmark, request):
+    """pytest-benchmark's fixture, remembered in the session's stash once it has timed something."""
+    yield benchmark
+    if getattr(benchmark, "stats", None) and not benchmark.has_error:
+        request.config.stash[STATE].timed.append(benchmark.stats)
+
+
 def _report_path(config) -> Path:
     given = config.getoption("--bench-report")
-    return Path(given) if given else Path("reports") / f"benchmarks-{'cuda' if torch.cuda.is_available() else 'cpu'}.md"
+    return Path(given) if given else REPORTS_DIR / f"benchmarks-{'cuda' if torch.cuda.is_available() else 'cpu'}.md"
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus):
-    """Write the report (markdown + the JSON it is rendered from) when benchmarks were timed."""
+    """Write the report (markdown + the JSON it is rendered from) when benchmarks were timed.
+
+    A session that failed or was interrupted never writes over a complete report: what it timed
+    goes to `<report>.partial.md` (+ .json), which says so on its first line.
+    """
     config = session.config
-    bs = getattr(config, "_benchmarksession", None)
-    if bs is None or bs.disabled or not bs.benchmarks:
+    state = config.stash[STATE]
+    if not state.timed:
         return
-    state = config._mnist_bench
+    machine = config.hook.pytest_benchmark_generate_machine_info(config=config)
+    config.hook.pytest_benchmark_update_machine_info(config=config, machine_info=machine)
     output = config.hook.pytest_benchmark_generate_json(
-        config=config,
-        benchmarks=bs.benchmarks,
-        include_data=False,
-        machine_info=bs.get_machine_info(),
+        config=config, benchmarks=state.timed, include_data=False, machine_info=machine,
         commit_info=config.hook.pytest_benchmark_generate_commit_info(config=config),
-    )
-    output["mnist_bench"] = {
-        "busy": state["busy"],
-        "cores_used_by_others_during_run": state["contention"].cores_used_by_others(),
-        "wall_seconds": time.perf_counter() - state["started"],
-        "machine": machine_info(),
-    }
+    )  # fmt: skip
+    config.hook.pytest_benchmark_update_json(config=config, benchmarks=state.timed, output_json=output)
     report = _report_path(config)
+    state.partial = exitstatus != 0
+    if state.partial:
+        report = report.with_suffix(".partial.md")
+        output["mnist_bench"]["partial"] = f"pytest exit status {int(exitstatus)}: the session failed or was interrupted"
     # params hold Case objects; like pytest-benchmark's own JSON, write them as text (their ids).
     atomic.write_text(report.with_suffix(".json"), json.dumps(output, indent=2, default=str) + "\n")
     write_report(output, report)
-    config._mnist_bench["report"] = report
+    state.report = report
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    state = config._mnist_bench
-    if "report" in state:
-        terminalreporter.write_line(
-            f"mnist-bench: report written to {state['report']} (data: {state['report'].with_suffix('.json')})"
-        )
+    state = config.stash[STATE]
+    if state.report is not None:
+        what = "PARTIAL report (the session failed or was interrupted)" if state.partial else "report"
+        terminalreporter.write_line(f"mnist-bench: {what} written to {state.report} (data: {state.report.with_suffix('.json')})")
     if config.getoption("benchmark_disable"):
         return
-    warning = busy_warning(state["busy"])
-    others = state["contention"].cores_used_by_others()
+    warning = busy_warning(state.busy)
+    others = state.contention.cores_used_by_others()
     if warning:
         terminalreporter.write_line(warning, yellow=True)
     elif others is not None and others > BUSY_CORES:
@@ -161,41 +196,15 @@ def epoch_dataset(request):
         return load_dataset("mnist-5k", root)
 
 
-def make_batch(images: Split, batch: int, variant: Variant) -> tuple[torch.Tensor, torch.Tensor]:
-    """A device-resident batch of real digits in the variant's memory format (built outside timing)."""
-    idx = torch.arange(batch) % len(images)
-    x = images.images[idx].unsqueeze(1).float().div(255)
-    return variant.to_input(x), images.labels[idx].to(variant.device)
-
-
-def warm_up(fn, calls: int = 3) -> float:
-    """Run `fn` until compile, autotuning and first allocations are done; returns the first call's seconds."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    for _ in range(calls - 1):
-        fn()
-    return first
-
-
 def describe(benchmark, case, flops_per_call: float, images_per_call: int, **more) -> None:
     """What a reader needs to interpret the number; rates are added by `rates` after timing."""
     v = case.variant
     benchmark.extra_info.update(
-        model=case.model,
-        device=v.device,
-        compile=v.compile,
-        precision=v.precision,
-        channels_last=v.channels_last,
-        batch=case.batch,
-        flops_per_call=flops_per_call,
-        images_per_call=images_per_call,
-        threads=torch.get_num_threads(),
-        threads_pinned=bool(getattr(case, "threads", None)),
-        device_name=device_name(v.device),
-        torch=torch.__version__,
-        **more,
-    )
+        model=case.model, device=v.device, compile=v.compile, precision=v.precision, channels_last=v.channels_last,
+        batch=case.batch, flops_per_call=flops_per_call, images_per_call=images_per_call,
+        threads=torch.get_num_threads(), threads_pinned=bool(case.threads),
+        device_name=device_name(v.device), torch=torch.__version__, **more,
+    )  # fmt: skip
 
 
 def rates(benchmark) -> None:
@@ -209,29 +218,17 @@ def rates(benchmark) -> None:
     info["gflops_per_s"] = info["flops_per_call"] / median / 1e9
 
 
-def time_call(benchmark, case, fn, suite: str, flops_per_call: float):
-    """The forward and train-step protocol: sync inside the timed callable, warm up, describe, time.
+def time_call(benchmark, case, call, suite: str, flops_per_call: float):
+    """The forward and train-step protocol: warm up the synchronised call, describe it, time it.
 
-    Returns fn's result from the timed run, for the caller to check.
+    `call` comes from Workload.call_on, so it already ends with the device's synchronize.
+    Returns the call's result from the timed run, for the caller to check.
     """
     v = case.variant
-
-    def run():
-        out = fn()
-        v.synchronize()
-        return out
-
-    compile_seconds = warm_up(run)
+    compile_seconds = warm_up(call)
     benchmark.group = f"{suite}-{case.model}-{v.device}-b{case.batch}"
-    describe(
-        benchmark,
-        case,
-        flops_per_call,
-        case.batch,
-        suite=suite,
-        dataset="mnist-5k",
-        compile_seconds=compile_seconds if v.compile != "off" else None,
-    )
-    result = benchmark(run)
+    describe(benchmark, case, flops_per_call, case.batch, suite=suite, dataset="mnist-5k",
+             compile_seconds=compile_seconds if v.compile != "off" else None)  # fmt: skip
+    result = benchmark(call)
     rates(benchmark)
     return result

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mnist_models.machine import cpu_isa
-from mnist_models.variants import Variant
+from mnist_models.variants import Variant, render_tag
 
 HAVE_CUDA = torch.cuda.is_available()
 NO_CUDA = pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA GPU on this machine")
@@ -31,9 +31,10 @@ class Case:
 
     @property
     def id(self) -> str:
-        loader = f"{self.loader}-" if self.loader else ""
-        threads = f"-t{self.threads}" if self.threads else ""
-        return f"{self.model}-{loader}{self.variant.tag}{threads}-b{self.batch}"
+        """Rendered from the case's fields by the project's one vocabulary (mnist_models.variants)."""
+        v = self.variant
+        return render_tag(model=self.model, loader=self.loader or None, device=v.device, compile=v.compile,
+                          precision=v.precision, channels_last=v.channels_last, threads=self.threads, batch_size=self.batch)  # fmt: skip
 
 
 def case(model, device="cpu", compile="off", precision="fp32", cl=False, batch=100, loader="", quick=False, threads=None):
@@ -57,8 +58,6 @@ SINGLE_THREAD = [1] if torch.get_num_threads() > 1 else []
 # A CPU bf16 epoch is only worth its minutes where the CPU has bf16 hardware; elsewhere autocast
 # falls back to a reference convolution 6-16x slower than fp32 (the train-step suite shows that).
 CPU_HAS_BF16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_isa()))
-# CUDA's max-autotune uses CUDA graphs; CPU has none, so its second compile mode is the graph-free one.
-AUTOTUNE = {"cpu": "max-autotune-no-cudagraphs", "cuda": "max-autotune"}
 
 
 def forward_cases() -> list:
@@ -69,7 +68,7 @@ def forward_cases() -> list:
         cases += [case(m, cl=cl, batch=100, threads=t) for t in SINGLE_THREAD for cl in (False, True)]
         cases += [case(m, precision="bf16", batch=100), case(m, precision="bf16", cl=True, batch=100)]
         cases += [case(m, compile="default", batch=b) for b in (100, 1000)]
-        cases += [case(m, compile=AUTOTUNE["cpu"], batch=100)]
+        cases += [case(m, compile="max-autotune", batch=100)]
         for b in (1, 100, 1000):
             cases += [
                 case(m, "cuda", batch=b),
@@ -77,7 +76,7 @@ def forward_cases() -> list:
                 case(m, "cuda", precision="bf16", batch=b),
                 case(m, "cuda", precision="fp16", cl=True, batch=b),
                 case(m, "cuda", compile="default", batch=b),
-                case(m, "cuda", compile=AUTOTUNE["cuda"], batch=b),
+                case(m, "cuda", compile="max-autotune", batch=b),
             ]
     return cases
 
@@ -91,7 +90,7 @@ def train_step_cases() -> list:
             case(m, precision="bf16", batch=100),
             case(m, precision="bf16", cl=True, batch=100),
             case(m, compile="default", batch=100),
-            case(m, compile=AUTOTUNE["cpu"], batch=100),
+            case(m, compile="max-autotune", batch=100),
         ]
         cases += [case(m, cl=cl, batch=100, threads=t) for t in SINGLE_THREAD for cl in (False, True)]
         cases += [case(m, batch=500), case(m, cl=True, batch=500)]
@@ -103,7 +102,7 @@ def train_step_cases() -> list:
                 case(m, "cuda", precision="fp16", batch=b),
                 case(m, "cuda", precision="fp16", cl=True, batch=b),
                 case(m, "cuda", compile="default", batch=b),
-                case(m, "cuda", compile=AUTOTUNE["cuda"], batch=b),
+                case(m, "cuda", compile="max-autotune", batch=b),
             ]
     return cases
 

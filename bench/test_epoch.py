@@ -5,14 +5,13 @@ the same seed (built in the untimed setup); afterwards the test set is evaluated
 """
 
 import pytest
-import torch
 from conftest import describe, rates
 from grid import epoch_cases
 
 from mnist_models.data import make_loader
+from mnist_models.harness import build
 from mnist_models.nets import build_model
 from mnist_models.train import evaluate, train_epoch
-from mnist_models.variants import make_train_step
 
 
 @pytest.mark.parametrize("case", epoch_cases())
@@ -21,12 +20,10 @@ def test_epoch(benchmark, case, epoch_dataset, request):
     state = {}
 
     def fresh_run():
-        torch.manual_seed(777)
-        model = v.place(build_model(case.model)).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        state["model"] = model
+        work = build(case.model, v, "train")  # the seed's 777, Adam 1e-3
+        state["model"] = work.model
         batches = make_loader(case.loader, epoch_dataset.train, case.batch, v.device)
-        return (make_train_step(model, optimizer, v), batches, v), {}
+        return (work.step, batches, v), {}
 
     benchmark.group = f"epoch-{case.model}-{v.device}"
     steps = len(epoch_dataset.train) // case.batch

@@ -2,19 +2,15 @@
 
 import pytest
 import torch
-from conftest import make_batch, time_call
+from conftest import time_call
 from grid import forward_cases
 
-from mnist_models.nets import build_model
-from mnist_models.variants import make_forward
+from mnist_models.harness import build, real_batch
 
 
 @pytest.mark.parametrize("case", forward_cases())
 def test_forward(benchmark, case, real_images):
-    v = case.variant
-    torch.manual_seed(0)
-    model = v.place(build_model(case.model))
-    forward = make_forward(model, v)
-    x, _ = make_batch(real_images, case.batch, v)
-    out = time_call(benchmark, case, lambda: forward(x), "forward", model.flops_per_image() * case.batch)
+    work = build(case.model, case.variant, "forward", seed=0)
+    x, y = real_batch(real_images, case.batch, case.variant)
+    out = time_call(benchmark, case, work.call_on(x, y), "forward", work.model.flops_per_image() * case.batch)
     assert out.shape == (case.batch, 10) and torch.isfinite(out.float()).all()

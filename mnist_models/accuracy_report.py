@@ -13,8 +13,12 @@ from pathlib import Path
 import pandas as pd
 
 from . import atomic
-from .machine import machine_key, mixed_machines_warning, run_was_contended
-from .report import fmt_num, header, table
+from .bench_report import bench_machine, bench_rows, bench_variant
+from .config import SEED_BATCH_SIZE, SEED_LR
+from .machine import machine_key, mixed_machines_warning
+from .records import RunRecord
+from .report import fmt_num, header, md, table
+from .variants import Variant
 
 # The seed's printed per-epoch costs (MNIST, its unnamed machine) and accuracies (raw-pixel evaluation).
 SEED_COSTS = {
@@ -57,45 +61,26 @@ SEED_ACCURACY = {"simple": 0.9874, "deep": 0.9838}
 GROUP_KEYS = ["model", "loader", "tag", "epochs_cfg", "batch_size", "lr", "threads"]
 
 
-def runs_frame(runs: list[dict]) -> pd.DataFrame:
+def runs_frame(runs: list[RunRecord]) -> pd.DataFrame:
     rows = []
     for r in runs:
-        cfg = r["config"]
-        epochs = r["epochs"]
-        replaces = r.get("replaces") or {}
-        rows.append(
-            {
-                "dataset": r["dataset"]["name"],
-                "train_images": r["dataset"]["train"],
-                "test_images": r["dataset"]["test"],
-                "model": cfg["model"],
-                "loader": cfg["loader"],
-                "tag": r.get("variant", {}).get("tag", "?"),
-                "epochs_cfg": cfg["epochs"],
-                "batch_size": cfg["batch_size"],
-                "lr": cfg["lr"],
-                "seed": cfg["seed"],
-                "threads": r.get("busy_before_start", {}).get("torch_threads") or r.get("machine", {}).get("torch_threads"),
-                "accuracy": r["test_accuracy"],
-                "seed_style": r["seed_style_accuracy"],
-                "train_seconds": r["train_seconds"],
-                "sec_per_epoch": r["train_seconds"] / len(epochs),
-                "params": r["model"]["params"],
-                "flops": r["model"]["flops_per_image"],
-                "peak_mb": r.get("peak_memory_mb"),
-                "lat1_ms": r.get("inference_ms", {}).get("1"),
-                "lat1000_ms": r.get("inference_ms", {}).get("1000"),
-                "contended": run_was_contended(r),
-                "machine_key": machine_key(r.get("machine", {})),
-                "replaced_accuracy": replaces.get("test_accuracy"),
-                "replaced_elsewhere": bool(replaces.get("machine"))
-                and machine_key(replaces["machine"]) != machine_key(r.get("machine", {})),
-                "curve": [e.get("test_accuracy") for e in epochs],
-                "costs": [e["cost"] for e in epochs],
-                "cum_seconds": list(pd.Series([e["seconds"] for e in epochs]).cumsum()),
-                "machine": r.get("machine", {}),
-            }
-        )
+        cfg = r.config
+        replaced = r.replaces or {}
+        replaced_machine = replaced.get("machine") if isinstance(replaced.get("machine"), dict) else None
+        rows.append({
+            "dataset": r.dataset.name, "train_images": r.dataset.train, "test_images": r.dataset.test,
+            "model": cfg.model, "loader": cfg.loader, "tag": r.variant.tag, "variant": r.variant,
+            "epochs_cfg": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "threads": r.threads,
+            "accuracy": r.test_accuracy, "seed_style": r.seed_style_accuracy, "train_seconds": r.train_seconds,
+            "sec_per_epoch": r.train_seconds / len(r.epochs), "params": r.model.params, "flops": r.model.flops_per_image,
+            "peak_mb": r.peak_memory_mb, "lat1_ms": r.inference_ms.get("1"), "lat1000_ms": r.inference_ms.get("1000"),
+            "contended": r.contended, "machine_key": r.machine_key,
+            "replaced_accuracy": replaced.get("test_accuracy"),
+            "replaced_elsewhere": bool(replaced_machine) and machine_key(replaced_machine) != r.machine_key,
+            "curve": [e.test_accuracy for e in r.epochs], "costs": [e.cost for e in r.epochs],
+            "cum_seconds": list(pd.Series([e.seconds for e in r.epochs]).cumsum()),
+            "machine": r.machine,
+        })  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -104,7 +89,9 @@ def _label(g: pd.Series | dict) -> str:
 
 
 def _is_seed_recipe(row) -> bool:
-    return row["loader"] == "seed" and row["tag"].endswith("eager-fp32") and row["batch_size"] == 100 and row["lr"] == 1e-3
+    v = row["variant"]
+    plain = v.compile == "off" and v.precision == "fp32" and not v.channels_last
+    return row["loader"] == "seed" and plain and row["batch_size"] == SEED_BATCH_SIZE and row["lr"] == SEED_LR
 
 
 def _time_to(row, target: float) -> float | None:
@@ -134,6 +121,7 @@ def summarise_groups(df: pd.DataFrame) -> pd.DataFrame:
                 "flops": g["flops"].iloc[0],
                 "peak_mb": g["peak_mb"].max(),
                 "contended": bool(g["contended"].any()),
+                "variant": g["variant"].iloc[0],
                 "runs": g,
             }
         )
@@ -195,22 +183,20 @@ def plot(groups: pd.DataFrame, dataset: str, path: Path) -> Path:
 
 
 def _bench_machine(bench: dict) -> str:
-    return machine_key(bench.get("mnist_bench", {}).get("machine", {}))
+    return machine_key(bench_machine(bench))
 
 
-def _bench_latency(bench: dict | None, model: str, tag: str) -> str:
-    """Forward medians at batch 1 and 1000 from the benchmark JSON, when it has this model + variant."""
+def _bench_latency(bench: dict | None, model: str, variant: Variant) -> str:
+    """Forward medians at batch 1 and 1000 from the benchmark JSON, when it has this model + variant
+    at the session's thread count (matched on the fields stored in extra_info)."""
     if not bench:
         return "-"
     found = {}
-    for b in bench.get("benchmarks", []):
-        info = b.get("extra_info", {})
-        if (
-            info.get("suite") == "forward"
-            and info.get("model") == model
-            and b["name"].split("[")[-1].startswith(f"{model}-{tag}-b")
-        ):
-            found[info["batch"]] = b["stats"]["median"] * 1e3
+    for b in bench_rows(bench):
+        info = b["extra_info"]
+        same = info.get("suite") == "forward" and info.get("model") == model and bench_variant(info) == variant
+        if same and not info.get("threads_pinned"):
+            found[info.get("batch")] = b["stats"]["median"] * 1e3
     return " / ".join(f"{found[k]:.2f}" if k in found else "-" for k in (1, 1000)) if found else "-"
 
 
@@ -311,9 +297,9 @@ def _reading(groups: pd.DataFrame) -> list[str]:
     return lines
 
 
-def render(runs: list[dict], problems: list[str], bench: dict | None, out_dir: Path, command: str) -> str:
+def render(runs: list[RunRecord], problems: list[str], bench: dict | None, out_dir: Path, command: str) -> str:
     df = runs_frame(runs)
-    machine = runs[-1].get("machine", {}) if runs else {}
+    machine = runs[-1].machine if runs else {}
     out = [header("Accuracy versus cost", machine, df["dataset"].unique() if len(df) else [], command)]
     out.append(
         "\nEvery figure comes from stored run records (`reports/runs/<dataset>/*.json`), made by `mnist-bench train` / "
@@ -322,7 +308,7 @@ def render(runs: list[dict], problems: list[str], bench: dict | None, out_dir: P
         "evaluations. Datasets are reported separately and never averaged together.\n"
     )
     if problems:
-        out.append("\n" + "\n".join(f"- WARNING: {p}" for p in problems) + "\n")
+        out.append("\n" + "\n".join(f"- WARNING: {md(p)}" for p in problems) + "\n")
     for dataset in sorted(df["dataset"].unique()):
         sub = df[df["dataset"] == dataset]
         groups = summarise_groups(sub)
@@ -333,11 +319,11 @@ def render(runs: list[dict], problems: list[str], bench: dict | None, out_dir: P
             continue
         mixed = mixed_machines_warning(list(sub["machine"]))
         if mixed:
-            out.append(f"_{mixed}._\n\n")
+            out.append(f"_{md(mixed)}._\n\n")
         section_bench = bench if bench is not None and _bench_machine(bench) in set(sub["machine_key"]) else None
         if bench is not None and section_bench is None:
             out.append(
-                f"_The benchmark JSON was measured on another machine ({_bench_machine(bench)}): its latencies are left out._\n\n"
+                f"_The benchmark JSON was measured on another machine ({md(_bench_machine(bench))}): its latencies are left out._\n\n"
             )
         if groups["contended"].any():
             out.append(
@@ -358,7 +344,7 @@ def render(runs: list[dict], problems: list[str], bench: dict | None, out_dir: P
                     f"{g['sec_per_epoch']:.1f}",
                     f"{g['train_seconds']:.0f}",
                     f"{fmt_num(g['lat1_ms'], 2)} / {fmt_num(g['lat1000_ms'], 1)}",
-                    _bench_latency(section_bench, g["model"], g["tag"]),
+                    _bench_latency(section_bench, g["model"], g["variant"]),
                     f"{g['params']:,}",
                     f"{g['flops'] / 1e6:.2f} M",
                     fmt_num(g["peak_mb"], 0),

@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 
 from . import atomic
-from .errors import UsageError
-from .report import fmt_num, fmt_time, header, table
+from .errors import MnistBenchError, UsageError
+from .report import code, fmt_num, fmt_time, header, md, table
+from .variants import Variant
 
 SUITE_ORDER = ("ceiling", "forward", "train-step", "epoch")
 SUITE_TITLES = {
@@ -30,9 +31,62 @@ def load_bench_json(path: Path) -> dict:
         raise UsageError(f"no benchmark JSON at {path}") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read benchmark JSON {path}: {exc}") from None
-    if not isinstance(data, dict) or "benchmarks" not in data:
-        raise UsageError(f"{path} is not a pytest-benchmark JSON file (no 'benchmarks')")
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise UsageError(f"{path} is not a pytest-benchmark JSON file (no 'benchmarks' list)")
     return data
+
+
+# extra_info keys that must hold numbers; a row whose key holds anything else loses that key.
+_NUMERIC_INFO = ("flops_per_call", "images_per_call", "batch", "compile_seconds", "test_accuracy", "gflops_per_s",
+                 "images_per_s", "threads", "mean_loss", "first_loss")  # fmt: skip
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _valid_row(bench: object) -> bool:
+    if not isinstance(bench, dict) or not isinstance(bench.get("name"), str):
+        return False
+    stats = bench.get("stats")
+    if not isinstance(stats, dict):
+        return False
+    if not all(_is_number(stats.get(k)) for k in ("median", "iqr", "rounds")) or stats["median"] <= 0:
+        return False
+    return isinstance(bench.get("extra_info", {}), dict) and isinstance(bench.get("group") or "", str)
+
+
+def bench_rows(data: dict) -> list[dict]:
+    """The benchmarks of a pytest-benchmark JSON that carry timings (name, stats); others are left out
+    (`skipped_rows` counts them), so one odd entry cannot stop a report."""
+    rows = []
+    for bench in data.get("benchmarks") or []:
+        if _valid_row(bench):
+            info = {k: v for k, v in (bench.get("extra_info") or {}).items() if k not in _NUMERIC_INFO or _is_number(v)}
+            rows.append(bench | {"extra_info": info})
+    return rows
+
+
+def skipped_rows(data: dict) -> int:
+    return len(data.get("benchmarks") or []) - len(bench_rows(data))
+
+
+def bench_machine(data: dict) -> dict:
+    """The project's machine block of a benchmark JSON (machine_info.mnist_bench; older files kept it
+    under mnist_bench.machine)."""
+    for outer, inner in (("machine_info", "mnist_bench"), ("mnist_bench", "machine")):
+        block = data.get(outer)
+        if isinstance(block, dict) and isinstance(block.get(inner), dict):
+            return block[inner]
+    return {}
+
+
+def bench_variant(info: dict) -> Variant | None:
+    """The Variant a benchmark's extra_info describes (None when it describes none, e.g. the ceiling)."""
+    try:
+        return Variant(info.get("device"), info.get("compile"), info.get("precision"), bool(info.get("channels_last")))
+    except MnistBenchError:
+        return None
 
 
 def ceilings(benchmarks: list[dict]) -> dict[tuple[str, str], float]:
@@ -88,10 +142,10 @@ def _group_rows(benchmarks: list[dict], peaks: dict) -> tuple[list[list], list[s
         if info.get("test_accuracy") is not None:
             extras.append(f"acc {info['test_accuracy']:.4f}")
         if info.get("loader"):
-            extras.append(f"{info['loader']} loader")
+            extras.append(f"{md(info['loader'])} loader")
         rows.append(
             [
-                f"`{bench['name'].split('[')[-1].rstrip(']')}`",
+                code(_short(bench)),
                 fmt_time(median),
                 fmt_time(stats["iqr"]),
                 stats["rounds"],
@@ -134,11 +188,11 @@ def headlines(groups: dict[str, list[dict]], peaks: dict) -> list[str]:
         if baseline is None:
             continue
         ratio = baseline["stats"]["median"] / best["stats"]["median"]
-        line = f"- **{name}**: baseline `{_short(baseline)}` {fmt_time(baseline['stats']['median'])}"
+        line = f"- **{md(name)}**: baseline {code(_short(baseline))} {fmt_time(baseline['stats']['median'])}"
         if best is baseline:
             line += "; no variant beats it"
         else:
-            line += f"; fastest `{_short(best)}` {fmt_time(best['stats']['median'])} (**{ratio:.2f}x**)"
+            line += f"; fastest {code(_short(best))} {fmt_time(best['stats']['median'])} (**{ratio:.2f}x**)"
         b_info = best.get("extra_info", {})
         flops = b_info.get("flops_per_call")
         peak = _ceiling_for(b_info, peaks)
@@ -154,9 +208,9 @@ def headlines(groups: dict[str, list[dict]], peaks: dict) -> list[str]:
 
 
 def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
-    benchmarks = data["benchmarks"]
-    extra = data.get("mnist_bench", {})
-    machine = data.get("machine_info", {}).get("mnist_bench") or extra.get("machine", {})
+    benchmarks = bench_rows(data)
+    extra = data.get("mnist_bench") if isinstance(data.get("mnist_bench"), dict) else {}
+    machine = bench_machine(data)
     datasets = {b["extra_info"]["dataset"] for b in benchmarks if b.get("extra_info", {}).get("dataset")}
     out = [
         header(
@@ -168,6 +222,8 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
             when=(data.get("datetime") or "")[:16].replace("T", " ") + " UTC",
         )
     ]
+    if skipped_rows(data):
+        out.append(f"- **WARNING**: {skipped_rows(data)} entries without a name and timings were left out\n")
     if extra.get("cores_used_by_others_during_run") is not None:
         out.append(
             f"- **During the run** other processes used {extra['cores_used_by_others_during_run']} cores on average"
@@ -213,7 +269,7 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
     for name in sorted(groups, key=order):
         suite = groups[name][0].get("extra_info", {}).get("suite", "")
         if suite != current_suite:
-            out.append(f"\n## {SUITE_TITLES.get(suite, suite or 'Other')}\n")
+            out.append(f"\n## {SUITE_TITLES.get(suite, md(suite or 'Other'))}\n")
             current_suite = suite
         if suite == "ceiling":
             out.append(
@@ -221,7 +277,7 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
                     ["benchmark", "median", "IQR", "rounds", "GFLOP/s"],
                     [
                         [
-                            f"`{b['name']}`",
+                            code(b["name"]),
                             fmt_time(b["stats"]["median"]),
                             fmt_time(b["stats"]["iqr"]),
                             b["stats"]["rounds"],
@@ -233,7 +289,7 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
             )
             continue
         rows, notes = _group_rows(groups[name], peaks)
-        out.append(f"\n### {name}\n")
+        out.append(f"\n### {md(name)}\n")
         out.append(
             table(
                 ["variant", "median", "IQR", "rounds", "images/s", "GFLOP/s", "% ceiling", "speedup", "notes"],

@@ -7,14 +7,19 @@ a user can cause (MnistBenchError) print as one line and exit non-zero; nothing 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from .config import MAX_SEED, MAX_THREADS_PER_CPU, TrainConfig
 from .data import DATASETS, DEFAULT_ROOT, LOADERS
-from .errors import MnistBenchError
+from .errors import MnistBenchError, RunExists, UsageError
 from .nets import MODELS
-from .profiling import DEFAULT_KERNEL_REPORT, DEFAULT_SUMMARY_DIR
-from .sweep import DEFAULT_RUNS_DIR
+from .profiling import DEFAULT_KERNEL_REPORT, DEFAULT_SUMMARY_DIR, ProfileConfig
+from .records import DEFAULT_RUNS_DIR
+from .report import REPORTS_DIR
 from .variants import COMPILE_MODES, DEVICES, PRECISIONS
 
 
@@ -25,80 +30,103 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+def _whole_number(low: int, high: int | None = None, what: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high], else a one-line error saying the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            if high is None:
+                raise argparse.ArgumentTypeError(f"must be {'positive' if low == 1 else f'at least {low}'}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}{what}, got {value}")
+        return value
+
+    return parse
 
 
-def _add_variant_flags(parser: argparse.ArgumentParser) -> None:
-    """The switches shared by train, sweep and profile (DESIGN.md, Variants)."""
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda when a GPU is visible (default: auto)")
+_positive_int = _whole_number(1)
+_non_negative_int = _whole_number(0)
+_seed = _whole_number(0, MAX_SEED, " (torch.manual_seed's 64-bit range)")
+
+
+def _default(cls, name: str):
+    """A flag's default, read from the config dataclass that owns it (typed once, there)."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _add_variant_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """The switches shared by train, sweep and profile (docs/DESIGN.md, Variants)."""
+    d = functools.partial(_default, cls)
     parser.add_argument(
-        "--compile", default="off", choices=COMPILE_MODES, help="torch.compile mode, or off for eager (default: off)"
+        "--device", default=d("device"), choices=DEVICES, help=f"auto picks cuda when a GPU is visible (default: {d('device')})"
+    )
+    parser.add_argument(
+        "--compile",
+        default=d("compile"),
+        choices=COMPILE_MODES,
+        help=f"torch.compile mode, or off for eager (default: {d('compile')})",
     )
     parser.add_argument(
         "--precision",
-        default="fp32",
+        default=d("precision"),
         choices=PRECISIONS,
-        help="fp32, bf16 autocast, or fp16 autocast + GradScaler (cuda only) (default: fp32)",
+        help=f"fp32, bf16 autocast, or fp16 autocast + GradScaler (cuda only) (default: {d('precision')})",
     )
     parser.add_argument("--channels-last", action="store_true", help="run the convolutions in NHWC (channels_last) memory format")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--threads", type=_positive_int, default=d("threads"),
+                        help=f"torch intra-op threads, at most {MAX_THREADS_PER_CPU}x the logical CPUs (default: torch's choice)")  # fmt: skip
 
 
-def _add_data_flags(parser: argparse.ArgumentParser, default_dataset: str = "mnist") -> None:
+def _add_data_flags(parser: argparse.ArgumentParser, default_dataset: str = _default(TrainConfig, "dataset")) -> None:
     parser.add_argument(
         "--dataset",
         default=default_dataset,
         choices=DATASETS,
         help=f"mnist needs internet or files in the data root; mnist-5k and fashion-mnist work offline (default: {default_dataset})",
     )
-    parser.add_argument(
-        "--data-root", default=str(DEFAULT_ROOT), help="where torchvision-layout datasets live or are downloaded (default: data)"
-    )
+    parser.add_argument("--data-root", default=str(DEFAULT_ROOT), help=f"where torchvision-layout datasets live or are downloaded (default: {DEFAULT_ROOT})")  # fmt: skip
 
 
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=_positive_int, default=15, help="training epochs (default: 15, the seed's)")
-    parser.add_argument("--batch-size", type=_positive_int, default=100, help="training batch size (default: 100, the seed's)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001, the seed's)")
+    d = functools.partial(_default, TrainConfig)
+    parser.add_argument(
+        "--epochs", type=_positive_int, default=d("epochs"), help=f"training epochs (default: {d('epochs')}, the seed's)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=d("batch_size"),
+        help=f"training batch size (default: {d('batch_size')}, the seed's)",
+    )
+    parser.add_argument("--lr", type=float, default=d("lr"), help=f"Adam learning rate (default: {d('lr')}, the seed's)")
     parser.add_argument(
         "--loader",
-        default="seed",
+        default=d("loader"),
         choices=LOADERS,
-        help="seed: the seed's DataLoader over ToTensor; tensor: batches from in-memory tensors (default: seed)",
+        help=f"seed: the seed's DataLoader over ToTensor; tensor: batches from in-memory tensors (default: {d('loader')})",
     )
-    parser.add_argument("--eval-batch-size", type=_positive_int, default=1000, help="test-set batch size (default: 1000)")
+    parser.add_argument(
+        "--eval-batch-size",
+        type=_positive_int,
+        default=d("eval_batch_size"),
+        help=f"test-set batch size (default: {d('eval_batch_size')})",
+    )
     parser.add_argument(
         "--runs-dir", default=str(DEFAULT_RUNS_DIR), help=f"where run records (JSON) and weights go (default: {DEFAULT_RUNS_DIR})"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")  # fmt: skip
 
 
-def _train_config(args: argparse.Namespace, **overrides):
-    from .train import TrainConfig
-
+def _train_config(args: argparse.Namespace, **overrides) -> TrainConfig:
     fields = dict(
-        model=getattr(args, "model", "simple"),
-        dataset=args.dataset,
-        data_root=args.data_root,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=getattr(args, "seed", 777),
-        device=args.device,
-        loader=args.loader,
-        compile=args.compile,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        eval_batch_size=args.eval_batch_size,
-        threads=args.threads,
-    )
+        model=getattr(args, "model", _default(TrainConfig, "model")), dataset=args.dataset, data_root=args.data_root,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=getattr(args, "seed", _default(TrainConfig, "seed")),
+        device=args.device, loader=args.loader, compile=args.compile, precision=args.precision,
+        channels_last=args.channels_last, eval_batch_size=args.eval_batch_size, threads=args.threads,
+    )  # fmt: skip
     return TrainConfig(**(fields | overrides))
 
 
@@ -107,41 +135,44 @@ def _show_progress(args: argparse.Namespace) -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .atomic import ensure_writable_dir
+    from .atomic import check_writable_dir
     from .machine import busy_warning
-    from .sweep import save_run
+    from .records import RunStore
     from .train import train
 
     config = _train_config(args)
-    config.validate()
-    ensure_writable_dir(Path(args.runs_dir))
+    store = RunStore(args.runs_dir)
+    found = store.find(config.key())  # before the work: a finished run is not trained again unless asked
+    if found.path is not None and not args.overwrite:
+        state = "a finished run of this recipe" if found.record else f"a record that does not load ({found.problem})"
+        raise RunExists(f"{state} is already stored at {found.path}; it is kept (pass --overwrite to train and replace it)")
+    check_writable_dir(store.folder(config.dataset))
     model, record = train(config, progress=_show_progress(args))
-    path = save_run(model, record, Path(args.runs_dir), config)
-    print(f"Accuracy: {record['test_accuracy']:.4f} (inputs scaled to [0, 1], as in training)")
-    print(f"Seed-style accuracy: {record['seed_style_accuracy']:.4f} (raw 0..255 inputs, as the seed evaluated)")
-    print(f"{record['train_seconds']:.1f} s training, {record['train_images_per_second']:.0f} images/s; record: {path}")
-    warning = busy_warning(record["busy_before_start"])
+    path = store.save(record, model, path=found.path, overwrite=args.overwrite)
+    print(f"Accuracy: {record.test_accuracy:.4f} (inputs scaled to [0, 1], as in training)")
+    print(f"Seed-style accuracy: {record.seed_style_accuracy:.4f} (raw 0..255 inputs, as the seed evaluated)")
+    print(f"{record.train_seconds:.1f} s training, {record.train_images_per_second:.0f} images/s; record: {path}")
+    warning = busy_warning(record.busy_before_start)
     if warning:
         print(warning, file=sys.stderr)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .atomic import ensure_writable_dir
+    from .atomic import check_writable_dir
     from .sweep import run_sweep, sweep_configs
 
     configs = sweep_configs(_train_config(args), args.models, args.variants, args.seeds)
-    ensure_writable_dir(Path(args.runs_dir))
+    check_writable_dir(Path(args.runs_dir))
     result = run_sweep(configs, Path(args.runs_dir), progress=_show_progress(args), redo_contended=args.redo_contended)
-    print(
-        f"sweep done: {result['trained']} trained, {result['skipped']} already finished; records in {args.runs_dir}/{args.dataset}"
-    )
+    elsewhere = f", {result['claimed_elsewhere']} being trained by another sweep" if result["claimed_elsewhere"] else ""
+    print(f"sweep done: {result['trained']} trained, {result['skipped']} already finished{elsewhere}; "
+          f"records in {args.runs_dir}/{args.dataset}")  # fmt: skip
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     from .data import load_dataset
-    from .errors import UsageError
 
     unknown = [n for n in args.names if n not in DATASETS]
     if unknown:
@@ -158,27 +189,17 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    from .atomic import write_text
     from .profiling import ProfileConfig, load_summaries, profile, render_kernel_report, save_summary
 
     config = ProfileConfig(
-        model=args.model,
-        mode=args.mode,
-        device=args.device,
-        compile=args.compile,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        batch_size=args.batch_size,
-        wait=args.wait,
-        warmup=args.warmup,
-        active=args.active,
-        out_dir=args.out,
-        threads=args.threads,
-    )
+        model=args.model, mode=args.mode, device=args.device, compile=args.compile, precision=args.precision,
+        channels_last=args.channels_last, batch_size=args.batch_size, wait=args.wait, warmup=args.warmup,
+        active=args.active, out_dir=args.out, threads=args.threads,
+    )  # fmt: skip
     run_dir, summary = profile(config)
     save_summary(summary, Path(args.summary_dir))
     report = Path(args.report)
-    from .atomic import write_text
-
     write_text(
         report, render_kernel_report(load_summaries(Path(args.summary_dir)), "mnist-bench profile ... (one run per section)")
     )
@@ -199,15 +220,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.no_accuracy:
         return 0
     from .accuracy_report import render
-    from .sweep import load_runs
+    from .records import RunStore
 
-    runs, problems = load_runs(Path(args.runs_dir))
+    runs, problems = RunStore(args.runs_dir).load_all()
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     if not runs:
-        raise MnistBenchError(f"no run records under {args.runs_dir}; train or sweep first")
+        raise UsageError(f"no valid run records under {args.runs_dir}; train or sweep first")
     if bench is None:
-        latest = sorted(Path("reports").glob("benchmarks-*.json"), key=lambda p: p.stat().st_mtime)
+        latest = sorted(REPORTS_DIR.glob("benchmarks-*.json"), key=lambda p: p.stat().st_mtime)
         bench = load_bench_json(latest[-1]) if latest else None
     out = Path(args.out)
     write_text(out, render(runs, problems, bench, out.parent, command="mnist-bench report"))
@@ -227,11 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one net with the seed's recipe (or a variant) and save its record and weights",
         description="Train one net. Prints the seed's per-epoch cost line, then the real accuracy and the seed-style one.",
     )
-    p.add_argument("--model", default="simple", choices=list(MODELS), help="which net (default: simple)")
-    p.add_argument("--seed", type=int, default=777, help="torch.manual_seed (default: 777, the seed's)")
+    d = functools.partial(_default, TrainConfig)
+    p.add_argument("--model", default=d("model"), choices=list(MODELS), help=f"which net (default: {d('model')})")
+    p.add_argument("--seed", type=_seed, default=d("seed"), help=f"torch.manual_seed (default: {d('seed')}, the seed's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train and replace a finished run of the same recipe (by default it is kept and nothing is trained)")  # fmt: skip
     _add_data_flags(p)
     _add_recipe_flags(p)
-    _add_variant_flags(p)
+    _add_variant_flags(p, TrainConfig)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -243,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="nets to train (default: both)")
     p.add_argument("--variants", nargs="+", default=["seed-eager-fp32"], help="variant specs (default: seed-eager-fp32)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[777, 778, 779], help="seeds (default: 777 778 779)")
+    p.add_argument("--seeds", nargs="+", type=_seed, default=[777, 778, 779], help="seeds (default: 777 778 779)")
     p.add_argument(
         "--redo-contended",
         action="store_true",
@@ -252,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_flags(p)
     _add_recipe_flags(p)
-    _add_variant_flags(p)
+    _add_variant_flags(p, TrainConfig)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
@@ -262,18 +286,31 @@ def build_parser() -> argparse.ArgumentParser:
         "and memory. Writes a TensorBoard trace (PyTorch Profiler tab; also opens in ui.perfetto.dev), a JSON "
         "summary, and rebuilds the markdown conv-kernel report from all summaries.",
     )
-    p.add_argument("--model", default="simple", choices=list(MODELS), help="which net (default: simple)")
+    d = functools.partial(_default, ProfileConfig)
+    p.add_argument("--model", default=d("model"), choices=list(MODELS), help=f"which net (default: {d('model')})")
     p.add_argument(
-        "--mode", default="train", choices=["train", "forward"], help="a whole train step or forward only (default: train)"
+        "--mode",
+        default=d("mode"),
+        choices=["train", "forward"],
+        help=f"a whole train step or forward only (default: {d('mode')})",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=100, help="batch size (default: 100)")
-    p.add_argument("--wait", type=int, default=1, help="profiler schedule: steps skipped first (default: 1)")
-    p.add_argument("--warmup", type=int, default=2, help="profiler schedule: steps traced but discarded (default: 2)")
-    p.add_argument("--active", type=_positive_int, default=3, help="profiler schedule: steps recorded (default: 3)")
+    p.add_argument("--batch-size", type=_positive_int, default=d("batch_size"), help=f"batch size (default: {d('batch_size')})")
+    p.add_argument(
+        "--wait", type=_non_negative_int, default=d("wait"), help=f"profiler schedule: steps skipped first (default: {d('wait')})"
+    )
+    p.add_argument(
+        "--warmup",
+        type=_non_negative_int,
+        default=d("warmup"),
+        help=f"profiler schedule: steps traced but discarded (default: {d('warmup')})",
+    )
+    p.add_argument(
+        "--active", type=_positive_int, default=d("active"), help=f"profiler schedule: steps recorded (default: {d('active')})"
+    )
     p.add_argument(
         "--out",
-        default="reports/traces",
-        help="TensorBoard log directory; one run folder per model+variant (default: reports/traces)",
+        default=d("out_dir"),
+        help=f"TensorBoard log directory; one run folder per model+variant (default: {d('out_dir')})",
     )
     p.add_argument(
         "--summary-dir",
@@ -283,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report", default=str(DEFAULT_KERNEL_REPORT), help=f"the markdown kernel report (default: {DEFAULT_KERNEL_REPORT})"
     )
-    _add_variant_flags(p)
+    _add_variant_flags(p, ProfileConfig)  # fmt: skip
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(
@@ -296,19 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help=f"run records to report on (default: {DEFAULT_RUNS_DIR})")
     p.add_argument(
         "--out",
-        default="reports/accuracy-vs-cost.md",
-        help="accuracy-vs-cost markdown; PNG plots go beside it (default: reports/accuracy-vs-cost.md)",
+        default=str(REPORTS_DIR / "accuracy-vs-cost.md"),
+        help=f"accuracy-vs-cost markdown; PNG plots go beside it (default: {REPORTS_DIR / 'accuracy-vs-cost.md'})",
     )
-    p.add_argument(
-        "--bench-json", default=None, help="a pytest-benchmark JSON file (default: the newest reports/benchmarks-*.json)"
-    )
+    p.add_argument("--bench-json", default=None, help=f"a pytest-benchmark JSON file (default: the newest {REPORTS_DIR}/benchmarks-*.json)")  # fmt: skip
     p.add_argument("--bench-out", default=None, help="also render the benchmark report from --bench-json to this markdown path")
     p.add_argument("--no-accuracy", action="store_true", help="only the benchmark report (with --bench-json and --bench-out)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("data", help="show which datasets are available here, and where from")
     p.add_argument("names", nargs="*", metavar="DATASET", help=f"any of: {', '.join(DATASETS)} (default: all but synthetic)")
-    p.add_argument("--data-root", default=str(DEFAULT_ROOT), help="data root (default: data)")
+    p.add_argument("--data-root", default=str(DEFAULT_ROOT), help=f"data root (default: {DEFAULT_ROOT})")
     p.add_argument("--download", action="store_true", help="download mnist / fashion-mnist if missing (needs internet)")
     p.set_defaults(func=cmd_data)
     return parser

@@ -23,7 +23,19 @@ class CheckpointError(MnistBenchError):
     """A weights file or run record cannot be read back."""
 
 
+class RecordError(CheckpointError):
+    """A run record is not valid JSON, or not the shape of a run record (see records.py)."""
+
+
+class RunExists(MnistBenchError):
+    """A finished run of the same recipe is already stored; it is kept unless replacing it was asked for."""
+
+
+class WriteError(MnistBenchError):
+    """A result, report or checkpoint could not be written (full disk, no permission, a file in the way)."""
+
+
 class TrainingDiverged(MnistBenchError):
-    """The loss became NaN or infinite; nothing from the run is written."""
+    """The loss became NaN or infinite, or rose above its first epoch's; nothing from the run is written."""
 
     exit_code = 3

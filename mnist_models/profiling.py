@@ -22,13 +22,18 @@ from pathlib import Path
 import torch
 
 from . import atomic
+from .config import check_choice, check_threads, check_variant_names
 from .data import load_dataset
 from .errors import UsageError
+from .harness import build, real_batch, warm_up
 from .machine import busy_check, machine_info, mixed_machines_warning
-from .nets import MODELS, build_model
-from .variants import Variant, device_name, make_forward, make_train_step, resolve_device
+from .nets import MODELS
+from .report import REPORTS_DIR, code, md
+from .variants import MODES, Variant, device_name, render_tag, resolve_device
 
-MODES = ("train", "forward")
+DEFAULT_TRACE_DIR = REPORTS_DIR / "traces"
+DEFAULT_SUMMARY_DIR = REPORTS_DIR / "kernels"
+DEFAULT_KERNEL_REPORT = REPORTS_DIR / "conv-kernels.md"
 # Rows that only wrap other rows (their time is their children's) are left out of the tables.
 _WRAPPERS = re.compile(
     r"^(ProfilerStep|autograd::engine|Optimizer\.|CompiledFunction|Torch-Compiled Region|TorchDynamo|"
@@ -50,26 +55,28 @@ class ProfileConfig:
     wait: int = 1
     warmup: int = 2
     active: int = 3
-    out_dir: str = "reports/traces"
+    out_dir: str = str(DEFAULT_TRACE_DIR)
     threads: int | None = None
 
-    def validate(self) -> None:
-        if self.model not in MODELS:
-            raise UsageError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
-        if self.mode not in MODES:
-            raise UsageError(f"unknown mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+    def __post_init__(self) -> None:
+        check_choice("model", self.model, MODELS)
+        check_choice("mode", self.mode, MODES)
+        check_variant_names(self.device, self.compile, self.precision)
         for name in ("batch_size", "active"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', ' ')} must be positive")
         if self.wait < 0 or self.warmup < 0:
             raise UsageError("wait and warmup steps cannot be negative")
+        check_threads(self.threads)
 
     def variant(self) -> Variant:
         return Variant(resolve_device(self.device), self.compile, self.precision, self.channels_last)
 
     def run_name(self) -> str:
         """One TensorBoard run per model + variant, readable in its run picker: simple-train-cpu-eager-fp32-b100."""
-        return f"{self.model}-{self.mode}-{self.variant().tag}-b{self.batch_size}"
+        v = self.variant()
+        return render_tag(model=self.model, mode=self.mode, device=v.device, compile=v.compile, precision=v.precision,
+                          channels_last=v.channels_last, batch_size=self.batch_size)  # fmt: skip
 
 
 def _conv_flops_by_shape(model, batch: int, mode: str) -> dict[tuple, dict]:
@@ -156,32 +163,18 @@ def profile(config: ProfileConfig, log=print) -> tuple[Path, dict]:
     """Profile one model + variant; returns the trace run directory and the kernel summary."""
     from torch.profiler import ProfilerActivity, schedule, tensorboard_trace_handler
 
-    config.validate()
     variant = config.variant()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     run_dir = atomic.ensure_writable_dir(Path(config.out_dir) / config.run_name())
     busy = busy_check()
 
-    images = load_dataset("mnist-5k").train  # real digits; the op mix does not depend on the dataset
-    idx = torch.arange(config.batch_size) % len(images)
-    x = variant.to_input(images.images[idx].unsqueeze(1).float().div(255))
-    y = images.labels[idx].to(variant.device)
-
-    torch.manual_seed(777)
-    model = variant.place(build_model(config.model))
-    if config.mode == "train":
-        step = make_train_step(model.train(), torch.optim.Adam(model.parameters(), lr=1e-3), variant)
-        run = lambda: step(x, y)  # noqa: E731
-    else:
-        forward = make_forward(model, variant)
-        run = lambda: forward(x)  # noqa: E731
-
-    start = time.perf_counter()
-    for _ in range(3):  # compile and first-call costs stay out of the trace
-        run()
-    variant.synchronize()
-    log(f"warm-up (compile included) {time.perf_counter() - start:.1f} s; profiling {config.run_name()}")
+    # Real digits; the op mix does not depend on the dataset.
+    x, y = real_batch(load_dataset("mnist-5k").train, config.batch_size, variant)
+    work = build(config.model, variant, config.mode)
+    run = work.call_on(x, y)
+    seconds = warm_up(run)  # compile and first-call costs stay out of the trace
+    log(f"warm-up (compile included) {seconds:.1f} s for the first call; profiling {config.run_name()}")
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if variant.device == "cuda" else [])
     # Old trace files of the same run would show up as extra workers in TensorBoard.
@@ -199,10 +192,9 @@ def profile(config: ProfileConfig, log=print) -> tuple[Path, dict]:
         for _ in range(config.wait + config.warmup + config.active):
             t = time.perf_counter()
             run()
-            variant.synchronize()
             wall.append(time.perf_counter() - t)
             prof.step()
-    summary = summarise(prof, config, model)
+    summary = summarise(prof, config, work.model)
     summary["wall_ms_per_step_while_profiling"] = 1e3 * statistics.median(wall[-config.active :])
     summary["busy_before_start"] = busy
     summary["trace_dir"] = str(run_dir)
@@ -211,9 +203,6 @@ def profile(config: ProfileConfig, log=print) -> tuple[Path, dict]:
 
 # ---------------------------------------------------------------------------------------------
 # The conv-kernel report: one section per profiled run, rendered from the stored summaries.
-
-DEFAULT_SUMMARY_DIR = Path("reports/kernels")
-DEFAULT_KERNEL_REPORT = Path("reports/conv-kernels.md")
 
 
 def save_summary(summary: dict, summary_dir: Path = DEFAULT_SUMMARY_DIR) -> Path:
@@ -246,7 +235,7 @@ def load_summaries(summary_dir: Path = DEFAULT_SUMMARY_DIR) -> list[dict]:
 
 
 def _shapes(shapes: list) -> str:
-    return " ".join("x".join(str(d) for d in s) for s in shapes[:3])
+    return md(" ".join("x".join(str(d) for d in s) for s in shapes[:3]))
 
 
 def render_kernel_report(summaries: list[dict], command: str) -> str:
@@ -280,25 +269,25 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
         top = s["other_rows"][0] if s["other_rows"] else None
         overview.append(
             [
-                f"`{s['run']}`",
+                code(s["run"]),
                 f"{s['step_ms']:.1f} ms",
                 f"{100 * s['conv_share']:.0f}%",
-                f"`{top['name'][:50]}` ({100 * top['share']:.0f}%)" if top else "-",
+                f"{code(top['name'][:50])} ({100 * top['share']:.0f}%)" if top else "-",
             ]
         )
     out.append("\n## Overview\n\n")
     out.append(table(["run", "profiled step", "conv share", "largest non-conv row"], overview, align="lrrl"))
     for s in summaries:
-        out.append(f"\n## `{s['run']}`\n\n")
+        out.append(f"\n## {code(s['run'])}\n\n")
         out.append(
-            f"{s['config']['mode']} step, batch {s['config']['batch_size']}, {s['device_name']}; {s['timeline']} per step "
+            f"{md(s['config']['mode'])} step, batch {md(s['config']['batch_size'])}, {md(s['device_name'])}; {md(s['timeline'])} per step "
             f"{s['step_ms']:.1f} ms (wall {s['wall_ms_per_step_while_profiling']:.1f} ms while profiling); "
-            f"convolutions {100 * s['conv_share']:.0f}% of it. Trace: `{s['trace_dir']}`.\n\n"
+            f"convolutions {100 * s['conv_share']:.0f}% of it. Trace: {code(s['trace_dir'])}.\n\n"
         )
         rows = [
             [
-                f"`{r['name'][:60]}`",
-                r.get("layer", "-"),
+                code(r["name"][:60]),
+                md(r.get("layer", "-")),
                 fmt_num(r["calls_per_step"], 0),
                 f"{r['self_ms_per_step']:.2f}",
                 f"{r['total_ms_per_step']:.2f}",
@@ -319,7 +308,7 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
         )
         rows = [
             [
-                f"`{r['name'][:60]}`",
+                code(r["name"][:60]),
                 fmt_num(r["calls_per_step"], 0),
                 f"{r['self_ms_per_step']:.2f}",
                 f"{100 * r['share']:.1f}%",

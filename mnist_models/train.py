@@ -1,73 +1,39 @@
-"""TrainConfig, the one training loop both nets share, and evaluate().
+"""The one training loop both nets share, and evaluate().
 
 The loop reproduces the seed's recipe (Adam 1e-3, batch 100, seed 777, shuffle + drop_last,
 mean batch loss printed per epoch) and fixes its evaluation: the test set is fed in batches,
 scaled to [0, 1] as in training. The seed's own figure (raw 0..255 pixels) is computed too, as
 `seed_style_accuracy`, so its table can be reproduced and explained.
+
+`train()` reads as four steps: set up (data, seeded net, optimizer, loader), fit (the epochs),
+measure (both accuracies, latency, memory) and record (a records.RunRecord).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from . import atomic
-from .data import DATASETS, LOADERS, Dataset, Split, check_batch_size, load_dataset, make_loader
-from .errors import CheckpointError, TrainingDiverged, UsageError
+from .config import TrainConfig
+from .data import Dataset, Split, check_batch_size, load_dataset, make_loader
+from .errors import TrainingDiverged, UsageError
+from .harness import Workload, build, make_forward
 from .machine import CpuContention, busy_check, machine_info, peak_memory_mb, reset_peak_memory
-from .nets import MODELS, build_model
-from .variants import Variant, device_name, make_forward, make_train_step, resolve_device
+from .nets import NUM_CLASSES
+from .records import DatasetInfo, EpochStats, ModelInfo, RunRecord
+from .variants import Variant, device_name
 
 SEED_EPOCH_LINE = "[Epoch: {:>4}] cost = {:>.9}"  # the seed's print format, byte for byte
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str = "simple"
-    dataset: str = "mnist"
-    data_root: str = "data"
-    epochs: int = 15
-    batch_size: int = 100
-    lr: float = 1e-3
-    seed: int = 777
-    device: str = "auto"
-    loader: str = "seed"  # the seed's DataLoader; "tensor" batches from device memory
-    compile: str = "off"
-    precision: str = "fp32"
-    channels_last: bool = False
-    eval_batch_size: int = 1000
-    eval_every_epoch: bool = True  # test accuracy after each epoch, for accuracy-per-epoch curves
-    threads: int | None = None  # torch intra-op threads; None leaves torch's default
-    measure_latency: bool = True  # forward latency at batch 1 and 1000 after training
-
-    def validate(self) -> None:
-        if self.model not in MODELS:
-            raise UsageError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
-        if self.dataset not in DATASETS:
-            raise UsageError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}")
-        if self.loader not in LOADERS:
-            raise UsageError(f"unknown loader {self.loader!r}; choose one of: {', '.join(LOADERS)}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise UsageError(f"learning rate must be positive, got {self.lr}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"threads must be positive, got {self.threads}")
-
-    def variant(self) -> Variant:
-        return Variant(resolve_device(self.device), self.compile, self.precision, self.channels_last)
-
-    def run_name(self) -> str:
-        """e.g. simple-tensor-cpu-eager-bf16-cl-s777: the model, the loader, the variant and the seed."""
-        return f"{self.model}-{self.loader}-{self.variant().tag}-s{self.seed}"
+# Divergence, beyond a NaN or infinite loss: an epoch's mean loss above 10x that of a uniform guess
+# (ln 10 = 2.30; only exploding logits get there), or a final test accuracy no better than 1.5x chance.
+DIVERGED_LOSS = 10 * math.log(NUM_CLASSES)
+CHANCE_ACCURACY = 1.5 / NUM_CLASSES
 
 
 @torch.no_grad()
@@ -161,40 +127,41 @@ def _progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
-def train(
-    config: TrainConfig,
-    dataset: Dataset | None = None,
-    progress: bool = False,
-    log: Callable[[str], None] = print,
-) -> tuple[nn.Module, dict]:
-    """Train one net with the seed's recipe (or the variant the config names).
+@dataclass
+class _Setup:
+    config: TrainConfig
+    dataset: Dataset
+    work: Workload
+    batches: object
+    busy: dict
+    contention: CpuContention
 
-    Returns the trained (eager) model and its run record. Raises TrainingDiverged on a NaN or
-    infinite loss, before anything is written.
-    """
-    config.validate()
+
+def _set_up(config: TrainConfig, dataset: Dataset | None) -> _Setup:
     variant = config.variant()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    busy = busy_check()
+    busy = busy_check()  # before any work of ours, so the busy share is somebody else's
     dataset = dataset or load_dataset(config.dataset, config.data_root)
     check_batch_size(config.batch_size, dataset.train)
-
-    torch.manual_seed(config.seed)
-    if variant.device == "cuda":
-        torch.cuda.manual_seed_all(config.seed)
     reset_peak_memory(variant.device)
-    model = variant.place(build_model(config.model))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    step = make_train_step(model, optimizer, variant)
+    work = build(config.model, variant, "train", seed=config.seed, lr=config.lr)
     batches = make_loader(config.loader, dataset.train, config.batch_size, variant.device)
+    return _Setup(config, dataset, work, batches, busy, CpuContention())
 
-    epochs: list[dict] = []
-    contention = CpuContention()
-    started = time.perf_counter()
+
+def _diverged(config: TrainConfig, epoch: int, why: str) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"training diverged in epoch {epoch} of {config.model} ({why}; lr {config.lr}, {config.precision}); nothing was written"
+    )
+
+
+def _fit(s: _Setup, progress: bool, log: Callable[[str], None]) -> list[EpochStats]:
+    config, variant = s.config, s.work.variant
+    epochs: list[EpochStats] = []
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        bar = _progress_bar(len(batches), f"epoch {epoch}/{config.epochs}", progress)
+        s.work.model.train()
+        bar = _progress_bar(len(s.batches), f"epoch {epoch}/{config.epochs}", progress)
 
         def on_step(steps: int, total: torch.Tensor, bar=bar) -> None:
             if bar is not None:
@@ -203,68 +170,66 @@ def train(
                     bar.set_postfix(loss=f"{float(total) / steps:.4f}")
 
         try:
-            result = train_epoch(step, batches, variant, on_step)
+            result = train_epoch(s.work.step, s.batches, variant, on_step)
         finally:
             if bar is not None:
                 bar.close()
-        if not torch.isfinite(torch.tensor(result.mean_loss)):
-            raise TrainingDiverged(
-                f"loss became {result.mean_loss} in epoch {epoch} of {config.model} "
-                f"(lr {config.lr}, {variant.precision}); nothing was written"
+        if not math.isfinite(result.mean_loss):
+            raise _diverged(config, epoch, f"loss became {result.mean_loss}")
+        if result.mean_loss > DIVERGED_LOSS:
+            raise _diverged(
+                config, epoch, f"mean loss {result.mean_loss:.3g} is above {DIVERGED_LOSS:.1f}, 10x a uniform guess's"
             )
-        record = {"epoch": epoch, "cost": result.mean_loss, "seconds": result.seconds, "steps": result.steps}
+        accuracy = None
         if config.eval_every_epoch or epoch == config.epochs:
             # Evaluation runs the eager net in fp32 for every variant: one yardstick for all.
-            record["test_accuracy"] = evaluate(model, dataset.test, variant.device, config.eval_batch_size)
-        epochs.append(record)
+            accuracy = evaluate(s.work.model, s.dataset.test, variant.device, config.eval_batch_size)
+        epochs.append(EpochStats(epoch, result.mean_loss, result.seconds, result.steps, accuracy))
         log(SEED_EPOCH_LINE.format(epoch, result.mean_loss))
+    if epochs[-1].test_accuracy <= CHANCE_ACCURACY:
+        raise _diverged(config, config.epochs, f"final test accuracy {epochs[-1].test_accuracy:.3f} is at chance")
+    return epochs
+
+
+def train(
+    config: TrainConfig,
+    dataset: Dataset | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[nn.Module, RunRecord]:
+    """Train one net with the seed's recipe (or the variant the config names).
+
+    Returns the trained (eager) model and its run record, unsaved. Raises TrainingDiverged (see
+    DIVERGED_LOSS and CHANCE_ACCURACY) before anything is written.
+    """
+    s = _set_up(config, dataset)
+    started = time.perf_counter()
+    epochs = _fit(s, progress, log)
     wall = time.perf_counter() - started
 
-    accuracy = epochs[-1]["test_accuracy"]
-    seed_style = evaluate(model, dataset.test, variant.device, config.eval_batch_size, scale=False)
-    train_seconds = sum(e["seconds"] for e in epochs)
+    model, variant = s.work.model, s.work.variant
+    seed_style = evaluate(model, s.dataset.test, variant.device, config.eval_batch_size, scale=False)
     latency = inference_latency_ms(model, variant) if config.measure_latency else {}
     peak, peak_kind = peak_memory_mb(variant.device)
-    run = {
-        "kind": "mnist-bench train run",
-        "name": config.run_name(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": asdict(config),
-        "variant": asdict(variant) | {"tag": variant.tag, "loader": config.loader},
-        "dataset": {"name": dataset.name, "source": dataset.source, **dataset.counts()},
-        "model": {"name": config.model, "params": model.num_params(), "flops_per_image": model.flops_per_image()},
-        "epochs": epochs,
-        "test_accuracy": accuracy,
-        "seed_style_accuracy": seed_style,
-        "train_seconds": train_seconds,
-        "wall_seconds": wall,  # includes the per-epoch evaluations
-        "train_images_per_second": sum(e["steps"] for e in epochs) * config.batch_size / train_seconds,
-        "inference_ms": latency,
-        "peak_memory_mb": peak,
-        "peak_memory_kind": peak_kind,
-        "device_name": device_name(variant.device),
-        "machine": machine_info(),
-        "busy_before_start": busy,
-        "cores_used_by_others_during_run": contention.cores_used_by_others(),
-    }
-    return model, run
+    train_seconds = sum(e.seconds for e in epochs)
 
-
-def save_weights(model: nn.Module, path: Path) -> Path:
-    """Atomic: the state_dict (plain tensors, loadable with weights_only=True)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return atomic.save_torch(path, state)
-
-
-def load_weights(model_name: str, path: Path) -> nn.Module:
-    """A net with weights from `path`; a missing, corrupt or mismatched file is a CheckpointError."""
-    model = build_model(model_name)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except FileNotFoundError:
-        raise CheckpointError(f"no weights file at {path}") from None
-    except Exception as exc:  # unpickling errors, zip errors, missing/unexpected keys, shape mismatch
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot load {model_name} weights from {path}: {first}") from None
-    return model
+    record = RunRecord(
+        config=config,
+        device=variant.device,
+        dataset=DatasetInfo(s.dataset.name, s.dataset.source, **s.dataset.counts()),
+        model=ModelInfo(config.model, model.num_params(), model.flops_per_image()),
+        epochs=epochs,
+        test_accuracy=epochs[-1].test_accuracy,
+        seed_style_accuracy=seed_style,
+        train_seconds=train_seconds,
+        wall_seconds=wall,
+        train_images_per_second=sum(e.steps for e in epochs) * config.batch_size / train_seconds,
+        device_name=device_name(variant.device),
+        machine=machine_info(),
+        busy_before_start=s.busy,
+        cores_used_by_others_during_run=s.contention.cores_used_by_others(),
+        inference_ms=latency,
+        peak_memory_mb=peak,
+        peak_memory_kind=peak_kind,
+    )
+    return model, record

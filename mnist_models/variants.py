@@ -1,32 +1,147 @@
-"""What a benchmark, a profile or a training run can switch, and the one place each switch is applied.
+"""The variant vocabulary: what a benchmark, a profile or a training run can switch, and its names.
 
-A `Variant` is device x compile mode x precision x memory format. `make_train_step` and
-`make_forward` build the step that the training loop, the benchmarks and the profiler all run, so
-a number from one of them describes the code the others run.
+A `Variant` is device x compile mode x precision x memory format, and the one place each switch
+is applied (autocast, input layout, model placement, compile, synchronize).
+
+Every name the project prints is rendered from fields by `render_tag` and read back by
+`parse_tag`, never built or sliced by hand: run names (`simple-tensor-cpu-eager-bf16-cl-t1-s777`),
+sweep specs (`tensor-eager-bf16-cl`), benchmark ids (`simple-cpu-compile-bf16-b100`) and trace
+runs all use the same tokens, in the same order:
+
+    model  mode  loader  device  compile  precision  cl  t<threads>  e<epochs>  b<batch>  lr<lr>  s<seed>
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .data import LOADERS
 from .errors import DeviceError, UsageError
+from .nets import MODELS
 
+MODES = ("train", "forward")  # a profile or a harness workload: a whole train step, or inference
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("off", "default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
 PRECISIONS = ("fp32", "bf16", "fp16")
-# Short tags for ids and run names: simple-cpu-compile-bf16-cl-b100
-_COMPILE_TAGS = {
+# One token per compile mode. On a CPU there are no CUDA graphs, so max-autotune and its
+# no-cudagraphs twin are the same compile there and a Variant folds them into "autotune".
+COMPILE_TOKENS = {
     "off": "eager",
     "default": "compile",
     "max-autotune": "autotune",
-    "max-autotune-no-cudagraphs": "autotune",
+    "max-autotune-no-cudagraphs": "autotunenocg",
     "reduce-overhead": "overhead",
 }
+_COMPILE_FROM_TOKEN = {token: mode for mode, token in COMPILE_TOKENS.items()}
+_NUMBERED = {"threads": "t", "epochs": "e", "batch_size": "b", "seed": "s"}  # field -> token prefix
+# Canonical order of the fields in a tag.
+TAG_FIELDS = (
+    "model",
+    "mode",
+    "loader",
+    "device",
+    "compile",
+    "precision",
+    "channels_last",
+    "threads",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+)
+
+
+def _token(field: str, value) -> str | None:
+    if value is None:
+        return None
+    if field == "compile":
+        return COMPILE_TOKENS[value]
+    if field == "channels_last":
+        return "cl" if value else None
+    if field in _NUMBERED:
+        return f"{_NUMBERED[field]}{value}"
+    if field == "lr":
+        return f"lr{value:g}"
+    return str(value)
+
+
+def render_tag(**fields) -> str:
+    """Fields -> 'simple-tensor-cpu-eager-bf16-cl-s777'; fields left out or None are not named."""
+    unknown = set(fields) - set(TAG_FIELDS)
+    if unknown:
+        raise ValueError(f"not a tag field: {', '.join(sorted(unknown))}")
+    tokens = [_token(f, fields[f]) for f in TAG_FIELDS if f in fields]
+    return "-".join(t for t in tokens if t)
+
+
+_NUMBER = re.compile(r"^(t|e|b|s)(\d+)$")
+_LR = re.compile(r"^lr(\d+(\.\d*)?(e-?\d+)?)$")
+
+
+def _parse_token(token: str) -> tuple[str, object] | None:
+    if token in MODELS:
+        return "model", token
+    if token in LOADERS:
+        return "loader", token
+    if token in MODES:
+        return "mode", token
+    if token in ("cpu", "cuda"):
+        return "device", token
+    if token in _COMPILE_FROM_TOKEN:
+        return "compile", _COMPILE_FROM_TOKEN[token]
+    if token in PRECISIONS:
+        return "precision", token
+    if token == "cl":
+        return "channels_last", True
+    number = _NUMBER.match(token)
+    if number:
+        field = {prefix: f for f, prefix in _NUMBERED.items()}[number.group(1)]
+        return field, int(number.group(2))
+    lr = _LR.match(token)
+    if lr:
+        return "lr", float(lr.group(1))
+    return None
+
+
+def parse_tag(tag: str, allowed: tuple[str, ...] = TAG_FIELDS) -> dict:
+    """'tensor-eager-bf16-cl' -> {'loader': 'tensor', 'compile': 'off', ...}; the inverse of render_tag.
+
+    Only the fields in `allowed` may appear, each once; anything else is a UsageError naming the token.
+    """
+    fields: dict = {}
+    for token in tag.split("-"):
+        parsed = _parse_token(token)
+        if parsed is None or parsed[0] not in allowed:
+            raise UsageError(f"unknown token {token!r} in {tag!r}; tokens are: {_vocabulary(allowed)}")
+        field, value = parsed
+        if field in fields:
+            raise UsageError(f"{tag!r} names the {field.replace('_', ' ')} twice")
+        fields[field] = value
+    return fields
+
+
+def _vocabulary(allowed: tuple[str, ...]) -> str:
+    words = {
+        "model": "|".join(MODELS),
+        "mode": "|".join(MODES),
+        "loader": "|".join(LOADERS),
+        "device": "cpu|cuda",
+        "compile": "|".join(COMPILE_TOKENS.values()),
+        "precision": "|".join(PRECISIONS),
+        "channels_last": "cl",
+        "threads": "t<N>",
+        "epochs": "e<N>",
+        "batch_size": "b<N>",
+        "lr": "lr<x>",
+        "seed": "s<N>",
+    }
+    return ", ".join(words[f] for f in TAG_FIELDS if f in allowed)
 
 
 def resolve_device(name: str) -> str:
@@ -55,6 +170,8 @@ class Variant:
     precision: str = "fp32"
     channels_last: bool = False
 
+    VARIANT_FIELDS = ("device", "compile", "precision", "channels_last")
+
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
             raise UsageError(f"a variant needs a resolved device (cpu or cuda), got {self.device!r}")
@@ -64,12 +181,18 @@ class Variant:
             raise UsageError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if self.precision == "fp16" and self.device != "cuda":
             raise UsageError("fp16 autocast with GradScaler is a CUDA variant; on cpu use --precision bf16")
+        if self.device == "cpu" and self.compile == "max-autotune-no-cudagraphs":
+            object.__setattr__(self, "compile", "max-autotune")  # the same compile on a CPU: one name for it
 
     @property
     def tag(self) -> str:
         """e.g. 'cpu-compile-bf16-cl': the part of a benchmark id after the model name."""
-        parts = [self.device, _COMPILE_TAGS[self.compile], self.precision]
-        return "-".join(parts + (["cl"] if self.channels_last else []))
+        return render_tag(device=self.device, compile=self.compile, precision=self.precision, channels_last=self.channels_last)
+
+    @classmethod
+    def parse(cls, tag: str) -> Variant:
+        """The inverse of `tag`: 'cpu-eager-bf16-cl' -> Variant('cpu', 'off', 'bf16', True)."""
+        return cls(**parse_tag(tag, cls.VARIANT_FIELDS))
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -98,39 +221,3 @@ class Variant:
         """Benchmark timers know nothing of CUDA streams: every timed callable ends here."""
         if self.device == "cuda":
             torch.cuda.synchronize()
-
-
-def make_train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, variant: Variant
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """forward + loss + backward + optimizer step; returns the detached loss (no host sync)."""
-    run = variant.compiled(model)
-    loss_fn = nn.CrossEntropyLoss()
-    scaler = torch.amp.GradScaler("cuda") if variant.precision == "fp16" else None
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        with variant.autocast():
-            loss = loss_fn(run(x), y)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        return loss.detach()
-
-    return step
-
-
-def make_forward(model: nn.Module, variant: Variant) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Inference: eval mode, inference_mode, autocast as the variant says."""
-    model.eval()
-    run = variant.compiled(model)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), variant.autocast():
-            return run(x)
-
-    return forward

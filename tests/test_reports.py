@@ -1,17 +1,22 @@
 """Report rendering: accuracy-vs-cost from run records, benchmarks from pytest-benchmark JSON."""
 
-import copy
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
 from mnist_models import cli
 from mnist_models.accuracy_report import pareto, render
 from mnist_models.bench_report import render as render_bench
-from mnist_models.sweep import load_runs, run_sweep, sweep_configs
-from mnist_models.train import TrainConfig
+from mnist_models.config import TrainConfig
+from mnist_models.records import RunStore
+from mnist_models.sweep import run_sweep, sweep_configs
+
+
+def load_runs(folder):
+    return RunStore(folder).load_all()
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +48,19 @@ def test_corrupt_record_is_skipped_and_named(runs_dir, tmp_path, capsys):
     subprocess.run(["cp", "-r", str(runs_dir), str(mixed)], check=True)
     (mixed / "mnist-5k" / "zz-broken.json").write_text("{")
     assert cli.main(["report", "--runs-dir", str(mixed), "--out", str(tmp_path / "r.md")]) == 0
-    assert "skipped corrupt run record" in capsys.readouterr().err
+    assert "skipped run record" in capsys.readouterr().err
     text = (tmp_path / "r.md").read_text()
-    assert "WARNING: skipped corrupt run record" in text and "deep seed-loader" in text
+    assert "WARNING: skipped run record" in text and "deep seed-loader" in text
 
 
 def test_datasets_are_never_averaged_together(runs_dir, tmp_path):
     runs, _ = load_runs(runs_dir)
-    other = copy.deepcopy(runs[0])
-    other["dataset"] = {**other["dataset"], "name": "fashion-mnist", "train": 60000, "test": 10000}
-    other["test_accuracy"] = 0.5
+    other = replace(
+        runs[0],
+        config=replace(runs[0].config, dataset="fashion-mnist"),
+        dataset=replace(runs[0].dataset, name="fashion-mnist", train=60000, test=10000),
+        test_accuracy=0.5,
+    )
     text = render(runs + [other], [], None, tmp_path, "test")
     assert "## fashion-mnist (60,000 train / 10,000 test images)" in text
     assert "(mixed: compare within a dataset only)" in text
@@ -65,7 +73,7 @@ def test_report_without_runs_is_one_line_error(tmp_path, capsys):
     assert "no runs directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli.main(["report", "--runs-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r.md")]) == 2
-    assert "no run records" in capsys.readouterr().err
+    assert "no valid run records" in capsys.readouterr().err
 
 
 def _bench(name, group, median, **info):
@@ -180,21 +188,20 @@ def test_single_thread_case_is_compared_with_the_baseline_not_used_as_it():
 
 def test_runs_from_different_machines_are_flagged_and_foreign_bench_latencies_left_out(runs_dir, tmp_path):
     runs, _ = load_runs(runs_dir)
-    other = copy.deepcopy(runs[0])
-    other["machine"] = {**other["machine"], "cpu": "Other CPU (family 25, model 1)", "cpu_isa": ["avx2", "fma"]}
+    other = replace(runs[0], machine={**runs[0].machine, "cpu": "Other CPU (family 25, model 1)", "cpu_isa": ["avx2", "fma"]})
     bench = {"benchmarks": [], "mnist_bench": {"machine": {"cpu": "Bench CPU", "cpu_isa": ["avx2"]}}}
     text = render(runs + [other], [], bench, tmp_path, "test")
-    assert "come from 2 different machines" in text and "Other CPU (family 25, model 1) [avx2, fma]: 1 runs" in text
-    assert "measured on another machine (Bench CPU [avx2])" in text
-    same = render(runs, [], {"benchmarks": [], "mnist_bench": {"machine": runs[0]["machine"]}}, tmp_path, "test")
+    assert "come from 2 different machines" in text and r"Other CPU (family 25, model 1) \[avx2, fma\]: 1 runs" in text  # escaped for markdown
+    assert r"measured on another machine (Bench CPU \[avx2\])" in text
+    same = render(runs, [], {"benchmarks": [], "mnist_bench": {"machine": runs[0].machine}}, tmp_path, "test")
     assert "different machines" not in same and "another machine" not in same
 
 
 def test_retrained_runs_give_the_noise_floor(runs_dir, tmp_path):
     runs, _ = load_runs(runs_dir)
-    runs = copy.deepcopy(runs)
-    runs[0]["replaces"] = {"test_accuracy": runs[0]["test_accuracy"] - 0.01, "machine": {"cpu": "Elsewhere", "cpu_isa": []}}
-    runs[1]["replaces"] = {"test_accuracy": runs[1]["test_accuracy"], "machine": runs[1]["machine"]}
+    runs = [replace(r) for r in runs]
+    runs[0].replaces = {"test_accuracy": runs[0].test_accuracy - 0.01, "machine": {"cpu": "Elsewhere", "cpu_isa": []}}
+    runs[1].replaces = {"test_accuracy": runs[1].test_accuracy, "machine": runs[1].machine}
     text = render(runs, [], None, tmp_path, "test")
     line = next(line for line in text.splitlines() if "Same seed, run again" in line)
     assert "2 runs were retrained" in line and "1 of them first ran on another machine" in line

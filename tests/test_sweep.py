@@ -4,8 +4,13 @@ import pytest
 
 from mnist_models import sweep as sweep_mod
 from mnist_models.errors import UsageError
-from mnist_models.sweep import load_runs, parse_variant_spec, run_sweep, sweep_configs
-from mnist_models.train import TrainConfig
+from mnist_models.config import TrainConfig
+from mnist_models.records import RunStore
+from mnist_models.sweep import parse_variant_spec, run_sweep, sweep_configs
+
+
+def load_runs(folder):
+    return RunStore(folder).load_all()
 
 BASE = TrainConfig(dataset="mnist-5k", epochs=1, measure_latency=False)
 
@@ -42,14 +47,14 @@ def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_sweep(configs, tmp_path, progress=False, log=lambda line: None)
     finished = sorted(p.name for p in (tmp_path / "mnist-5k").glob("*.json"))
-    assert finished == ["simple-tensor-cpu-eager-fp32-s1.json"]
+    assert finished == ["simple-tensor-cpu-eager-fp32-e1-s1.json"]
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 
     monkeypatch.setattr(sweep_mod, "train", real_train)
-    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {"trained": 2, "skipped": 1}
-    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {"trained": 0, "skipped": 3}
+    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {"trained": 2, "skipped": 1, "claimed_elsewhere": 0}
+    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {"trained": 0, "skipped": 3, "claimed_elsewhere": 0}
     runs, problems = load_runs(tmp_path)
-    assert sorted(r["config"]["seed"] for r in runs) == [1, 2, 3] and problems == []
+    assert sorted(r.config.seed for r in runs) == [1, 2, 3] and problems == []
 
 
 def test_corrupt_record_is_reported_and_skipped(tmp_path):
@@ -59,7 +64,7 @@ def test_corrupt_record_is_reported_and_skipped(tmp_path):
     (folder / "partial.json").write_text(json.dumps({"kind": "mnist-bench train run", "config": {}}))
     runs, problems = load_runs(tmp_path)
     assert runs == []
-    assert len(problems) == 2 and all("skipped corrupt run record" in p for p in problems)
+    assert len(problems) == 2 and all("skipped run record" in p for p in problems)
 
 
 def test_missing_runs_dir(tmp_path):
@@ -70,23 +75,24 @@ def test_missing_runs_dir(tmp_path):
 def test_redo_contended_retrains_only_runs_timed_on_a_shared_cpu(tmp_path):
     configs = sweep_configs(BASE, ["simple"], ["tensor-eager-fp32"], [1, 2])
     run_sweep(configs, tmp_path, progress=False, log=lambda line: None)
-    shared = tmp_path / "mnist-5k" / "simple-tensor-cpu-eager-fp32-s1.json"
+    shared = tmp_path / "mnist-5k" / "simple-tensor-cpu-eager-fp32-e1-s1.json"
     record = json.loads(shared.read_text())
     record["busy_before_start"]["busy"] = False
     record["cores_used_by_others_during_run"] = 1.0  # a neighbour ran beside it
     record["train_seconds"] = 12345.0
     shared.write_text(json.dumps(record))
-    quiet = tmp_path / "mnist-5k" / "simple-tensor-cpu-eager-fp32-s2.json"
+    quiet = tmp_path / "mnist-5k" / "simple-tensor-cpu-eager-fp32-e1-s2.json"
     quiet_record = json.loads(quiet.read_text())
     quiet_record["cores_used_by_others_during_run"] = 0.0
     quiet_record["busy_before_start"]["busy"] = False
     quiet.write_text(json.dumps(quiet_record))
 
     # without the flag a finished run is never retrained
-    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {"trained": 0, "skipped": 2}
+    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {"trained": 0, "skipped": 2, "claimed_elsewhere": 0}
     assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None, redo_contended=True) == {
         "trained": 1,
         "skipped": 1,
+        "claimed_elsewhere": 0,
     }
     redone = json.loads(shared.read_text())
     assert redone["replaces"]["train_seconds"] == 12345.0 and redone["replaces"]["cores_used_by_others_during_run"] == 1.0

@@ -4,7 +4,9 @@ from torch import nn
 
 from mnist_models.data import Split
 from mnist_models.errors import CheckpointError, DeviceError, TrainingDiverged, UsageError
-from mnist_models.train import SEED_EPOCH_LINE, TrainConfig, evaluate, load_weights, save_weights, train
+from mnist_models.config import TrainConfig
+from mnist_models.records import load_weights, save_weights
+from mnist_models.train import SEED_EPOCH_LINE, evaluate, train
 from mnist_models.variants import Variant
 
 FAST = dict(dataset="mnist-5k", loader="tensor", epochs=1, measure_latency=False)
@@ -22,13 +24,13 @@ def test_seed_epoch_line_is_the_seeds_format():
 def test_short_training_run_learns(mnist5k):
     config = TrainConfig(model="simple", dataset="mnist-5k", loader="tensor", epochs=2)
     model, record = train(config, mnist5k, log=quiet)
-    assert record["test_accuracy"] > 0.8  # chance is 0.1
-    assert record["epochs"][1]["cost"] < record["epochs"][0]["cost"]
-    assert record["model"] == {"name": "simple", "params": 50_186, "flops_per_image": 7_739_648}
-    assert record["dataset"]["train"] == 4000 and record["dataset"]["test"] == 1000
-    assert [e["steps"] for e in record["epochs"]] == [40, 40]
-    assert all("test_accuracy" in e for e in record["epochs"])
-    assert set(record["inference_ms"]) == {"1", "1000"}
+    assert record.test_accuracy > 0.8  # chance is 0.1
+    assert record.epochs[1].cost < record.epochs[0].cost
+    assert (record.model.name, record.model.params, record.model.flops_per_image) == ("simple", 50_186, 7_739_648)
+    assert (record.dataset.train, record.dataset.test) == (4000, 1000)
+    assert [e.steps for e in record.epochs] == [40, 40]
+    assert all(e.test_accuracy is not None for e in record.epochs)
+    assert set(record.inference_ms) == {"1", "1000"}
 
 
 @pytest.mark.parametrize("loader", ["seed", "tensor"])
@@ -36,11 +38,11 @@ def test_same_seed_same_losses_and_weights(small5k, loader):
     config = TrainConfig(model="deep", loader=loader, eval_every_epoch=False, **{k: v for k, v in FAST.items() if k != "loader"})
     model_a, run_a = train(config, small5k, log=quiet)
     model_b, run_b = train(config, small5k, log=quiet)
-    assert run_a["epochs"][0]["cost"] == run_b["epochs"][0]["cost"]
+    assert run_a.epochs[0].cost == run_b.epochs[0].cost
     for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()):
         assert torch.equal(a, b)
     _, run_c = train(TrainConfig(**{**config.__dict__, "seed": 778}), small5k, log=quiet)
-    assert run_c["epochs"][0]["cost"] != run_a["epochs"][0]["cost"]
+    assert run_c.epochs[0].cost != run_a.epochs[0].cost
 
 
 class _BrightnessProbe(nn.Module):
@@ -60,9 +62,9 @@ def test_seed_style_evaluation_feeds_raw_pixels_scaled_feeds_unit_range():
 
 def test_seed_style_accuracy_differs_from_real_accuracy(small5k):
     model, record = train(TrainConfig(model="simple", **FAST), small5k, log=quiet)
-    assert record["seed_style_accuracy"] == evaluate(model, small5k.test, "cpu", scale=False)
-    assert record["test_accuracy"] == evaluate(model, small5k.test, "cpu", scale=True)
-    assert record["seed_style_accuracy"] != record["test_accuracy"]
+    assert record.seed_style_accuracy == evaluate(model, small5k.test, "cpu", scale=False)
+    assert record.test_accuracy == evaluate(model, small5k.test, "cpu", scale=True)
+    assert record.seed_style_accuracy != record.test_accuracy
 
 
 def test_evaluate_restores_train_mode(small5k):
@@ -73,15 +75,15 @@ def test_evaluate_restores_train_mode(small5k):
 
 
 def test_nan_loss_raises_before_anything_is_written(small5k):
-    with pytest.raises(TrainingDiverged, match="loss became nan"):
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 1"):
         train(TrainConfig(model="simple", lr=1e30, **FAST), small5k, log=quiet)
 
 
 @pytest.mark.parametrize(
     "fields, message",
     [
-        (dict(epochs=0), "epochs must be positive"),
-        (dict(batch_size=0), "batch size must be positive"),
+        (dict(epochs=0), "epochs must be a positive whole number"),
+        (dict(batch_size=0), "batch size must be a positive whole number"),
         (dict(batch_size=5000), "larger than the 1000 training images"),
         (dict(lr=-1.0), "learning rate must be positive"),
         (dict(model="lenet"), "unknown model"),
@@ -107,14 +109,14 @@ def test_cuda_training_learns(mnist5k):
     _, record = train(
         TrainConfig(model="simple", device="cuda", epochs=2, dataset="mnist-5k", loader="tensor"), mnist5k, log=quiet
     )
-    assert record["test_accuracy"] > 0.8
+    assert record.test_accuracy > 0.8
 
 
 def test_bf16_autocast_step_runs_and_learns(small5k):
     variant = Variant(precision="bf16", channels_last=True)
     assert variant.tag == "cpu-eager-bf16-cl"
     _, record = train(TrainConfig(model="simple", precision="bf16", channels_last=True, **FAST), small5k, log=quiet)
-    assert record["epochs"][0]["cost"] < 2.3  # below log(10), the loss of a uniform guess
+    assert record.epochs[0].cost < 2.3  # below log(10), the loss of a uniform guess
 
 
 def test_weights_round_trip_with_weights_only(small5k, tmp_path):

@@ -1,0 +1,433 @@
+"""Run records: the one typed, versioned document a training run leaves, and the folder that holds them.
+
+`RunRecord` is written and read only here. Its JSON carries `schema` (SCHEMA_VERSION); records
+written before versioning (schema 1: no `schema` key) migrate on load. Every load validates the
+whole record once: a record that is not valid JSON, or not the shape of a run record, raises
+RecordError naming the file, and reports skip and name it instead of crashing on it.
+
+`RunStore` is a runs folder (`<runs>/<dataset>/<run name>.json`, weights in `weights/`):
+
+- a run's identity is its whole recipe (config.RunKey), found by the stored config, not the file name;
+- a finished record is kept unless replacing it is asked for (RunExists otherwise);
+- record and weights are written all or nothing: both are staged first, weights move in before
+  the record, and the record's presence is what marks a run finished;
+- a sweep claims a run (an O_EXCL claim file holding its pid) before training it, so two sweeps on
+  one folder split the work; claims, temp files and weights left by a killed process are cleaned.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import atomic
+from .config import RunKey, TrainConfig
+from .data import DATASETS
+from .errors import CheckpointError, MnistBenchError, RecordError, RunExists, UsageError
+from .machine import BUSY_CORES, machine_key
+from .nets import MODELS, build_model
+from .report import REPORTS_DIR
+from .variants import Variant
+
+SCHEMA_VERSION = 2
+KIND = "mnist-bench train run"
+DEFAULT_RUNS_DIR = REPORTS_DIR / "runs"
+BAD_SUFFIX = ".bad"  # a record that does not load is kept aside under this suffix, never deleted
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    cost: float  # mean batch loss, the seed's printed figure
+    seconds: float  # training only: the evaluation after the epoch is not in it
+    steps: int
+    test_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    source: str
+    train: int
+    test: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    params: int
+    flops_per_image: int
+
+
+@dataclass
+class RunRecord:
+    config: TrainConfig
+    device: str  # the resolved device ('auto' in the config becomes cpu or cuda here)
+    dataset: DatasetInfo
+    model: ModelInfo
+    epochs: list[EpochStats]
+    test_accuracy: float
+    seed_style_accuracy: float
+    train_seconds: float
+    wall_seconds: float  # includes the per-epoch evaluations
+    train_images_per_second: float
+    device_name: str
+    machine: dict  # machine.machine_info(): CPU, ISA, versions, code commit
+    busy_before_start: dict  # machine.busy_check() taken before the work
+    cores_used_by_others_during_run: float | None
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    inference_ms: dict[str, float] = field(default_factory=dict)
+    peak_memory_mb: float | None = None
+    peak_memory_kind: str = ""
+    weights: str | None = None
+    replaces: dict | None = None  # what a retrained run keeps of the record it replaced
+    schema: int = SCHEMA_VERSION
+
+    # --- what readers ask of a record -------------------------------------------------------
+
+    @property
+    def variant(self) -> Variant:
+        return Variant(self.device, self.config.compile, self.config.precision, self.config.channels_last)
+
+    @property
+    def key(self) -> RunKey:
+        return self.config.key(self.device)
+
+    @property
+    def name(self) -> str:
+        return self.key.name
+
+    @property
+    def threads(self) -> int | None:
+        """The torch threads the run actually used (the config may have left the choice to torch)."""
+        return self.busy_before_start.get("torch_threads") or self.machine.get("torch_threads")
+
+    @property
+    def contended(self) -> bool:
+        """Did another process share the CPU, before or during the run? Its times are then upper bounds."""
+        busy_before = bool(self.busy_before_start.get("busy"))
+        return busy_before or (self.cores_used_by_others_during_run or 0) > BUSY_CORES
+
+    @property
+    def machine_key(self) -> str:
+        return machine_key(self.machine)
+
+    def superseded(self) -> dict:
+        """What a retrained run keeps of this record: enough to see whether the seed reproduced its
+        accuracy and how much the contention had cost."""
+        return {
+            "busy_before_start": self.busy_before_start.get("busy"),
+            "test_accuracy": self.test_accuracy,
+            "seed_style_accuracy": self.seed_style_accuracy,
+            "train_seconds": self.train_seconds,
+            "cores_used_by_others_during_run": self.cores_used_by_others_during_run,
+            "created": self.created,
+            "machine": {k: self.machine.get(k) for k in ("cpu", "cpu_isa", "torch_threads", "code")},
+        }
+
+    # --- JSON ---------------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        data = {"kind": KIND, "schema": self.schema, "name": self.name}
+        for f in fields(self):
+            if f.name != "schema":
+                value = getattr(self, f.name)
+                data[f.name] = asdict(value) if f.name in ("config", "dataset", "model") else value
+        data["epochs"] = [asdict(e) for e in self.epochs]
+        # Derived, for people reading the file; ignored on load.
+        data["variant"] = asdict(self.variant) | {"tag": self.variant.tag, "loader": self.config.loader}
+        return data
+
+    @classmethod
+    def from_json(cls, data: object, source: str = "record") -> RunRecord:
+        """Migrate and validate; any defect is a RecordError naming `source` and the first problem."""
+        try:
+            if not isinstance(data, dict) or data.get("kind") != KIND:
+                raise ValueError(f"not an {KIND!r} document")
+            data = migrate(dict(data))
+            record = cls(
+                config=_config(data["config"]),
+                device=_choice(data["device"], ("cpu", "cuda"), "device"),
+                dataset=DatasetInfo(**_only(data["dataset"], DatasetInfo)),
+                model=ModelInfo(**_only(data["model"], ModelInfo)),
+                epochs=[EpochStats(**_only(e, EpochStats)) for e in _list(data["epochs"], "epochs")],
+                **{f.name: data[f.name] for f in fields(cls) if f.name not in ("config", "device", "dataset", "model", "epochs")
+                   and f.name in data},
+            )  # fmt: skip
+            record._validate()
+        except MnistBenchError as exc:
+            raise RecordError(f"{source}: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise RecordError(f"{source}: {what}") from None
+        return record
+
+    def _validate(self) -> None:
+        _choice(self.dataset.name, DATASETS, "dataset")
+        _choice(self.model.name, MODELS, "model")
+        if self.dataset.name != self.config.dataset or self.model.name != self.config.model:
+            raise ValueError("dataset or model disagrees with the config")
+        if not self.epochs:
+            raise ValueError("no epochs")
+        for e in self.epochs:
+            _number(e.cost, "epoch cost")
+            _number(e.seconds, "epoch seconds", low=0)
+            if e.test_accuracy is not None:
+                _number(e.test_accuracy, "epoch test accuracy", 0, 1)
+        for name in ("test_accuracy", "seed_style_accuracy"):
+            _number(getattr(self, name), name.replace("_", " "), 0, 1)
+        for name in ("train_seconds", "wall_seconds", "train_images_per_second"):
+            _number(getattr(self, name), name.replace("_", " "), low=0)
+        for name in ("params", "flops_per_image"):
+            _number(getattr(self.model, name), name, low=1)
+        for name in ("train", "test"):
+            _number(getattr(self.dataset, name), f"{name} images", low=1)
+        for what, value in (("machine", self.machine), ("busy_before_start", self.busy_before_start),
+                            ("inference_ms", self.inference_ms)):  # fmt: skip
+            if not isinstance(value, dict):
+                raise ValueError(f"{what} must be an object")
+        if self.replaces is not None and not isinstance(self.replaces, dict):
+            raise ValueError("replaces must be an object")
+
+
+def migrate(data: dict) -> dict:
+    """Bring a record of any earlier schema to SCHEMA_VERSION."""
+    schema = data.get("schema", 1)
+    if not isinstance(schema, int) or schema > SCHEMA_VERSION:
+        raise ValueError(f"schema {schema!r} is newer than this code reads ({SCHEMA_VERSION}); upgrade mnist-cnn-bench")
+    if schema == 1:
+        # Unversioned records: the resolved device lived in "variant"; later fields may be absent.
+        data["device"] = data.get("variant", {}).get("device", "cpu")
+        data.setdefault("cores_used_by_others_during_run", None)
+        data.setdefault("busy_before_start", {})
+        data["schema"] = 2
+    return data
+
+
+def _config(data: object) -> TrainConfig:
+    if not isinstance(data, dict):
+        raise ValueError("config must be an object")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown config field(s) {', '.join(sorted(unknown))}")
+    return TrainConfig(**data)  # validates every name and number
+
+
+def _only(data: object, cls) -> dict:
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} must be an object")
+    return {f.name: data[f.name] for f in fields(cls) if f.name in data}
+
+
+def _list(value: object, what: str) -> list:
+    if not isinstance(value, list):
+        raise ValueError(f"{what} must be a list")
+    return value
+
+
+def _choice(value, choices, what: str):
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}")
+    return value
+
+
+def _number(value, what: str, low: float | None = None, high: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{what} {value} is out of range")
+
+
+def load_record(path: Path) -> RunRecord:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RecordError(f"no run record at {path}") from None
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+        raise RecordError(f"{path}: not readable JSON ({exc})") from None
+    return RunRecord.from_json(data, str(path))
+
+
+# --- weights ---------------------------------------------------------------------------------
+
+
+def weights_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict as plain CPU tensors: loadable with torch.load(..., weights_only=True)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_weights(model: nn.Module, path: Path) -> Path:
+    return atomic.save_torch(path, weights_state(model))
+
+
+def load_weights(model_name: str, path: Path) -> nn.Module:
+    """A net with weights from `path`; a missing, corrupt or mismatched file is a CheckpointError."""
+    model = build_model(model_name)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except FileNotFoundError:
+        raise CheckpointError(f"no weights file at {path}") from None
+    except Exception as exc:  # unpickling errors, zip errors, missing/unexpected keys, shape mismatch
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot load {model_name} weights from {path}: {first}") from None
+    return model
+
+
+# --- the runs folder -------------------------------------------------------------------------
+
+
+@dataclass
+class Found:
+    """What a runs folder holds for one run key: a finished record, or a file that did not load."""
+
+    record: RunRecord | None = None
+    path: Path | None = None
+    problem: str | None = None
+
+
+class RunStore:
+    def __init__(self, root: Path | str = DEFAULT_RUNS_DIR) -> None:
+        self.root = Path(root)
+
+    def folder(self, dataset: str) -> Path:
+        if dataset not in DATASETS:  # folder names are built only from validated parts
+            raise UsageError(f"unknown dataset {dataset!r}")
+        return self.root / dataset
+
+    def record_path(self, key: RunKey) -> Path:
+        return self.folder(key.dataset) / f"{key.name}.json"
+
+    @staticmethod
+    def weights_path(record_path: Path) -> Path:
+        return record_path.parent / "weights" / f"{record_path.stem}.pt"
+
+    # --- reading ---
+
+    def _record_files(self, dataset: str | None = None) -> list[Path]:
+        folders = [self.folder(dataset)] if dataset else [self.root / d for d in DATASETS]
+        return sorted(p for f in folders if f.is_dir() for p in f.glob("*.json"))
+
+    def load_all(self) -> tuple[list[RunRecord], list[str]]:
+        """Every valid record under the folder, and one line for each file that is not one."""
+        if not self.root.is_dir():
+            raise UsageError(f"no runs directory at {self.root}; train or sweep first (mnist-bench sweep --help)")
+        records, problems = [], []
+        for path in self._record_files():
+            try:
+                records.append(load_record(path))
+            except RecordError as exc:
+                problems.append(f"skipped run record {exc}")
+        return records, problems
+
+    def find(self, key: RunKey) -> Found:
+        """The record of this run key: by its canonical name first, then any record with that recipe
+        (records written before names carried the whole recipe have shorter names)."""
+        canonical = self.record_path(key)
+        if canonical.exists():
+            try:
+                return Found(load_record(canonical), canonical)
+            except RecordError as exc:
+                return Found(None, canonical, str(exc))
+        for path in self._record_files(key.dataset):
+            try:
+                record = load_record(path)
+            except RecordError:
+                continue  # another run's problem: `load_all` names it
+            if record.key == key:
+                return Found(record, path)
+        return Found()
+
+    # --- writing ---
+
+    def save(self, record: RunRecord, model: nn.Module, path: Path | None = None, overwrite: bool = False) -> Path:
+        """Write weights and record, all or nothing; an existing record is replaced only with overwrite."""
+        path = path or self.record_path(record.key)
+        if path.exists() and not overwrite:
+            raise RunExists(f"a finished run is already stored at {path}; it is kept (pass --overwrite to replace it)")
+        weights = self.weights_path(path)
+        record.weights = str(weights)
+        staged_weights = atomic.stage(weights, atomic.torch_writer(weights_state(model)), "wb")
+        try:
+            staged_record = atomic.stage(path, lambda fh: fh.write(atomic.json_text(record.to_json())))
+        except BaseException:
+            staged_weights.unlink(missing_ok=True)
+            raise
+        atomic.commit(staged_weights, weights)
+        atomic.commit(staged_record, path)  # last: its presence marks the run finished
+        return path
+
+    def set_aside(self, path: Path) -> Path:
+        """Keep a record that does not load (and its weights) under a .bad name; returns the new name."""
+        aside = path.with_name(path.name + BAD_SUFFIX)
+        os.replace(path, aside)
+        weights = self.weights_path(path)
+        if weights.exists():
+            os.replace(weights, weights.with_name(weights.name + BAD_SUFFIX))
+        return aside
+
+    # --- claims: two sweeps on one folder split the work ---
+
+    def _claim_path(self, key: RunKey) -> Path:
+        return self.folder(key.dataset) / f".{key.name}.claim"
+
+    def claim(self, key: RunKey) -> bool:
+        """Atomically take the right to train this run; False when a live process holds it."""
+        path = self._claim_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._claim_alive(path):
+                    return False
+                path.unlink(missing_ok=True)  # its holder was killed: take it over
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me)
+            return True
+        return False
+
+    @staticmethod
+    def _claim_alive(path: Path) -> bool:
+        try:
+            holder = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False  # half-written by a killed claimer
+        if not isinstance(holder, dict) or holder.get("host") != socket.gethostname():
+            return True  # another machine's claim (a shared folder): never steal it
+        return isinstance(holder.get("pid"), int) and atomic.pid_alive(holder["pid"])
+
+    def release(self, key: RunKey) -> None:
+        self._claim_path(key).unlink(missing_ok=True)
+
+    def clean_leftovers(self, dataset: str) -> list[str]:
+        """Remove what killed writers left: stale temp files, dead claims, and weights whose record
+        never landed (an unfinished run). Returns one line per removed file."""
+        folder = self.folder(dataset)
+        removed = []
+        for stale in atomic.stale_temp_files(folder) + atomic.stale_temp_files(folder / "weights"):
+            stale.unlink(missing_ok=True)
+            removed.append(f"removed a temporary file left by a killed write: {stale}")
+        live = set()
+        for claim in folder.glob(".*.claim") if folder.is_dir() else []:
+            if self._claim_alive(claim):
+                live.add(claim.name[1 : -len(".claim")])
+            else:
+                claim.unlink(missing_ok=True)
+        weights_dir = folder / "weights"
+        for weights in weights_dir.glob("*.pt") if weights_dir.is_dir() else []:
+            if weights.stem not in live and not (folder / f"{weights.stem}.json").exists():
+                weights.unlink(missing_ok=True)
+                removed.append(f"removed weights of an unfinished run (no record): {weights}")
+        return removed
