@@ -1,7 +1,7 @@
 """The variant grids of the three suites, as pytest params with readable ids.
 
 Not a full cross product: on a 2-core CPU every torch.compile costs tens of seconds and bf16 runs
-without a hardware path, so each suite lists the comparisons worth making (DESIGN.md, Variants).
+without a hardware path, so each suite lists the comparisons worth making (docs/DESIGN.md, Variants).
 """
 
 from __future__ import annotations

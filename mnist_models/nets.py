@@ -1,4 +1,4 @@
-"""The seed's two MNIST CNNs, layer for layer (see SEED.md), and their accounting.
+"""The seed's two MNIST CNNs, layer for layer (see docs/SEED.md), and their accounting.
 
 Both nets take (B, 1, 28, 28) float images scaled to [0, 1] and return (B, 10) logits.
 """

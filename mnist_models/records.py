@@ -212,6 +212,10 @@ def migrate(data: dict) -> dict:
     return data
 
 
+_IDENTITY_FIELDS = ("model", "dataset", "epochs", "batch_size", "lr", "seed", "device", "loader", "compile", "precision",
+                    "channels_last", "threads")  # fmt: skip
+
+
 def _config(data: object) -> TrainConfig:
     if not isinstance(data, dict):
         raise ValueError("config must be an object")
@@ -219,6 +223,10 @@ def _config(data: object) -> TrainConfig:
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown config field(s) {', '.join(sorted(unknown))}")
+    # What identifies a run must be stored; a default would silently turn it into another run.
+    missing = [f for f in _IDENTITY_FIELDS if f not in data]
+    if missing:
+        raise ValueError(f"missing config field(s) {', '.join(missing)}")
     return TrainConfig(**data)  # validates every name and number
 
 

@@ -1,5 +1,6 @@
 """The console script end to end: real subprocesses for the happy path, main() for bad input."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -40,22 +41,22 @@ def test_train_end_to_end(tmp_path):
 def test_help_explains_every_flag():
     result = run_cli("train", "--help")
     assert result.returncode == 0
-    for flag in (
-        "--model",
-        "--dataset",
-        "--epochs",
-        "--batch-size",
-        "--lr",
-        "--seed",
-        "--device",
-        "--loader",
-        "--compile",
-        "--precision",
-        "--channels-last",
-        "--threads",
-        "--runs-dir",
-    ):
+    for flag in ("--model", "--dataset", "--epochs", "--batch-size", "--lr", "--seed", "--device", "--loader",
+                 "--compile", "--precision", "--channels-last", "--threads", "--runs-dir", "--overwrite"):  # fmt: skip
         assert flag in result.stdout
+
+
+def test_every_option_of_every_subcommand_has_help_text():
+    parser = cli.build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(subcommands) == {"train", "sweep", "profile", "report", "data"}
+    for name, sub in subcommands.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help and len(action.help) > 10, f"{name} {action.option_strings or action.dest} has no help text"
+            if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+                assert "default" in action.help, f"{name} {action.option_strings} does not say its default"
 
 
 def one_line_error(capsys, argv, code=2):

@@ -110,6 +110,7 @@ def test_bench_report_speedups_and_ceiling_share():
     assert "exceed 100% of the ceiling" in render_bench(data)
 
 
+@pytest.mark.slow
 def test_bench_session_writes_report(tmp_path):
     report = tmp_path / "bench.md"
     result = subprocess.run(
@@ -191,7 +192,9 @@ def test_runs_from_different_machines_are_flagged_and_foreign_bench_latencies_le
     other = replace(runs[0], machine={**runs[0].machine, "cpu": "Other CPU (family 25, model 1)", "cpu_isa": ["avx2", "fma"]})
     bench = {"benchmarks": [], "mnist_bench": {"machine": {"cpu": "Bench CPU", "cpu_isa": ["avx2"]}}}
     text = render(runs + [other], [], bench, tmp_path, "test")
-    assert "come from 2 different machines" in text and r"Other CPU (family 25, model 1) \[avx2, fma\]: 1 runs" in text  # escaped for markdown
+    assert (
+        "come from 2 different machines" in text and r"Other CPU (family 25, model 1) \[avx2, fma\]: 1 runs" in text
+    )  # escaped for markdown
     assert r"measured on another machine (Bench CPU \[avx2\])" in text
     same = render(runs, [], {"benchmarks": [], "mnist_bench": {"machine": runs[0].machine}}, tmp_path, "test")
     assert "different machines" not in same and "another machine" not in same

@@ -3,14 +3,15 @@ import json
 import pytest
 
 from mnist_models import sweep as sweep_mod
-from mnist_models.errors import UsageError
 from mnist_models.config import TrainConfig
+from mnist_models.errors import UsageError
 from mnist_models.records import RunStore
 from mnist_models.sweep import parse_variant_spec, run_sweep, sweep_configs
 
 
 def load_runs(folder):
     return RunStore(folder).load_all()
+
 
 BASE = TrainConfig(dataset="mnist-5k", epochs=1, measure_latency=False)
 
@@ -51,8 +52,16 @@ def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 
     monkeypatch.setattr(sweep_mod, "train", real_train)
-    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {"trained": 2, "skipped": 1, "claimed_elsewhere": 0}
-    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {"trained": 0, "skipped": 3, "claimed_elsewhere": 0}
+    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {
+        "trained": 2,
+        "skipped": 1,
+        "claimed_elsewhere": 0,
+    }
+    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {
+        "trained": 0,
+        "skipped": 3,
+        "claimed_elsewhere": 0,
+    }
     runs, problems = load_runs(tmp_path)
     assert sorted(r.config.seed for r in runs) == [1, 2, 3] and problems == []
 
@@ -88,7 +97,11 @@ def test_redo_contended_retrains_only_runs_timed_on_a_shared_cpu(tmp_path):
     quiet.write_text(json.dumps(quiet_record))
 
     # without the flag a finished run is never retrained
-    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {"trained": 0, "skipped": 2, "claimed_elsewhere": 0}
+    assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {
+        "trained": 0,
+        "skipped": 2,
+        "claimed_elsewhere": 0,
+    }
     assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None, redo_contended=True) == {
         "trained": 1,
         "skipped": 1,

@@ -2,9 +2,10 @@ import pytest
 import torch
 from torch import nn
 
+from mnist_models.config import TrainConfig
 from mnist_models.data import Split
 from mnist_models.errors import CheckpointError, DeviceError, TrainingDiverged, UsageError
-from mnist_models.config import TrainConfig
+from mnist_models.harness import build, real_batch
 from mnist_models.records import load_weights, save_weights
 from mnist_models.train import SEED_EPOCH_LINE, evaluate, train
 from mnist_models.variants import Variant
@@ -112,9 +113,18 @@ def test_cuda_training_learns(mnist5k):
     assert record.test_accuracy > 0.8
 
 
-def test_bf16_autocast_step_runs_and_learns(small5k):
+def test_bf16_autocast_runs_the_convolutions_in_bf16_and_learns(small5k):
     variant = Variant(precision="bf16", channels_last=True)
     assert variant.tag == "cpu-eager-bf16-cl"
+    work = build("simple", variant, "train")
+    seen = []
+    work.model.layer1[0].register_forward_hook(
+        lambda module, inputs, output: seen.append((output.dtype, output.is_contiguous(memory_format=torch.channels_last)))
+    )
+    x, y = real_batch(small5k.train, 8, variant)
+    work.step(x, y)
+    assert seen == [(torch.bfloat16, True)]  # autocast ran the conv in bf16, in NHWC
+    assert work.model.layer1[0].weight.dtype == torch.float32  # master weights stay fp32
     _, record = train(TrainConfig(model="simple", precision="bf16", channels_last=True, **FAST), small5k, log=quiet)
     assert record.epochs[0].cost < 2.3  # below log(10), the loss of a uniform guess
 

@@ -1,0 +1,97 @@
+"""One vocabulary: every name renders from fields and parses back to the same fields."""
+
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_models.config import RunKey, TrainConfig
+from mnist_models.errors import UsageError
+from mnist_models.sweep import parse_variant_spec
+from mnist_models.variants import COMPILE_MODES, PRECISIONS, Variant, parse_tag, render_tag
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import grid  # noqa: E402  (the benchmark grid: its ids must parse too)
+
+
+def all_variants():
+    for device, compile, precision, cl in itertools.product(("cpu", "cuda"), COMPILE_MODES, PRECISIONS, (False, True)):
+        if precision == "fp16" and device == "cpu":
+            continue
+        yield Variant(device, compile, precision, cl)
+
+
+@pytest.mark.parametrize("variant", list(all_variants()), ids=lambda v: v.tag)
+def test_variant_tag_round_trips(variant):
+    assert Variant.parse(variant.tag) == variant
+
+
+def test_cpu_max_autotune_has_one_name():
+    # No CUDA graphs on a CPU: the two max-autotune modes are one compile there, with one tag.
+    assert Variant("cpu", "max-autotune-no-cudagraphs") == Variant("cpu", "max-autotune")
+    assert Variant("cpu", "max-autotune").tag == "cpu-autotune-fp32"
+    assert Variant("cuda", "max-autotune-no-cudagraphs").tag == "cuda-autotunenocg-fp32"
+
+
+def test_sweep_specs_round_trip():
+    for spec in ("seed-eager-fp32", "tensor-eager-bf16-cl", "tensor-compile-fp32", "seed-autotune-bf16-cl"):
+        fields = parse_variant_spec(spec)
+        assert render_tag(**fields) == spec
+    assert parse_variant_spec("tensor-eager-bf16-cl") == {
+        "loader": "tensor",
+        "compile": "off",
+        "precision": "bf16",
+        "channels_last": True,
+    }
+
+
+@pytest.mark.parametrize("maker", [grid.forward_cases, grid.train_step_cases, grid.epoch_cases])
+def test_every_benchmark_id_round_trips(maker):
+    for param in maker():
+        case = param.values[0]
+        fields = parse_tag(case.id)
+        assert render_tag(**fields) == case.id
+        assert (
+            Variant(fields["device"], fields.get("compile", "off"), fields["precision"], fields.get("channels_last", False))
+            == case.variant
+        )
+        assert fields["batch_size"] == case.batch and fields.get("threads") == case.threads
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TrainConfig(dataset="mnist-5k"),
+        TrainConfig(
+            dataset="fashion-mnist", model="deep", loader="tensor", precision="bf16", channels_last=True, threads=1, seed=5
+        ),
+        TrainConfig(dataset="mnist-5k", epochs=2, batch_size=50, lr=3e-4, compile="max-autotune", seed=0),
+    ],
+)
+def test_run_names_carry_the_whole_recipe_and_round_trip(config):
+    key = config.key()
+    assert RunKey.from_name(config.dataset, key.name) == key
+
+
+def test_names_differ_whenever_the_recipe_does():
+    base = TrainConfig(dataset="mnist-5k")
+    variants = [base] + [
+        TrainConfig(**{**base.__dict__, **change})
+        for change in ({"epochs": 2}, {"lr": 2e-3}, {"batch_size": 50}, {"threads": 1}, {"seed": 778}, {"loader": "tensor"})
+    ]
+    assert len({c.run_name() for c in variants}) == len(variants)
+
+
+@pytest.mark.parametrize(
+    "tag, message",
+    [("tensor-nhwc", "unknown token 'nhwc'"), ("eager-compile", "names the compile twice"), ("cpu-fp64", "unknown token 'fp64'")],
+)
+def test_bad_tags(tag, message):
+    with pytest.raises(UsageError, match=message):
+        parse_tag(tag)
+
+
+def test_a_sweep_spec_cannot_name_what_the_sweep_sets():
+    with pytest.raises(UsageError, match="unknown token 's777'"):
+        parse_variant_spec("tensor-eager-fp32-s777")
