@@ -10,6 +10,8 @@ import math
 import os
 from dataclasses import dataclass, fields
 
+import torch
+
 from .data import DATASETS, LOADERS
 from .errors import UsageError
 from .nets import MODELS
@@ -59,7 +61,7 @@ class RunKey:
     compile: str
     precision: str
     channels_last: bool
-    threads: int | None
+    threads: int  # the torch threads the run uses (a config that leaves them to torch is resolved)
     epochs: int
     batch_size: int
     lr: float
@@ -86,10 +88,10 @@ class RunKey:
     def from_name(cls, dataset: str, name: str) -> RunKey:
         """The inverse of `name` (fields a name leaves out take the seed's values)."""
         parsed = parse_tag(name)
-        missing = {"model", "loader", "device", "seed"} - set(parsed)
+        missing = {"model", "loader", "device", "threads", "seed"} - set(parsed)
         if missing:
             raise UsageError(f"run name {name!r} does not name the {', '.join(sorted(missing))}")
-        defaults = dict(compile="off", precision="fp32", channels_last=False, threads=None, epochs=SEED_EPOCHS,
+        defaults = dict(compile="off", precision="fp32", channels_last=False, epochs=SEED_EPOCHS,
                         batch_size=SEED_BATCH_SIZE, lr=SEED_LR)  # fmt: skip
         return cls(dataset=dataset, **(defaults | parsed))
 
@@ -136,8 +138,9 @@ class TrainConfig:
     def variant(self) -> Variant:
         return Variant(resolve_device(self.device), self.compile, self.precision, self.channels_last)
 
-    def key(self, device: str | None = None) -> RunKey:
-        """The run's identity; `device` is the resolved one (default: resolve 'auto' on this machine)."""
+    def key(self, device: str | None = None, threads: int | None = None) -> RunKey:
+        """The run's identity. `device` and `threads` are the resolved ones; by default 'auto' and a
+        thread count left to torch resolve on this machine, in this process, as training would."""
         variant = Variant(device or resolve_device(self.device), self.compile, self.precision, self.channels_last)
         return RunKey(
             dataset=self.dataset,
@@ -147,7 +150,7 @@ class TrainConfig:
             compile=variant.compile,
             precision=variant.precision,
             channels_last=variant.channels_last,
-            threads=self.threads,
+            threads=threads or self.threads or torch.get_num_threads(),
             epochs=self.epochs,
             batch_size=self.batch_size,
             lr=float(self.lr),

@@ -99,7 +99,7 @@ class RunRecord:
 
     @property
     def key(self) -> RunKey:
-        return self.config.key(self.device)
+        return self.config.key(self.device, self.threads)
 
     @property
     def name(self) -> str:

@@ -25,8 +25,10 @@ def test_train_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("[Epoch:    1] cost = ")
     assert "Seed-style accuracy:" in result.stdout and "Traceback" not in result.stderr
-    record_path = tmp_path / "mnist-5k" / "simple-seed-cpu-eager-fp32-e1-s777.json"
+    (record_path,) = (tmp_path / "mnist-5k").glob("*.json")
     record = json.loads(record_path.read_text())
+    threads = record["busy_before_start"]["torch_threads"]
+    assert record_path.name == f"simple-seed-cpu-eager-fp32-t{threads}-e1-s777.json"  # the whole recipe
     assert record["config"]["loader"] == "seed" and record["config"]["seed"] == 777
     assert record["dataset"] == {**record["dataset"], "name": "mnist-5k", "train": 4000, "test": 1000}
     assert record["test_accuracy"] > 0.5 and 0 <= record["seed_style_accuracy"] <= 1

@@ -75,7 +75,7 @@ def test_run_names_carry_the_whole_recipe_and_round_trip(config):
 
 
 def test_names_differ_whenever_the_recipe_does():
-    base = TrainConfig(dataset="mnist-5k")
+    base = TrainConfig(dataset="mnist-5k", threads=2)
     variants = [base] + [
         TrainConfig(**{**base.__dict__, **change})
         for change in ({"epochs": 2}, {"lr": 2e-3}, {"batch_size": 50}, {"threads": 1}, {"seed": 778}, {"loader": "tensor"})
