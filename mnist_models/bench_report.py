@@ -222,6 +222,9 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
             when=(data.get("datetime") or "")[:16].replace("T", " ") + " UTC",
         )
     ]
+    if extra.get("partial"):
+        out.insert(1, f"\n**PARTIAL REPORT** ({md(extra['partial'])}): only the benchmarks that finished are below; "
+                      "the complete report, if any, was left as it was.\n")  # fmt: skip
     if skipped_rows(data):
         out.append(f"- **WARNING**: {skipped_rows(data)} entries without a name and timings were left out\n")
     if extra.get("cores_used_by_others_during_run") is not None:

@@ -117,7 +117,9 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runs-dir", default=str(DEFAULT_RUNS_DIR), help=f"where run records (JSON) and weights go (default: {DEFAULT_RUNS_DIR})"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
+    parser.add_argument("--no-latency", action="store_true",
+                        help="skip the forward-latency measurement after training (a few seconds; reports then show '-')")  # fmt: skip
 
 
 def _train_config(args: argparse.Namespace, **overrides) -> TrainConfig:
@@ -126,6 +128,7 @@ def _train_config(args: argparse.Namespace, **overrides) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=getattr(args, "seed", _default(TrainConfig, "seed")),
         device=args.device, loader=args.loader, compile=args.compile, precision=args.precision,
         channels_last=args.channels_last, eval_batch_size=args.eval_batch_size, threads=args.threads,
+        measure_latency=not args.no_latency,
     )  # fmt: skip
     return TrainConfig(**(fields | overrides))
 

@@ -306,6 +306,21 @@ class Found:
 class RunStore:
     def __init__(self, root: Path | str = DEFAULT_RUNS_DIR) -> None:
         self.root = Path(root)
+        self._made: list[Path] = []  # folders this store created, removed again if they stay empty
+
+    def _mkdir(self, folder: Path) -> None:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        self._made += missing  # deepest first
+
+    def prune_empty(self) -> None:
+        """Remove the folders this store made that are still empty (a run that failed leaves none)."""
+        for folder in self._made:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # not empty, or already gone
+        self._made = []
 
     def folder(self, dataset: str) -> Path:
         if dataset not in DATASETS:  # folder names are built only from validated parts
@@ -391,7 +406,7 @@ class RunStore:
     def claim(self, key: RunKey) -> bool:
         """Atomically take the right to train this run; False when a live process holds it."""
         path = self._claim_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._mkdir(path.parent)
         me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
         for _ in range(2):
             try:

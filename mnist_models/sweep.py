@@ -114,6 +114,7 @@ def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True,
             if bar is not None:
                 bar.update(1)
     finally:
+        store.prune_empty()
         if bar is not None:
             bar.close()
     return counts

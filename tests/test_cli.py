@@ -11,7 +11,7 @@ import torch
 from mnist_models import cli
 from mnist_models.nets import build_model
 
-FAST = ["--dataset", "mnist-5k", "--epochs", "1", "--loader", "tensor", "--no-progress"]
+FAST = ["--dataset", "mnist-5k", "--epochs", "1", "--loader", "tensor", "--no-progress", "--no-latency"]
 
 
 def run_cli(*args, cwd=None):
