@@ -17,6 +17,7 @@ RecordError naming the file, and reports skip and name it instead of crashing on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -316,10 +317,8 @@ class RunStore:
     def prune_empty(self) -> None:
         """Remove the folders this store made that are still empty (a run that failed leaves none)."""
         for folder in self._made:
-            try:
+            with contextlib.suppress(OSError):  # not empty, or already gone
                 folder.rmdir()
-            except OSError:
-                pass  # not empty, or already gone
         self._made = []
 
     def folder(self, dataset: str) -> Path:
