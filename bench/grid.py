@@ -70,14 +70,16 @@ def forward_cases() -> list:
         cases += [case(m, compile="default", batch=b) for b in (100, 1000)]
         cases += [case(m, compile="max-autotune", batch=100)]
         for b in (1, 100, 1000):
+            quick = b == 100  # the GPU check's subset: pytest bench -m "cuda and quick"
             cases += [
-                case(m, "cuda", batch=b),
-                case(m, "cuda", cl=True, batch=b),
-                case(m, "cuda", precision="bf16", batch=b),
-                case(m, "cuda", precision="fp16", cl=True, batch=b),
-                case(m, "cuda", compile="default", batch=b),
+                case(m, "cuda", batch=b, quick=quick),
+                case(m, "cuda", cl=True, batch=b, quick=quick),
+                case(m, "cuda", precision="bf16", batch=b, quick=quick),
+                case(m, "cuda", precision="fp16", cl=True, batch=b, quick=quick),
+                case(m, "cuda", compile="default", batch=b, quick=quick),
                 case(m, "cuda", compile="max-autotune", batch=b),
             ]
+        cases += [case(m, "cuda", compile="reduce-overhead", batch=100, quick=True)]  # CUDA graphs
     return cases
 
 
@@ -95,15 +97,18 @@ def train_step_cases() -> list:
         cases += [case(m, cl=cl, batch=100, threads=t) for t in SINGLE_THREAD for cl in (False, True)]
         cases += [case(m, batch=500), case(m, cl=True, batch=500)]
         for b in (100, 500):
+            quick = b == 100
             cases += [
-                case(m, "cuda", batch=b),
-                case(m, "cuda", cl=True, batch=b),
-                case(m, "cuda", precision="bf16", batch=b),
+                case(m, "cuda", batch=b, quick=quick),
+                case(m, "cuda", cl=True, batch=b, quick=quick),
+                case(m, "cuda", precision="bf16", batch=b, quick=quick),
+                case(m, "cuda", precision="bf16", cl=True, batch=b, quick=quick),
                 case(m, "cuda", precision="fp16", batch=b),
-                case(m, "cuda", precision="fp16", cl=True, batch=b),
-                case(m, "cuda", compile="default", batch=b),
+                case(m, "cuda", precision="fp16", cl=True, batch=b, quick=quick),
+                case(m, "cuda", compile="default", batch=b, quick=quick),
                 case(m, "cuda", compile="max-autotune", batch=b),
             ]
+        cases += [case(m, "cuda", compile="reduce-overhead", batch=100, quick=True)]  # CUDA graphs
     return cases
 
 

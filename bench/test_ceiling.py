@@ -24,8 +24,8 @@ def _cases() -> list:
     cases = []
     for (device, precision), sizes in SIZES.items():
         for n in sizes:
-            marks = [NO_CUDA] if device == "cuda" else []
-            if (device, precision, n) == ("cpu", "fp32", 1024):
+            marks = [NO_CUDA, pytest.mark.cuda] if device == "cuda" else []
+            if (device, precision, n) == ("cpu", "fp32", 1024) or (device == "cuda" and n == 8192):
                 marks.append(pytest.mark.quick)
             cases.append(pytest.param(device, precision, n, id=f"{device}-{precision}-n{n}", marks=marks))
     return cases

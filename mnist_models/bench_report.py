@@ -71,6 +71,16 @@ def skipped_rows(data: dict) -> int:
     return len(data.get("benchmarks") or []) - len(bench_rows(data))
 
 
+def fastest(data: dict, suite: str, model: str, device: str, batch: int) -> dict | None:
+    """extra_info of the fastest benchmark of a suite for one net, device and batch (session threads), or None."""
+    rows = [
+        b for b in bench_rows(data)
+        if (info := b["extra_info"]).get("suite") == suite and info.get("model") == model and info.get("device") == device
+        and info.get("batch") == batch and not info.get("threads_pinned")
+    ]  # fmt: skip
+    return min(rows, key=lambda b: b["stats"]["median"])["extra_info"] if rows else None
+
+
 def bench_machine(data: dict) -> dict:
     """The project's machine block of a benchmark JSON (machine_info.mnist_bench; older files kept it
     under mnist_bench.machine)."""
