@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import MAX_SEED, MAX_THREADS_PER_CPU, TrainConfig
+from .config import BACKENDS, MAX_SEED, MAX_THREADS_PER_CPU, TrainConfig
 from .data import DATASETS, DEFAULT_ROOT, LOADERS
 from .errors import MnistBenchError, RunExists, UsageError
 from .nets import MODELS
@@ -137,21 +137,63 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line again, minus --nproc N: what each rank runs."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
     from .atomic import check_writable_dir
     from .machine import busy_warning
     from .records import RunStore
     from .train import train
 
-    config = _train_config(args)
+    rank = distributed.Rank.from_env()
+    if args.nproc is not None:
+        if rank is not None:
+            raise UsageError("--nproc starts the ranks itself; under torchrun leave it out")
+        distributed.launch(args.nproc, _without_nproc(args.argv))
+        return 0
+    world = rank.world_size if rank else 1
+    batch = args.per_rank_batch * world if args.per_rank_batch else args.batch_size
+    config = _train_config(args, ranks=world, batch_size=batch, backend=args.backend)
     store = RunStore(args.runs_dir)
-    found = store.find(config.key())  # before the work: a finished run is not trained again unless asked
-    if found.path is not None and not args.overwrite:
-        state = "a finished run of this recipe" if found.record else f"a record that does not load ({found.problem})"
-        raise RunExists(f"{state} is already stored at {found.path}; it is kept (pass --overwrite to train and replace it)")
-    check_writable_dir(store.folder(config.dataset))
-    model, record = train(config, progress=_show_progress(args))
-    path = store.save(record, model, path=found.path, overwrite=args.overwrite)
+    try:
+        if rank:
+            distributed.start(rank, config.backend, config.variant().device)
+            distributed.agree("config", dataclasses.asdict(config))
+        problem, found = None, None
+        if rank is None or rank.is_main:
+            found = store.find(config.key())  # before the work: a finished run is not trained again unless asked
+            if found.path is not None and not args.overwrite:
+                state = "a finished run of this recipe" if found.record else f"a record that does not load ({found.problem})"
+                problem = f"{state} is already stored at {found.path}; it is kept (pass --overwrite to train and replace it)"
+        if rank:
+            distributed.decide(rank, problem)
+        elif problem:
+            raise RunExists(problem)
+        if rank is None or rank.is_main:
+            check_writable_dir(store.folder(config.dataset))
+        model, record = train(config, progress=_show_progress(args), rank=rank)
+    except RuntimeError as exc:  # a collective failed: another rank died or hung past the timeout
+        if rank is None:
+            raise
+        raise distributed.RankFailed(f"lost the other ranks ({distributed.collective_error(exc)})") from None
+    finally:
+        if rank:
+            distributed.stop()
+    if record is None:
+        return 0  # not rank 0: rank 0 writes the record
+    path = store.save(record, model, path=found.path if found else None, overwrite=args.overwrite)
     print(f"Accuracy: {record.test_accuracy:.4f} (inputs scaled to [0, 1], as in training)")
     print(f"Seed-style accuracy: {record.seed_style_accuracy:.4f} (raw 0..255 inputs, as the seed evaluated)")
     print(f"{record.train_seconds:.1f} s training, {record.train_images_per_second:.0f} images/s; record: {path}")
@@ -163,6 +205,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .atomic import check_writable_dir
+    from .distributed import Rank
+
+    if Rank.from_env() is not None:
+        raise UsageError(
+            "sweep runs in one process (its runs one after another); DDP is for train (train --nproc N, or torchrun)"
+        )
     from .sweep import run_sweep, sweep_configs
 
     configs = sweep_configs(_train_config(args), args.models, args.variants, args.seeds)
@@ -254,8 +302,25 @@ def build_parser() -> argparse.ArgumentParser:
     d = functools.partial(_default, TrainConfig)
     p.add_argument("--model", default=d("model"), choices=list(MODELS), help=f"which net (default: {d('model')})")
     p.add_argument("--seed", type=_seed, default=d("seed"), help=f"torch.manual_seed (default: {d('seed')}, the seed's)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="train and replace a finished run of the same recipe (by default it is kept and nothing is trained)")  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train and replace a finished run of the same recipe (by default it is kept and nothing is trained)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=_positive_int,
+        default=None,
+        help="data-parallel ranks on this machine, started with torchrun's launcher (default: one process, no DDP)",
+    )
+    p.add_argument(
+        "--per-rank-batch",
+        type=_positive_int,
+        default=None,
+        help="weak scaling: this batch on every rank (default: the global --batch-size split among the ranks)",
+    )
+    p.add_argument("--backend", default=d("backend"), choices=BACKENDS,
+                   help=f"torch.distributed backend under DDP: auto is gloo on cpu, nccl on cuda (default: {d('backend')})")  # fmt: skip
     _add_data_flags(p)
     _add_recipe_flags(p)
     _add_variant_flags(p, TrainConfig)
@@ -353,12 +418,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except MnistBenchError as exc:
-        print(f"mnist-bench: error: {exc}", file=sys.stderr)
+        from .distributed import Rank, report_failure
+
+        rank = Rank.from_env()
+        where = f"rank {rank.rank}: " if rank and rank.world_size > 1 and not str(exc).startswith("rank ") else ""
+        print(f"mnist-bench: error: {where}{exc}", file=sys.stderr)
+        if rank:
+            report_failure(str(exc))  # torchrun's launcher reads it: the job's one-line reason
         return exc.exit_code
     except KeyboardInterrupt:
         print("mnist-bench: interrupted; finished runs are saved, the unfinished one left nothing behind", file=sys.stderr)

@@ -23,6 +23,7 @@ MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
 # More torch threads than this many per logical CPU only oversubscribes the cores (a 2-core machine
 # given 10,000 threads reached a load average of 785).
 MAX_THREADS_PER_CPU = 2
+BACKENDS = ("auto", "gloo", "nccl")
 
 
 def check_choice(what: str, value, choices) -> None:
@@ -61,7 +62,8 @@ class RunKey:
     compile: str
     precision: str
     channels_last: bool
-    threads: int  # the torch threads the run uses (a config that leaves them to torch is resolved)
+    threads: int  # the torch threads the run uses (per rank; a config that leaves them to torch is resolved)
+    ranks: int  # data-parallel processes (DDP); 1 for a plain run
     epochs: int
     batch_size: int
     lr: float
@@ -78,6 +80,7 @@ class RunKey:
             precision=self.precision,
             channels_last=self.channels_last,
             threads=self.threads,
+            ranks=None if self.ranks == 1 else self.ranks,
             epochs=None if self.epochs == SEED_EPOCHS else self.epochs,
             batch_size=None if self.batch_size == SEED_BATCH_SIZE else self.batch_size,
             lr=None if self.lr == SEED_LR else self.lr,
@@ -91,7 +94,7 @@ class RunKey:
         missing = {"model", "loader", "device", "threads", "seed"} - set(parsed)
         if missing:
             raise UsageError(f"run name {name!r} does not name the {', '.join(sorted(missing))}")
-        defaults = dict(compile="off", precision="fp32", channels_last=False, epochs=SEED_EPOCHS,
+        defaults = dict(compile="off", precision="fp32", channels_last=False, ranks=1, epochs=SEED_EPOCHS,
                         batch_size=SEED_BATCH_SIZE, lr=SEED_LR)  # fmt: skip
         return cls(dataset=dataset, **(defaults | parsed))
 
@@ -112,8 +115,14 @@ class TrainConfig:
     channels_last: bool = False
     eval_batch_size: int = 1000
     eval_every_epoch: bool = True  # test accuracy after each epoch, for accuracy-per-epoch curves
-    threads: int | None = None  # torch intra-op threads; None leaves torch's default
+    threads: int | None = None  # torch intra-op threads (per rank); None: torch's default, or cores / local ranks under DDP
     measure_latency: bool = True  # forward latency at batch 1 and 1000 after training
+    ranks: int = 1  # DDP world size; batch_size is the global batch, split evenly among the ranks
+    backend: str = "auto"  # torch.distributed backend under DDP: gloo on cpu, nccl on cuda
+
+    @property
+    def per_rank_batch(self) -> int:
+        return self.batch_size // self.ranks
 
     def __post_init__(self) -> None:
         check_choice("model", self.model, MODELS)
@@ -129,6 +138,14 @@ class TrainConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed!r}")
         check_threads(self.threads)
+        if isinstance(self.ranks, bool) or not isinstance(self.ranks, int) or self.ranks < 1:
+            raise UsageError(f"ranks must be a positive whole number, got {self.ranks!r}")
+        if self.batch_size % self.ranks:
+            raise UsageError(
+                f"the global batch of {self.batch_size} does not divide among {self.ranks} ranks; pick a batch size that does, "
+                "or --per-rank-batch for weak scaling"
+            )
+        check_choice("backend", self.backend, BACKENDS)
 
     @classmethod
     def defaults(cls) -> dict:
@@ -151,6 +168,7 @@ class TrainConfig:
             precision=variant.precision,
             channels_last=variant.channels_last,
             threads=threads or self.threads or torch.get_num_threads(),
+            ranks=self.ranks,
             epochs=self.epochs,
             batch_size=self.batch_size,
             lr=float(self.lr),

@@ -224,32 +224,57 @@ def seed_loader(split: Split, batch_size: int) -> torch.utils.data.DataLoader:
 
 
 class TensorBatches:
-    """Batches from a device-resident uint8 copy of a split; reshuffled on every pass."""
+    """Batches from a device-resident uint8 copy of a split; reshuffled on every pass.
 
-    def __init__(self, split: Split, batch_size: int, device: torch.device | str = "cpu", shuffle: bool = True) -> None:
+    Under DDP every rank holds the whole split and draws the same permutation (from a generator
+    seeded alike on every rank); global batch k is order[k*B*W : (k+1)*B*W] and rank r takes its
+    r-th slice of B. So W ranks x B see, step for step, the images one process x B*W would.
+    """
+
+    def __init__(self, split: Split, batch_size: int, device: torch.device | str = "cpu", shuffle: bool = True,
+                 rank: int = 0, world: int = 1, generator: torch.Generator | None = None) -> None:  # fmt: skip
         self.images = split.images.to(device).unsqueeze(1)  # (N, 1, 28, 28) uint8
         self.labels = split.labels.to(device)
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # per rank
         self.shuffle = shuffle
+        self.rank, self.world = rank, world
+        self.generator = generator  # None: the global RNG, as the seed's DataLoader uses
 
     def __len__(self) -> int:
-        return len(self.labels) // self.batch_size  # drop_last, as the seed's loader
+        return len(self.labels) // (self.batch_size * self.world)  # drop_last, as the seed's loader
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
-        # Global RNG on the CPU, then moved: the same order on every device for a given seed.
-        order = torch.randperm(n).to(self.labels.device) if self.shuffle else torch.arange(n, device=self.labels.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        # On the CPU, then moved: the same order on every device for a given seed.
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.labels.device)
+        step = self.batch_size * self.world
+        for start in range(self.rank * self.batch_size, len(self) * step, step):
             idx = order[start : start + self.batch_size]
             yield self.images[idx].float().div_(255), self.labels[idx]
 
 
-def make_loader(kind: str, split: Split, batch_size: int, device: torch.device | str = "cpu"):
+def make_loader(kind: str, split: Split, batch_size: int, device: torch.device | str = "cpu", rank: int = 0, world: int = 1,
+                shuffle_seed: int | None = None):  # fmt: skip
+    """A loader of per-rank batches. `shuffle_seed` (under DDP) gives every rank the same shuffle
+    each epoch from its own generator; without it the global RNG shuffles, as in the seed."""
     if kind == "seed":
-        return seed_loader(split, batch_size)
+        if shuffle_seed is None:
+            return seed_loader(split, batch_size)
+        sampler = torch.utils.data.DistributedSampler(SeedStyleImages(split), num_replicas=world, rank=rank, shuffle=True,
+                                                      seed=shuffle_seed, drop_last=True)  # fmt: skip
+        return torch.utils.data.DataLoader(sampler.dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
     if kind == "tensor":
-        return TensorBatches(split, batch_size, device)
+        generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+        return TensorBatches(split, batch_size, device, rank=rank, world=world, generator=generator)
     raise UsageError(f"unknown loader {kind!r}; choose one of: {', '.join(LOADERS)}")
+
+
+def set_epoch(batches, epoch: int) -> None:
+    """A DistributedSampler reshuffles per epoch only when told the epoch."""
+    sampler = getattr(batches, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
 
 
 def check_batch_size(batch_size: int, split: Split) -> None:

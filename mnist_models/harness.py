@@ -84,8 +84,19 @@ class Workload:
         return call
 
 
-def build(model_name: str, variant: Variant, mode: str = "train", seed: int = 777, lr: float = 1e-3) -> Workload:
-    """Seed, build the net in the variant's device and layout, and its Adam + train step (or forward)."""
+def build(
+    model_name: str,
+    variant: Variant,
+    mode: str = "train",
+    seed: int = 777,
+    lr: float = 1e-3,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+) -> Workload:
+    """Seed, build the net in the variant's device and layout, and its Adam + train step (or forward).
+
+    `wrap` (e.g. DistributedDataParallel) wraps the placed net for the train step; `Workload.model`
+    stays the plain net, for evaluation and its state_dict.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     seed_everything(seed, variant.device)
@@ -94,7 +105,8 @@ def build(model_name: str, variant: Variant, mode: str = "train", seed: int = 77
         return Workload(model, variant, mode, forward=make_forward(model, variant))
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    return Workload(model, variant, mode, optimizer, step=make_train_step(model, optimizer, variant))
+    runner = wrap(model) if wrap is not None else model
+    return Workload(model, variant, mode, optimizer, step=make_train_step(runner, optimizer, variant))
 
 
 def real_batch(split: Split, batch: int, variant: Variant) -> tuple[torch.Tensor, torch.Tensor]:

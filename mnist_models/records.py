@@ -38,7 +38,7 @@ from .nets import MODELS, build_model
 from .report import REPORTS_DIR
 from .variants import Variant
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 KIND = "mnist-bench train run"
 DEFAULT_RUNS_DIR = REPORTS_DIR / "runs"
 BAD_SUFFIX = ".bad"  # a record that does not load is kept aside under this suffix, never deleted
@@ -90,6 +90,7 @@ class RunRecord:
     peak_memory_kind: str = ""
     weights: str | None = None
     replaces: dict | None = None  # what a retrained run keeps of the record it replaced
+    distributed: dict | None = None  # a DDP job: world size, nodes, backend, per-rank batch, threads per rank
     schema: int = SCHEMA_VERSION
 
     # --- what readers ask of a record -------------------------------------------------------
@@ -115,7 +116,8 @@ class RunRecord:
     def contended(self) -> bool:
         """Did another process share the CPU, before or during the run? Its times are then upper bounds."""
         busy_before = bool(self.busy_before_start.get("busy"))
-        return busy_before or (self.cores_used_by_others_during_run or 0) > BUSY_CORES
+        oversubscribed = bool((self.distributed or {}).get("oversubscribed"))  # more ranks x threads than cores
+        return busy_before or oversubscribed or (self.cores_used_by_others_during_run or 0) > BUSY_CORES
 
     @property
     def machine_key(self) -> str:
@@ -195,8 +197,9 @@ class RunRecord:
                             ("inference_ms", self.inference_ms)):  # fmt: skip
             if not isinstance(value, dict):
                 raise ValueError(f"{what} must be an object")
-        if self.replaces is not None and not isinstance(self.replaces, dict):
-            raise ValueError("replaces must be an object")
+        for what in ("replaces", "distributed"):
+            if getattr(self, what) is not None and not isinstance(getattr(self, what), dict):
+                raise ValueError(f"{what} must be an object")
 
 
 def migrate(data: dict) -> dict:
@@ -209,7 +212,10 @@ def migrate(data: dict) -> dict:
         data["device"] = data.get("variant", {}).get("device", "cpu")
         data.setdefault("cores_used_by_others_during_run", None)
         data.setdefault("busy_before_start", {})
-        data["schema"] = 2
+        data["schema"] = schema = 2
+    if schema == 2:
+        data.setdefault("distributed", None)  # DDP runs came with schema 3
+        data["schema"] = 3
     return data
 
 

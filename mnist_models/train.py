@@ -20,8 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import distributed
 from .config import TrainConfig
 from .data import Dataset, Split, check_batch_size, load_dataset, make_loader
+from .distributed import Rank
 from .errors import TrainingDiverged, UsageError
 from .harness import Workload, build, make_forward
 from .machine import CpuContention, busy_check, machine_info, peak_memory_mb, reset_peak_memory
@@ -135,19 +137,37 @@ class _Setup:
     batches: object
     busy: dict
     contention: CpuContention
+    rank: Rank | None
+    job: dict | None  # the distributed job, for the record
 
 
-def _set_up(config: TrainConfig, dataset: Dataset | None) -> _Setup:
+def _set_up(config: TrainConfig, dataset: Dataset | None, rank: Rank | None) -> _Setup:
     variant = config.variant()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    threads = config.threads or (distributed.threads_per_rank(rank) if rank else None)
+    if threads is not None:
+        torch.set_num_threads(threads)  # torchrun's OMP_NUM_THREADS=1 is replaced by cores / local ranks
     busy = busy_check()  # before any work of ours, so the busy share is somebody else's
     dataset = dataset or load_dataset(config.dataset, config.data_root)
     check_batch_size(config.batch_size, dataset.train)
     reset_peak_memory(variant.device)
-    work = build(config.model, variant, "train", seed=config.seed, lr=config.lr)
-    batches = make_loader(config.loader, dataset.train, config.batch_size, variant.device)
-    return _Setup(config, dataset, work, batches, busy, CpuContention())
+    wrap = (lambda model: distributed.wrap(model, variant.device)) if rank else None
+    work = build(config.model, variant, "train", seed=config.seed, lr=config.lr, wrap=wrap)
+    job = None
+    if rank:
+        torch.manual_seed(config.seed + rank.rank)  # same initial weights everywhere (and DDP broadcasts rank 0's); own dropout
+        job = distributed.describe(rank, dist_backend(), config.per_rank_batch, torch.get_num_threads())
+        if job["oversubscribed"]:
+            busy = busy | {"busy": True, "reason": f"{rank.local_world_size} ranks x {job['threads_per_rank']} threads on "
+                           f"{busy['cores']} cores"}  # fmt: skip
+    batches = make_loader(config.loader, dataset.train, config.per_rank_batch, variant.device,
+                          rank=rank.rank if rank else 0, world=config.ranks, shuffle_seed=config.seed if rank else None)  # fmt: skip
+    return _Setup(config, dataset, work, batches, busy, CpuContention(), rank, job)
+
+
+def dist_backend() -> str:
+    import torch.distributed as dist
+
+    return dist.get_backend()
 
 
 def _diverged(config: TrainConfig, epoch: int, why: str) -> TrainingDiverged:
@@ -196,16 +216,21 @@ def train(
     dataset: Dataset | None = None,
     progress: bool = False,
     log: Callable[[str], None] = print,
-) -> tuple[nn.Module, RunRecord]:
+    rank: Rank | None = None,
+) -> tuple[nn.Module, RunRecord | None]:
     """Train one net with the seed's recipe (or the variant the config names).
 
     Returns the trained (eager) model and its run record, unsaved. Raises TrainingDiverged (see
-    DIVERGED_LOSS and CHANCE_ACCURACY) before anything is written.
+    DIVERGED_LOSS and CHANCE_ACCURACY) before anything is written. Under DDP (`rank`, its process
+    group started) every rank trains its shard; only rank 0 evaluates, logs and gets a record.
     """
-    s = _set_up(config, dataset)
+    main = rank is None or rank.is_main
+    s = _set_up(config, dataset, rank)
     started = time.perf_counter()
-    epochs = _fit(s, progress, log)
+    epochs = _fit(s, progress and main, log if main else (lambda line: None))
     wall = time.perf_counter() - started
+    if not main:
+        return s.work.model, None
 
     model, variant = s.work.model, s.work.variant
     seed_style = evaluate(model, s.dataset.test, variant.device, config.eval_batch_size, scale=False)
@@ -231,5 +256,6 @@ def train(
         inference_ms=latency,
         peak_memory_mb=peak,
         peak_memory_kind=peak_kind,
+        distributed=s.job,
     )
     return model, record

@@ -8,7 +8,7 @@ Every name the project prints is rendered from fields by `render_tag` and read b
 sweep specs (`tensor-eager-bf16-cl`), benchmark ids (`simple-cpu-compile-bf16-b100`) and trace
 runs all use the same tokens, in the same order:
 
-    model  mode  loader  device  compile  precision  cl  t<threads>  e<epochs>  b<batch>  lr<lr>  s<seed>
+    model  mode  loader  device  compile  precision  cl  t<threads>  r<ranks>  e<epochs>  b<batch>  lr<lr>  s<seed>
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ COMPILE_TOKENS = {
     "reduce-overhead": "overhead",
 }
 _COMPILE_FROM_TOKEN = {token: mode for mode, token in COMPILE_TOKENS.items()}
-_NUMBERED = {"threads": "t", "epochs": "e", "batch_size": "b", "seed": "s"}  # field -> token prefix
+_NUMBERED = {"threads": "t", "ranks": "r", "epochs": "e", "batch_size": "b", "seed": "s"}  # field -> token prefix
 # Canonical order of the fields in a tag.
 TAG_FIELDS = (
     "model",
@@ -50,6 +50,7 @@ TAG_FIELDS = (
     "precision",
     "channels_last",
     "threads",
+    "ranks",
     "epochs",
     "batch_size",
     "lr",
@@ -80,7 +81,7 @@ def render_tag(**fields) -> str:
     return "-".join(t for t in tokens if t)
 
 
-_NUMBER = re.compile(r"^(t|e|b|s)(\d+)$")
+_NUMBER = re.compile(r"^(t|r|e|b|s)(\d+)$")
 _LR = re.compile(r"^lr(\d+(\.\d*)?(e-?\d+)?)$")
 
 
@@ -136,6 +137,7 @@ def _vocabulary(allowed: tuple[str, ...]) -> str:
         "precision": "|".join(PRECISIONS),
         "channels_last": "cl",
         "threads": "t<N>",
+        "ranks": "r<N>",
         "epochs": "e<N>",
         "batch_size": "b<N>",
         "lr": "lr<x>",

@@ -1,0 +1,200 @@
+"""Data-parallel training on torch.distributed: DistributedDataParallel under torchrun.
+
+torchrun (or `mnist-bench train --nproc N`, which calls torchrun's own launcher in this process)
+starts one process per rank; each runs the same CLI command. This module holds what a rank does
+differently from a plain run:
+
+- `Rank.from_env()` reads torchrun's RANK / LOCAL_RANK / WORLD_SIZE / LOCAL_WORLD_SIZE / GROUP_WORLD_SIZE;
+- `start()` joins the process group (gloo on CPU, nccl on CUDA, one GPU per local rank) with a
+  timeout of PG_TIMEOUT, so a rank that dies cannot leave the others waiting for ever;
+- `agree()` checks that every rank was started with the same config;
+- `threads_per_rank()`: the node's cores divided by its local ranks (torchrun sets OMP_NUM_THREADS=1);
+- `launch()` runs torchrun's launcher (single node, `--standalone`: a free port is picked) and turns
+  a failed job into one line naming the rank and its reason.
+
+Rank 0 evaluates, prints and writes the one record and weights; the others only train.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .errors import MnistBenchError, UsageError
+
+# How long a rank waits in a collective for the others (the job's bound when a rank hangs). A rank
+# that dies is noticed sooner: its peers' sockets close, and torchrun ends the other ranks.
+PG_TIMEOUT = timedelta(seconds=60)
+
+
+class RankFailed(MnistBenchError):
+    """A rank of a distributed job failed; the job ended and nothing was written."""
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    nodes: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Rank | None:
+        """This process's place in a torchrun job, or None when it was not started by torchrun."""
+        env = os.environ
+        if not all(k in env for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
+            return None
+        world = int(env["WORLD_SIZE"])
+        local_world = int(env.get("LOCAL_WORLD_SIZE", world))
+        return cls(
+            int(env["RANK"]), int(env["LOCAL_RANK"]), world, local_world, int(env.get("GROUP_WORLD_SIZE", world // local_world))
+        )
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    if backend == "auto":
+        return "nccl" if device == "cuda" else "gloo"
+    if backend == "nccl" and device != "cuda":
+        raise UsageError("the nccl backend needs CUDA GPUs; on cpu use --backend gloo (or auto)")
+    return backend
+
+
+def threads_per_rank(rank: Rank) -> int:
+    return max(1, (os.cpu_count() or 1) // rank.local_world_size)
+
+
+def start(rank: Rank, backend: str, device: str) -> str:
+    """Join the job's process group; returns the backend used."""
+    backend = resolve_backend(backend, device)
+    if device == "cuda":
+        if torch.cuda.device_count() <= rank.local_rank:
+            raise UsageError(f"local rank {rank.local_rank} has no GPU of its own ({torch.cuda.device_count()} visible)")
+        torch.cuda.set_device(rank.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=PG_TIMEOUT)
+    return backend
+
+
+def stop() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def agree(what: str, value: object) -> None:
+    """Every rank must have been started with the same `value` (e.g. the config); else every rank
+    raises the same one-line UsageError naming the first rank that differs and how."""
+    values: list = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    differing = [r for r, v in enumerate(values) if v != values[0]]
+    if not differing:
+        return
+    other_rank = differing[0]
+    first, other = values[0], values[other_rank]
+    diff = ""
+    if isinstance(first, dict) and isinstance(other, dict):
+        key = next((k for k in first if first.get(k) != other.get(k)), None)
+        diff = f" ({key}: {first.get(key)!r} on rank 0, {other.get(key)!r} on rank {other_rank})" if key else ""
+    raise UsageError(f"rank {other_rank} was started with another {what} than rank 0{diff}; every rank needs the same flags")
+
+
+def decide(rank: Rank, problem: str | None) -> None:
+    """Rank 0's verdict for everyone: when rank 0 found a problem (a run already stored, say), every
+    rank raises it, so no rank trains alone and waits for the others."""
+    box = [problem]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise UsageError(box[0]) if rank.is_main else UsageError(f"rank 0 stopped the job: {box[0]}")
+
+
+def mean(value: float) -> float:
+    """The mean of a number over all ranks (an epoch's loss: each rank saw its own shard)."""
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return float(t) / dist.get_world_size()
+
+
+def wrap(model: nn.Module, device: str) -> nn.Module:
+    """DistributedDataParallel around a placed net: rank 0's weights are broadcast, gradients averaged."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device == "cuda":
+        return DistributedDataParallel(model, device_ids=[torch.cuda.current_device()])
+    return DistributedDataParallel(model)
+
+
+def report_failure(message: str) -> None:
+    """Leave a rank's one-line reason where torchrun's launcher reads it (TORCHELASTIC_ERROR_FILE)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        rank = os.environ.get("RANK", "?")
+        with open(path, "w") as fh:
+            text = message if message.startswith("rank ") else f"rank {rank}: {message}"
+            json.dump({"message": text, "timestamp": int(time.time())}, fh)
+
+
+def launch(nproc: int, module_args: list[str]) -> None:
+    """`torchrun --standalone --nproc-per-node N -m mnist_models ARGS` through torchrun's own launcher.
+
+    A failed job raises RankFailed with one line: the first rank that failed and its reason.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    if nproc < 1:
+        raise UsageError(f"--nproc must be positive, got {nproc}")
+    # Each rank sets cores / local ranks itself; saying so here keeps torchrun from warning about its default of 1.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # The agent logs every failure at length; the one line raised below says it, and each rank says its own.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "--monitor-interval", "0.5",
+                                         "--module", "mnist_models", *module_args])  # fmt: skip
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        reason = failure.message if isinstance(failure.message, str) and failure.message else _exit_reason(failure)
+        if not reason.startswith("rank "):
+            reason = f"rank {rank}: {reason}"
+        raise RankFailed(f"the distributed job failed: {reason}") from None
+
+
+def _exit_reason(failure) -> str:
+    if failure.exitcode < 0:
+        return f"killed by {failure.signal_name()}"
+    return f"exited with status {failure.exitcode}"
+
+
+def collective_error(exc: BaseException) -> str:
+    """The first sentence of a backend's error, without its source location (gloo: '[.../pair.cc:545] Read error ...')."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return text.split(". ")[0][:300]
+
+
+def describe(rank: Rank, backend: str, per_rank_batch: int, threads: int) -> dict:
+    """What a record says of the job that made it."""
+    cores = os.cpu_count() or 1
+    return {
+        "world_size": rank.world_size,
+        "local_world_size": rank.local_world_size,
+        "nodes": rank.nodes,
+        "backend": backend,
+        "per_rank_batch": per_rank_batch,
+        "threads_per_rank": threads,
+        "oversubscribed": rank.local_world_size * threads > cores,  # more busy threads than cores on a node
+    }
