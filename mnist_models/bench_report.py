@@ -15,12 +15,13 @@ from .errors import MnistBenchError, UsageError
 from .report import code, fmt_num, fmt_time, header, md, table
 from .variants import Variant
 
-SUITE_ORDER = ("ceiling", "forward", "train-step", "epoch")
+SUITE_ORDER = ("ceiling", "forward", "train-step", "epoch", "scaling")
 SUITE_TITLES = {
     "ceiling": "Machine ceiling: large matmuls",
     "forward": "Forward (inference_mode)",
     "train-step": "Train step: forward + loss + backward + Adam",
     "epoch": "Full epoch through the input pipeline",
+    "scaling": "Data-parallel scaling: a DDP train step (torchrun, gloo, loopback)",
 }
 
 
@@ -180,6 +181,37 @@ def _beats_ceiling(benchmarks: list[dict], peaks: dict) -> bool:
     return False
 
 
+def scaling_rows(benches: list[dict]) -> tuple[list[list], str | None]:
+    """One row per DDP case, with efficiencies against the 1-rank x 1-thread baseline of the same
+    run, and a line answering: do N ranks x cores/N threads beat one process on all the cores?"""
+    by_kind: dict[str, list[dict]] = {}
+    for b in benches:
+        by_kind.setdefault(b["extra_info"].get("scaling", "?"), []).append(b)
+    base = (by_kind.get("baseline") or [None])[0]
+    t1 = base["stats"]["median"] if base else None
+    rows = []
+    for b in sorted(benches, key=lambda b: (b["extra_info"].get("world_size", 1), b["extra_info"].get("scaling", ""))):
+        info, median = b["extra_info"], b["stats"]["median"]
+        n, kind = info.get("world_size", 1), info.get("scaling", "?")
+        efficiency = "-"
+        if t1 and kind == "strong":
+            efficiency = f"{100 * t1 / (n * median):.0f}% (strong)"
+        elif t1 and kind == "weak":
+            efficiency = f"{100 * t1 / median:.0f}% (weak)"
+        rows.append([code(_short(b)), md(kind), n, info.get("threads_per_rank", "-"), info.get("per_rank_batch", "-"), info.get("batch", "-"),
+                     fmt_time(median), fmt_time(b["stats"]["iqr"]), fmt_num(info.get("batch", 0) / median, 0), efficiency,
+                     f"{100 * info['allreduce_share']:.0f}%" if n > 1 and _is_number(info.get("allreduce_share")) else "-"])  # fmt: skip
+    plain = (by_kind.get("plain") or [None])[0]
+    verdict = None
+    for strong in sorted(by_kind.get("strong", []), key=lambda b: b["extra_info"].get("world_size", 0))[:1]:
+        if plain:
+            n, t = strong["extra_info"]["world_size"], strong["extra_info"]["threads_per_rank"]
+            ratio = plain["stats"]["median"] / strong["stats"]["median"]
+            verdict = (f"{n} ranks x {t} thread{'s' if t != 1 else ''} {'beat' if ratio > 1 else 'do not beat'} 1 rank x "
+                       f"{plain['extra_info'].get('threads_per_rank')} threads at the same global batch: {ratio:.2f}x its throughput")  # fmt: skip
+    return rows, verdict
+
+
 def _short(bench: dict) -> str:
     return bench["name"].split("[")[-1].rstrip("]")
 
@@ -263,6 +295,9 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
             "(its BLAS, e.g. MKL) did on this device. The ceiling is a measured library rate, not the hardware's peak.\n"
         )
     lines = headlines(groups, peaks)
+    for name, benches in groups.items():
+        if benches[0]["extra_info"].get("suite") == "scaling" and (verdict := scaling_rows(benches)[1]):
+            lines.append(f"- **{md(name)}**: {verdict}")
     if lines:
         out.append("\n## Headlines\n\n" + "\n".join(lines) + "\n")
 
@@ -284,6 +319,14 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
         if suite != current_suite:
             out.append(f"\n## {SUITE_TITLES.get(suite, md(suite or 'Other'))}\n")
             current_suite = suite
+        if suite == "scaling":
+            rows, verdict = scaling_rows(groups[name])
+            out.append(f"\n### {md(name)}\n")
+            out.append(table(["case", "kind", "ranks", "threads / rank", "batch / rank", "global batch", "median step", "IQR", "images/s",
+                              "efficiency", "all-reduce share"], rows, align="llrrrrrrrrr"))  # fmt: skip
+            if verdict:
+                out.append(f"\n**{verdict}.**\n")
+            continue
         if suite == "ceiling":
             out.append(
                 table(

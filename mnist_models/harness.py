@@ -71,6 +71,7 @@ class Workload:
     optimizer: torch.optim.Optimizer | None = None
     step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+    wrapped: nn.Module | None = None  # the wrapper the step runs (DistributedDataParallel), if any
 
     def call_on(self, x: torch.Tensor, y: torch.Tensor) -> Callable[[], torch.Tensor]:
         """The callable that timing and profiling run: one step (or forward) on a fixed batch, then a sync."""
@@ -106,7 +107,8 @@ def build(
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     runner = wrap(model) if wrap is not None else model
-    return Workload(model, variant, mode, optimizer, step=make_train_step(runner, optimizer, variant))
+    step = make_train_step(runner, optimizer, variant)
+    return Workload(model, variant, mode, optimizer, step=step, wrapped=runner if wrap is not None else None)
 
 
 def real_batch(split: Split, batch: int, variant: Variant) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,109 @@
+"""Data-parallel scaling: a DDP train step with 1, 2, ... ranks up to the cores (gloo, loopback).
+
+Each case is one torchrun job (`python -m mnist_models.scaling`) in which rank 0 times every step
+itself; the rounds of the benchmark replay those in-rank times (a replay clock), so process start-up
+and rendezvous stay out of the numbers. Per net:
+
+- 1 rank x 1 thread, batch 100: the baseline of the efficiencies;
+- 1 rank x all cores, batch 100: the plain process that the ranks compete with;
+- N ranks x cores/N threads, global batch 100 (strong scaling: 100/N per rank), and
+  100 per rank (weak scaling: global batch 100 x N).
+
+extra_info carries world size, threads per rank, images/s and the all-reduce share of a step; the
+report computes efficiencies from the baseline measured in the same session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+from conftest import describe, rates
+
+from mnist_models.nets import build_model
+from mnist_models.variants import Variant, render_tag
+
+CORES = os.cpu_count() or 1
+RANKS = [n for n in (2, 4, 8) if n <= CORES]
+
+
+class ReplayClock:
+    """A timer for pytest-benchmark that advances by the step times a rank measured."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.pending: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def replay(self) -> None:
+        self.now += self.pending.pop(0)
+
+
+CLOCK = ReplayClock()
+
+
+@dataclass(frozen=True)
+class ScalingCase:
+    model: str
+    ranks: int
+    threads: int  # per rank
+    per_rank_batch: int
+    kind: str  # baseline | plain | strong | weak
+
+    variant = Variant("cpu")
+
+    @property
+    def batch(self) -> int:
+        return self.per_rank_batch * self.ranks
+
+    @property
+    def id(self) -> str:
+        return render_tag(model=self.model, device="cpu", compile="off", precision="fp32", threads=self.threads,
+                          ranks=self.ranks if self.ranks > 1 else None, batch_size=self.batch)  # fmt: skip
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def cases() -> list:
+    out = []
+    for model in ("simple", "deep"):
+        out.append(ScalingCase(model, 1, 1, 100, "baseline"))
+        if CORES > 1:
+            out.append(ScalingCase(model, 1, CORES, 100, "plain"))
+        for n in RANKS:
+            out += [ScalingCase(model, n, CORES // n, 100 // n, "strong"), ScalingCase(model, n, CORES // n, 100, "weak")]
+    return [pytest.param(c, id=c.id, marks=[pytest.mark.quick] if c.kind == "strong" else []) for c in out]
+
+
+def run_job(case: ScalingCase, steps: int, out) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(case.threads)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(case.ranks), "--monitor-interval", "0.5",
+           "-m", "mnist_models.scaling", "--model", case.model, "--per-rank-batch", str(case.per_rank_batch), "--steps", str(steps),
+           "--threads", str(case.threads), "--out", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.benchmark(timer=CLOCK, disable_gc=False)
+@pytest.mark.parametrize("case", cases())
+def test_ddp_step(benchmark, case, tmp_path, request):
+    steps = 3 if request.config.getoption("benchmark_disable") else 30
+    job = run_job(case, steps, tmp_path / "step.json")
+    assert job["world_size"] == case.ranks and job["threads_per_rank"] == case.threads
+    assert len(job["step_s"]) == steps and min(job["step_s"]) > 0
+    benchmark.group = f"scaling-{case.model}-cpu"
+    describe(benchmark, case, build_model(case.model).train_flops_per_image() * case.batch, case.batch, suite="scaling",
+             world_size=case.ranks, threads_per_rank=case.threads, per_rank_batch=case.per_rank_batch, scaling=case.kind,
+             allreduce_share=job["allreduce_share"], dataset="mnist-5k")  # fmt: skip
+    benchmark.extra_info.update(threads=case.threads, threads_pinned=True)  # per rank; no case is the session's baseline
+    CLOCK.pending = list(job["step_s"])
+    benchmark.pedantic(CLOCK.replay, rounds=len(job["step_s"]), iterations=1)
+    rates(benchmark)
