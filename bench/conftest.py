@@ -21,7 +21,7 @@ from mnist_models.bench_report import write_report
 from mnist_models.data import DATASETS, Split, load_dataset
 from mnist_models.errors import DataError
 from mnist_models.harness import warm_up
-from mnist_models.machine import BUSY_CORES, CpuContention, busy_check, busy_warning
+from mnist_models.machine import BUSY_CORES, CpuContention, busy_check, busy_warning, machine_info, machine_slug
 from mnist_models.report import REPORTS_DIR
 from mnist_models.variants import device_name
 
@@ -34,6 +34,7 @@ class BenchState:
     timed: list = field(default_factory=list)  # the stats (pytest-benchmark's Metadata) of every timed benchmark
     report: Path | None = None
     partial: bool = False
+    subset: bool = False  # -k / -m left benchmarks out: never written over the full report
 
 
 STATE = pytest.StashKey[BenchState]()
@@ -54,7 +55,14 @@ def pytest_addoption(parser):
                     help=f"markdown report path (default: {REPORTS_DIR}/benchmarks-cpu.md, or -cuda.md with a GPU); JSON beside it")  # fmt: skip
 
 
+DEFAULT_STORAGE = "file://./.benchmarks"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options (its own hook is trylast)
 def pytest_configure(config):
+    if config.getoption("benchmark_storage") == DEFAULT_STORAGE:
+        # Autosaved runs land per machine: two CPUs of "the same kind" differ by 4x, their runs must not mix.
+        config.option.benchmark_storage = f"{DEFAULT_STORAGE}/{machine_slug(machine_info())}"
     threads = config.getoption("--bench-threads")
     if threads:
         torch.set_num_threads(threads)
@@ -101,9 +109,18 @@ def benchmark(benchmark, request):
         request.config.stash[STATE].timed.append(benchmark.stats)
 
 
+def pytest_deselected(items):
+    if items:
+        items[0].config.stash[STATE].subset = True
+
+
 def _report_path(config) -> Path:
+    """--bench-report, else reports/benchmarks-<device>.md; a subset (-k, -m) goes to its own .subset.md."""
     given = config.getoption("--bench-report")
-    return Path(given) if given else REPORTS_DIR / f"benchmarks-{'cuda' if torch.cuda.is_available() else 'cpu'}.md"
+    if given:
+        return Path(given)
+    name = f"benchmarks-{'cuda' if torch.cuda.is_available() else 'cpu'}"
+    return REPORTS_DIR / (f"{name}.subset.md" if config.stash[STATE].subset else f"{name}.md")
 
 
 @pytest.hookimpl(trylast=True)

@@ -111,7 +111,7 @@ def ceilings(benchmarks: list[dict]) -> dict[tuple[str, str], float]:
     return found
 
 
-def _ceiling_for(info: dict, peaks: dict) -> float | None:
+def ceiling_for(info: dict, peaks: dict) -> float | None:
     """The ceiling a benchmark is measured against: its precision's matmul rate, but never below fp32's.
 
     Autocast runs the heavy ops in half precision, so on a GPU its ceiling is the bf16/fp16 matmul.
@@ -126,26 +126,26 @@ def _ceiling_for(info: dict, peaks: dict) -> float | None:
     return max(p for p in (half, fp32) if p) if (half or fp32) else None
 
 
-def _achieved_gflops(bench: dict) -> float | None:
+def achieved_gflops(bench: dict) -> float | None:
     flops = bench.get("extra_info", {}).get("flops_per_call")
     return flops / bench["stats"]["median"] / 1e9 if flops else None
 
 
-def _is_baseline(info: dict) -> bool:
+def is_baseline(info: dict) -> bool:
     """Eager fp32 contiguous at the session's thread count (and, for epochs, the seed's DataLoader)."""
     plain = info.get("compile") == "off" and info.get("precision") == "fp32" and not info.get("channels_last")
     return plain and info.get("loader", "seed") == "seed" and not info.get("threads_pinned")
 
 
 def _group_rows(benchmarks: list[dict], peaks: dict) -> tuple[list[list], list[str]]:
-    baseline = next((b for b in benchmarks if _is_baseline(b.get("extra_info", {}))), None)
+    baseline = next((b for b in benchmarks if is_baseline(b.get("extra_info", {}))), None)
     rows, notes = [], []
     for bench in sorted(benchmarks, key=lambda b: b["stats"]["median"]):
         info, stats = bench.get("extra_info", {}), bench["stats"]
         median = stats["median"]
         per_call = info.get("images_per_call") or info.get("batch") or 0
-        gflops = _achieved_gflops(bench)
-        peak = _ceiling_for(info, peaks)
+        gflops = achieved_gflops(bench)
+        peak = ceiling_for(info, peaks)
         speedup = baseline["stats"]["median"] / median if baseline else None
         extras = []
         if info.get("compile_seconds"):
@@ -175,7 +175,7 @@ def _group_rows(benchmarks: list[dict], peaks: dict) -> tuple[list[list], list[s
 def _beats_ceiling(benchmarks: list[dict], peaks: dict) -> bool:
     for bench in benchmarks:
         info = bench.get("extra_info", {})
-        gflops, peak = _achieved_gflops(bench), _ceiling_for(info, peaks)
+        gflops, peak = achieved_gflops(bench), ceiling_for(info, peaks)
         if info.get("suite") != "ceiling" and gflops and peak and gflops > peak:
             return True
     return False
@@ -225,7 +225,7 @@ def headlines(groups: dict[str, list[dict]], peaks: dict) -> list[str]:
             info.get("suite") != "epoch" and info.get("batch") != 100
         ):
             continue
-        baseline = next((b for b in benches if _is_baseline(b.get("extra_info", {}))), None)
+        baseline = next((b for b in benches if is_baseline(b.get("extra_info", {}))), None)
         best = min(benches, key=lambda b: b["stats"]["median"])
         if baseline is None:
             continue
@@ -237,7 +237,7 @@ def headlines(groups: dict[str, list[dict]], peaks: dict) -> list[str]:
             line += f"; fastest {code(_short(best))} {fmt_time(best['stats']['median'])} (**{ratio:.2f}x**)"
         b_info = best.get("extra_info", {})
         flops = b_info.get("flops_per_call")
-        peak = _ceiling_for(b_info, peaks)
+        peak = ceiling_for(b_info, peaks)
         if flops and peak:
             line += f", {100 * flops / best['stats']['median'] / 1e9 / peak:.0f}% of the matmul ceiling"
         if info.get("suite") == "epoch":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import time
 from collections import Counter
 from functools import lru_cache
@@ -128,6 +129,15 @@ def machine_key(machine: dict) -> str:
     return f"{machine.get('cpu', '?')} [{isa}]{gpu}"
 
 
+def machine_slug(machine: dict) -> str:
+    """The machine key as a file or folder name: 'AMD-EPYC-family-25-model-17-avx512bf16'."""
+    isa = set(machine.get("cpu_isa") or [])
+    level = next((name for flag, name in (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
+                  if flag in isa), "baseline-isa")  # fmt: skip
+    gpu = f"-{machine['gpu']}" if machine.get("gpu") else ""
+    return re.sub(r"[^A-Za-z0-9]+", "-", f"{machine.get('cpu', 'unknown-cpu')}-{level}{gpu}").strip("-")
+
+
 def mixed_machines_warning(machines: list[dict], what: str = "runs") -> str | None:
     """One line when the records behind a table come from more than one machine, else None."""
     counts = Counter(machine_key(machine) for machine in machines)
@@ -138,12 +148,6 @@ def mixed_machines_warning(machines: list[dict], what: str = "runs") -> str | No
         f"WARNING: these {what} come from {len(counts)} different machines ({listed}); "
         "times compare only between records of one machine"
     )
-
-
-def run_was_contended(record: dict) -> bool:
-    """Did a stored run share the CPU, before or during its work? Its times are then upper bounds."""
-    busy_before = bool(record.get("busy_before_start", {}).get("busy"))
-    return busy_before or (record.get("cores_used_by_others_during_run") or 0) > BUSY_CORES
 
 
 def busy_warning(check: dict) -> str | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import atomic
+from . import atomic, distributed
 from .config import check_choice, check_threads, check_variant_names
 from .data import load_dataset
 from .errors import UsageError
@@ -41,6 +41,8 @@ _WRAPPERS = re.compile(
     r".*Backward\d*$)"
 )  # autograd nodes: their time is the backward kernels beneath
 _CONV = re.compile(r"conv|cudnn|fprop|dgrad|wgrad|implicit_gemm|winograd", re.IGNORECASE)
+# DDP's gradient all-reduce: c10d's op, and the backend's own work (gloo on CPU, nccl kernels on CUDA).
+_COMM = re.compile(r"all_?reduce|allreduce|gloo|nccl|c10d", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class ProfileConfig:
     active: int = 3
     out_dir: str = str(DEFAULT_TRACE_DIR)
     threads: int | None = None
+    ranks: int = 1  # DDP ranks (mnist-bench profile --nproc N); batch_size is then per rank
 
     def __post_init__(self) -> None:
         check_choice("model", self.model, MODELS)
@@ -68,6 +71,8 @@ class ProfileConfig:
         if self.wait < 0 or self.warmup < 0:
             raise UsageError("wait and warmup steps cannot be negative")
         check_threads(self.threads)
+        if self.ranks < 1:
+            raise UsageError(f"ranks must be positive, got {self.ranks}")
 
     def variant(self) -> Variant:
         return Variant(resolve_device(self.device), self.compile, self.precision, self.channels_last)
@@ -76,7 +81,8 @@ class ProfileConfig:
         """One TensorBoard run per model + variant, readable in its run picker: simple-train-cpu-eager-fp32-b100."""
         v = self.variant()
         return render_tag(model=self.model, mode=self.mode, device=v.device, compile=v.compile, precision=v.precision,
-                          channels_last=v.channels_last, batch_size=self.batch_size)  # fmt: skip
+                          channels_last=v.channels_last, ranks=self.ranks if self.ranks > 1 else None,
+                          batch_size=self.batch_size)  # fmt: skip
 
 
 def _conv_flops_by_shape(model, batch: int, mode: str) -> dict[tuple, dict]:
@@ -116,10 +122,12 @@ def summarise(prof, config: ProfileConfig, model) -> dict:
 
     step_us = sum(self_us(e) for e in events) / config.active  # time of one step, as the profiler saw it
     conv_flops = _conv_flops_by_shape(model, config.batch_size, config.mode)
-    convs, others = [], []
+    convs, comms, others = [], [], []
     for e in events:
-        # Keep the rows that do the work: a wrapper's time is mostly its children's.
-        if self_us(e) <= 0 or _WRAPPERS.match(e.key) or self_us(e) < 0.5 * total_us(e):
+        # Keep the rows that do the work: a wrapper's time is mostly its children's. Communication
+        # rows stay whatever their self time: c10d's op only enqueues the backend's work.
+        comm = bool(_COMM.search(e.key))
+        if not comm and (self_us(e) <= 0 or _WRAPPERS.match(e.key) or self_us(e) < 0.5 * total_us(e)):
             continue
         shapes = [list(s) for s in (e.input_shapes or []) if s]
         row = {
@@ -137,6 +145,8 @@ def summarise(prof, config: ProfileConfig, model) -> dict:
                 row["flops_per_call"] = flops
                 row["gflops_per_s"] = flops * e.count / (self_us(e) / 1e6) / 1e9
             convs.append(row)
+        elif comm:
+            comms.append(row)
         else:
             others.append(row)
     convs.sort(key=lambda r: -r["self_ms_per_step"])
@@ -153,38 +163,52 @@ def summarise(prof, config: ProfileConfig, model) -> dict:
         "step_ms": step_us / 1e3,
         "conv_share": conv_share,
         "conv_rows": convs,
+        "comm_rows": sorted(comms, key=lambda r: -r["total_ms_per_step"]),
         "other_rows": others[:8],
         "flop_source": "per-layer count from the nets' own layer shapes (mnist_models.nets.layer_flops)",
         "machine": machine_info(),
     }
 
 
-def profile(config: ProfileConfig, log=print) -> tuple[Path, dict]:
-    """Profile one model + variant; returns the trace run directory and the kernel summary."""
+def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = None) -> tuple[Path, dict | None]:
+    """Profile one model + variant; returns the trace run directory and the kernel summary.
+
+    Under DDP (`rank`, its process group started) every rank profiles its own DDP step and writes
+    its own trace into the one run folder (TensorBoard shows a worker per rank); rank 0 returns the
+    summary, the others None.
+    """
     from torch.profiler import ProfilerActivity, schedule, tensorboard_trace_handler
 
     variant = config.variant()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    run_dir = atomic.ensure_writable_dir(Path(config.out_dir) / config.run_name())
+    threads = config.threads or (distributed.threads_per_rank(rank) if rank else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    main = rank is None or rank.is_main
+    run_dir = Path(config.out_dir) / config.run_name()
+    if main:
+        atomic.ensure_writable_dir(run_dir)
+        # Old trace files of the same run would show up as extra workers in TensorBoard.
+        for old in run_dir.glob("*.pt.trace.json*"):
+            old.unlink()
+    if rank:
+        torch.distributed.barrier()  # no rank writes its trace before the old ones are gone
     busy = busy_check()
 
     # Real digits; the op mix does not depend on the dataset.
     x, y = real_batch(load_dataset("mnist-5k").train, config.batch_size, variant)
-    work = build(config.model, variant, config.mode)
+    work = build(config.model, variant, config.mode, wrap=(lambda m: distributed.wrap(m, variant.device)) if rank else None)
     run = work.call_on(x, y)
     seconds = warm_up(run)  # compile and first-call costs stay out of the trace
-    log(f"warm-up (compile included) {seconds:.1f} s for the first call; profiling {config.run_name()}")
+    if main:
+        log(f"warm-up (compile included) {seconds:.1f} s for the first call; profiling {config.run_name()}")
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if variant.device == "cuda" else [])
-    # Old trace files of the same run would show up as extra workers in TensorBoard.
-    for old in run_dir.glob("*.pt.trace.json*"):
-        old.unlink()
+    worker = config.run_name() + (f"-rank{rank.rank}" if rank else "")
     wall = []
     with torch.profiler.profile(
         activities=activities,
         schedule=schedule(wait=config.wait, warmup=config.warmup, active=config.active, repeat=1),
-        on_trace_ready=tensorboard_trace_handler(str(run_dir), worker_name=config.run_name()),
+        on_trace_ready=tensorboard_trace_handler(str(run_dir), worker_name=worker),
         record_shapes=True,
         with_flops=True,
         profile_memory=True,
@@ -194,6 +218,8 @@ def profile(config: ProfileConfig, log=print) -> tuple[Path, dict]:
             run()
             wall.append(time.perf_counter() - t)
             prof.step()
+    if not main:
+        return run_dir, None
     summary = summarise(prof, config, work.model)
     summary["wall_ms_per_step_while_profiling"] = 1e3 * statistics.median(wall[-config.active :])
     summary["busy_before_start"] = busy
@@ -318,4 +344,10 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
         ]
         out.append("\nTop other ops:\n\n")
         out.append(table(["op", "calls", "self ms", "share", "input shapes"], rows, align="lrrrl"))
+        if s.get("comm_rows"):
+            rows = [[code(r["name"][:60]), fmt_num(r["calls_per_step"], 0), f"{r['self_ms_per_step']:.2f}", f"{r['total_ms_per_step']:.2f}",
+                     _shapes(r["input_shapes"])] for r in s["comm_rows"]]  # fmt: skip
+            out.append("\nCommunication (DDP's gradient all-reduce; gloo runs it on its own thread, so its time overlaps the "
+                       "backward pass and is not part of the step's share):\n\n")  # fmt: skip
+            out.append(table(["op", "calls", "self ms", "total ms", "input shapes"], rows, align="lrrrl"))
     return "".join(out)

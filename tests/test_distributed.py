@@ -2,6 +2,7 @@
 process, one record per job, clean failures. Every wait is bounded; only processes started here
 are ended."""
 
+import json
 import os
 import signal
 import socket
@@ -167,3 +168,18 @@ def test_ranks_started_with_different_configs_fail_cleanly(tmp_path):
         # instead); no frame of it comes from this project's code.
         assert f'File "{ROOT / "mnist_models"}' not in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_profile_on_two_ranks_writes_a_trace_per_rank_and_names_the_all_reduce(tmp_path):
+    result = run([sys.executable, "-m", "mnist_models", "profile", "--nproc", "2", "--batch-size", "32", "--wait", "1", "--warmup", "1",
+                  "--active", "2", "--out", str(tmp_path / "traces"), "--summary-dir", str(tmp_path / "kernels"), "--report",
+                  str(tmp_path / "kernels.md")])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "traces" / "simple-train-cpu-eager-fp32-r2-b32"
+    traces = sorted(p.name for p in run_dir.glob("*.pt.trace.json"))
+    assert len(traces) == 2 and any("rank0" in t for t in traces) and any("rank1" in t for t in traces)
+    (summary,) = [json.loads(p.read_text()) for p in (tmp_path / "kernels").glob("*.json")]
+    assert summary["config"]["ranks"] == 2
+    assert any("allreduce" in r["name"].lower() or "all_reduce" in r["name"].lower() for r in summary["comm_rows"])
+    assert "Communication (DDP's gradient all-reduce" in (tmp_path / "kernels.md").read_text()

@@ -139,13 +139,13 @@ def test_bench_session_writes_report(tmp_path):
 
 
 def test_half_precision_ceiling_is_never_below_fp32():
-    from mnist_models.bench_report import _ceiling_for
+    from mnist_models.bench_report import ceiling_for
 
     cpu_without_bf16 = {("cpu", "fp32"): 100.0, ("cpu", "bf16"): 1.0}
     gpu = {("cuda", "fp32"): 50.0, ("cuda", "bf16"): 500.0}
-    assert _ceiling_for({"device": "cpu", "precision": "bf16"}, cpu_without_bf16) == 100.0
-    assert _ceiling_for({"device": "cuda", "precision": "bf16"}, gpu) == 500.0
-    assert _ceiling_for({"device": "cuda", "precision": "fp32"}, gpu) == 50.0
+    assert ceiling_for({"device": "cpu", "precision": "bf16"}, cpu_without_bf16) == 100.0
+    assert ceiling_for({"device": "cuda", "precision": "bf16"}, gpu) == 500.0
+    assert ceiling_for({"device": "cuda", "precision": "fp32"}, gpu) == 50.0
 
 
 def test_seed_conclusion_verdict_separates_reproduced_from_not_reproduced():
@@ -210,3 +210,23 @@ def test_retrained_runs_give_the_noise_floor(runs_dir, tmp_path):
     assert "2 runs were retrained" in line and "1 of them first ran on another machine" in line
     assert "moved by 0.0050 on average (max 0.0100; 1 identical)" in line
     assert "Same seed, run again" not in render(runs[2:], [], None, tmp_path, "test")
+
+
+def test_scaling_table_efficiencies_and_verdict():
+    from mnist_models.bench_report import scaling_rows
+
+    def case(kind, ranks, threads, per_rank, median, share=0.0):
+        return _bench(f"simple-t{threads}-r{ranks}-b{per_rank * ranks}", "scaling-simple-cpu", median, suite="scaling", scaling=kind,
+                      world_size=ranks, threads_per_rank=threads, per_rank_batch=per_rank, batch=per_rank * ranks,
+                      allreduce_share=share)  # fmt: skip
+
+    benches = [case("baseline", 1, 1, 100, 0.040), case("plain", 1, 2, 100, 0.025), case("strong", 2, 1, 50, 0.025, 0.2),
+               case("weak", 2, 1, 100, 0.050, 0.1)]  # fmt: skip
+    rows, verdict = scaling_rows(benches)
+    by_kind = {row[1]: row for row in rows}
+    assert by_kind["strong"][9] == "80% (strong)"  # 40 ms / (2 x 25 ms)
+    assert by_kind["weak"][9] == "80% (weak)"  # per-rank rate: 100/50 ms over 100/40 ms
+    assert by_kind["strong"][10] == "20%" and by_kind["baseline"][10] == "-"
+    assert verdict == "2 ranks x 1 thread do not beat 1 rank x 2 threads at the same global batch: 1.00x its throughput"
+    benches[2]["stats"]["median"] = 0.020
+    assert scaling_rows(benches)[1].startswith("2 ranks x 1 thread beat 1 rank x 2 threads")

@@ -1,0 +1,216 @@
+"""Benchmark runs side by side: two commits or two machines, with the noise of each, a regression
+gate, and the trend over a folder of runs.
+
+Inputs are pytest-benchmark JSON files of any origin: the JSON written beside reports/benchmarks-*.md,
+`--benchmark-json`, or `--benchmark-autosave` files (stored per machine under .benchmarks/).
+
+Noise: a difference is "beyond noise" when the interquartile ranges of the two runs' rounds do not
+overlap (q3 of the faster below q1 of the slower). It is a plain, conservative test: rounds of one
+benchmark are not independent draws, so a bootstrap interval would claim more certainty than the data
+have. Same machine: medians are compared. Different machines: the report says so on top, and also
+compares what transfers between machines: each benchmark's speedup over its group's eager fp32
+baseline, and its share of its own machine's measured ceiling.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import atomic
+from .bench_report import achieved_gflops, bench_machine, bench_rows, ceiling_for, ceilings, is_baseline, load_bench_json
+from .errors import UsageError
+from .machine import BUSY_CORES, machine_key, machine_slug
+from .report import code, fmt_time, header, md, table
+
+
+@dataclass
+class Run:
+    path: Path
+    data: dict
+    rows: dict[str, dict]  # benchmark name -> row
+
+    @property
+    def machine(self) -> dict:
+        return bench_machine(self.data)
+
+    @property
+    def key(self) -> str:
+        return machine_key(self.machine)
+
+    @property
+    def busy(self) -> str | None:
+        """Why this run's timings are not to be trusted, or None."""
+        extra = self.data.get("mnist_bench") if isinstance(self.data.get("mnist_bench"), dict) else {}
+        busy = extra.get("busy") if isinstance(extra.get("busy"), dict) else {}
+        if busy.get("busy"):
+            return f"the machine was busy ({busy.get('reason')})"
+        others = extra.get("cores_used_by_others_during_run")
+        if isinstance(others, (int, float)) and others > BUSY_CORES:
+            return f"other processes used {others} cores during the run"
+        if extra.get("partial"):
+            return "the run is partial"
+        return None
+
+    def speedup(self, name: str) -> float | None:
+        """Speedup of a benchmark over its group's eager fp32 baseline, within this run."""
+        row = self.rows[name]
+        group = [b for b in self.rows.values() if b.get("group") == row.get("group")]
+        base = next((b for b in group if is_baseline(b["extra_info"])), None)
+        return base["stats"]["median"] / row["stats"]["median"] if base else None
+
+    def ceiling_share(self, name: str) -> float | None:
+        """A benchmark's achieved GFLOP/s as a share of this run's own measured ceiling."""
+        row = self.rows[name]
+        gflops, peak = achieved_gflops(row), ceiling_for(row["extra_info"], ceilings(list(self.rows.values())))
+        return gflops / peak if gflops and peak else None
+
+
+def load_run(path: Path) -> Run:
+    data = load_bench_json(Path(path))
+    rows = {b["name"]: b for b in bench_rows(data)}
+    if not rows:
+        raise UsageError(f"{path} holds no benchmark with timings")
+    return Run(Path(path), data, rows)
+
+
+def _quartiles(stats: dict) -> tuple[float, float]:
+    q1, q3 = stats.get("q1"), stats.get("q3")
+    if isinstance(q1, (int, float)) and isinstance(q3, (int, float)):
+        return q1, q3
+    half = stats["iqr"] / 2  # files without quartiles: an IQR around the median
+    return stats["median"] - half, stats["median"] + half
+
+
+def beyond_noise(a: dict, b: dict) -> bool:
+    """Do the interquartile ranges of two benchmarks' rounds miss each other?"""
+    (a1, a3), (b1, b3) = _quartiles(a), _quartiles(b)
+    return a3 < b1 or b3 < a1
+
+
+@dataclass
+class Change:
+    name: str
+    base: dict
+    new: dict
+    beyond_noise: bool
+
+    @property
+    def ratio(self) -> float:
+        """New time over base time: above 1 is slower."""
+        return self.new["stats"]["median"] / self.base["stats"]["median"]
+
+    def regression(self, threshold: float) -> bool:
+        return self.beyond_noise and self.ratio > 1 + threshold
+
+
+def compare(base: Run, new: Run) -> list[Change]:
+    shared = [name for name in base.rows if name in new.rows]
+    return [Change(n, base.rows[n], new.rows[n], beyond_noise(base.rows[n]["stats"], new.rows[n]["stats"])) for n in shared]
+
+
+def _verdict(change: Change) -> str:
+    if not change.beyond_noise:
+        return "within noise"
+    return f"**{'slower' if change.ratio > 1 else 'faster'}**"
+
+
+def _pct(value: float | None) -> str:
+    return f"{100 * value:.0f}%" if value is not None else "-"
+
+
+def _x(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "-"
+
+
+def render(base: Run, new: Run, changes: list[Change], threshold: float | None, command: str, png: Path | None) -> str:
+    same = base.key == new.key
+    out = [
+        header(
+            "Benchmark comparison", new.machine, {b["extra_info"].get("dataset", "") for b in new.rows.values()} - {""}, command
+        )
+    ]
+    out.append(f"\n- **Base**: {code(base.path.name)} on {md(base.key)} ({md(base.data.get('datetime', '?'))[:16]})\n")
+    out.append(f"- **New**: {code(new.path.name)} on {md(new.key)} ({md(new.data.get('datetime', '?'))[:16]})\n")
+    for run, what in ((base, "base"), (new, "new")):
+        if run.busy:
+            out.append(f"- **WARNING**: in the {what} run {md(run.busy)}: its times are upper bounds\n")
+    if not same:
+        out.append("\n**Different machines**: raw time ratios mix the code with the hardware. The speedup over each group's "
+                   "eager fp32 baseline and the share of each machine's own ceiling transfer between machines; compare those.\n")  # fmt: skip
+    out.append("\nRatio = new median / base median (above 1: slower). *Beyond noise* when the two runs' interquartile ranges "
+               "do not overlap." + (f" The gate fails on a benchmark slower beyond noise by more than {100 * threshold:.0f}%." if threshold is not None else "") + "\n\n")  # fmt: skip
+    rows = []
+    for c in sorted(changes, key=lambda c: -c.ratio):
+        row = [code(c.name.split("[")[-1].rstrip("]")), md(c.base.get("group", "")), fmt_time(c.base["stats"]["median"]),
+               fmt_time(c.new["stats"]["median"]), f"{c.ratio:.2f}", _verdict(c)]  # fmt: skip
+        if not same:
+            row += [
+                f"{_x(base.speedup(c.name))} → {_x(new.speedup(c.name))}",
+                f"{_pct(base.ceiling_share(c.name))} → {_pct(new.ceiling_share(c.name))}",
+            ]
+        if threshold is not None:
+            row.append("FAIL" if c.regression(threshold) else "")
+        rows.append(row)
+    columns = ["benchmark", "group", "base", "new", "ratio", "difference"]
+    columns += ["speedup vs eager fp32", "% of own ceiling"] if not same else []
+    columns += ["gate"] if threshold is not None else []
+    out.append(table(columns, rows, align="ll" + "r" * 4 + "l" + "r" * (len(columns) - 7)))
+    only = sorted(set(base.rows) ^ set(new.rows))
+    if only:
+        out.append(f"\n{len(only)} benchmarks are in one run only and are not compared.\n")
+    slower = [c for c in changes if c.beyond_noise and c.ratio > 1]
+    faster = [c for c in changes if c.beyond_noise and c.ratio < 1]
+    out.append(f"\n**Summary**: {len(changes)} compared; {len(faster)} faster and {len(slower)} slower beyond noise; "
+               f"{len(changes) - len(faster) - len(slower)} within noise.\n")  # fmt: skip
+    if png is not None:
+        out.append(f"\n![ratios]({png.name})\n")
+    return "".join(out)
+
+
+def plot_ratios(changes: list[Change], path: Path) -> Path:
+    """One bar per benchmark: new / base median, whiskers from the quartile ratios."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    changes = sorted(changes, key=lambda c: c.ratio)
+    fig, ax = plt.subplots(figsize=(9, max(3, 0.28 * len(changes) + 1)))
+    ys = range(len(changes))
+    lows = [c.ratio - _quartiles(c.new["stats"])[0] / _quartiles(c.base["stats"])[1] for c in changes]
+    highs = [_quartiles(c.new["stats"])[1] / _quartiles(c.base["stats"])[0] - c.ratio for c in changes]
+    colours = ["tab:red" if c.beyond_noise and c.ratio > 1 else "tab:green" if c.beyond_noise else "tab:grey" for c in changes]
+    ax.barh(list(ys), [c.ratio - 1 for c in changes], left=1, color=colours, xerr=[lows, highs], capsize=2)
+    ax.axvline(1, color="black", linewidth=0.8)
+    ax.set_yticks(list(ys), [c.name.split("[")[-1].rstrip("]") for c in changes], fontsize=6)
+    ax.set_xlabel("new / base median time (whiskers: quartile ratios; red slower, green faster beyond noise)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return atomic.write_bytes(path, buffer.getvalue())
+
+
+def pick_baseline(folder: Path, new: Run) -> Path | None:
+    """The committed baseline for the new run's machine: <folder>/<machine slug>.json."""
+    path = Path(folder) / f"{machine_slug(new.machine)}.json"
+    return path if path.is_file() else None
+
+
+def trend(runs: list[Run]) -> str:
+    """Median per benchmark over runs in time order (e.g. an autosave folder)."""
+    runs = sorted(runs, key=lambda r: r.data.get("datetime", ""))
+    names = sorted({n for r in runs for n in r.rows})
+    columns = ["benchmark", *[f"{i + 1}" for i in range(len(runs))], "last / first"]
+    rows = []
+    for name in names:
+        medians = [r.rows[name]["stats"]["median"] if name in r.rows else None for r in runs]
+        present = [m for m in medians if m is not None]
+        rows.append([code(name.split("[")[-1].rstrip("]")), *[fmt_time(m) for m in medians],
+                     f"{present[-1] / present[0]:.2f}" if len(present) > 1 else "-"])  # fmt: skip
+    legend = "\n".join(
+        f"{i + 1}. {code(r.path.name)}: {md(r.data.get('datetime', '?'))[:16]}, {md(r.key)}" for i, r in enumerate(runs)
+    )
+    return "## Trend\n\n" + legend + "\n\n" + table(columns, rows)

@@ -1,0 +1,113 @@
+"""mnist-bench compare: ratios with their noise, the regression gate and its skips, trends."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_models import cli
+from mnist_models.compare import beyond_noise
+from mnist_models.machine import machine_slug
+
+ROOT = Path(__file__).resolve().parent.parent
+MACHINE = {"cpu": "Test CPU (family 1, model 2)", "cpu_isa": ["avx2", "fma"], "cores": 2, "torch_threads": 2, "torch": "x"}
+OTHER = {**MACHINE, "cpu": "Other CPU (family 9, model 9)", "cpu_isa": ["avx2", "avx512f", "avx512_bf16"]}
+
+
+def bench(name, median, spread, **info):
+    info = {"suite": "train-step", "model": "simple", "device": "cpu", "batch": 100, "compile": "off", "precision": "fp32",
+            "channels_last": False, "flops_per_call": 2e9, "images_per_call": 100, **info}  # fmt: skip
+    stats = {"median": median, "q1": median - spread, "q3": median + spread, "iqr": 2 * spread, "rounds": 9}
+    return {"name": f"test_train_step[{name}]", "group": "train-step-simple-cpu-b100", "stats": stats, "extra_info": info}
+
+
+def run_json(path: Path, medians: dict, machine=MACHINE, busy=False) -> Path:
+    rows = [bench("simple-cpu-eager-fp32-b100", medians["eager"], 0.001),
+            bench("simple-cpu-eager-fp32-cl-b100", medians["cl"], 0.001, channels_last=True)]  # fmt: skip
+    data = {"datetime": "2026-11-29T12:00:00", "benchmarks": rows, "machine_info": {"mnist_bench": machine},
+            "mnist_bench": {"busy": {"busy": busy, "reason": "a neighbour" if busy else ""}}}  # fmt: skip
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_noise_is_the_overlap_of_interquartile_ranges():
+    a = {"median": 0.020, "q1": 0.019, "q3": 0.021, "iqr": 0.002}
+    assert not beyond_noise(a, {"median": 0.0205, "q1": 0.0200, "q3": 0.0215, "iqr": 0.0015})  # overlapping
+    assert beyond_noise(a, {"median": 0.025, "q1": 0.024, "q3": 0.026, "iqr": 0.002})  # apart
+    assert not beyond_noise(a, {"median": 0.025, "q1": 0.015, "q3": 0.035, "iqr": 0.02})  # a wide run swallows it
+
+
+def test_a_change_inside_the_noise_is_not_flagged_one_beyond_it_is(tmp_path, capsys):
+    base = run_json(tmp_path / "base.json", {"eager": 0.020, "cl": 0.016})
+    new = run_json(tmp_path / "new.json", {"eager": 0.0205, "cl": 0.024})  # eager +2.5% (inside), cl +50% (beyond)
+    out = tmp_path / "c.md"
+    assert cli.main(["compare", str(base), str(new), "--out", str(out)]) == 0
+    text = out.read_text()
+    eager = next(line for line in text.splitlines() if "`simple-cpu-eager-fp32-b100`" in line)
+    cl = next(line for line in text.splitlines() if "`simple-cpu-eager-fp32-cl-b100`" in line)
+    assert "1.02" in eager and "within noise" in eager
+    assert "1.50" in cl and "**slower**" in cl
+    assert "Different machines" not in text and (tmp_path / "c-1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_gate_fails_only_beyond_noise_and_threshold(tmp_path, capsys):
+    base = run_json(tmp_path / "base.json", {"eager": 0.020, "cl": 0.016})
+    small = run_json(tmp_path / "small.json", {"eager": 0.020, "cl": 0.0176})  # cl +10%, beyond noise, under 25%
+    big = run_json(tmp_path / "big.json", {"eager": 0.020, "cl": 0.024})  # cl +50%
+    assert cli.main(["compare", str(base), str(small), "--fail-above", "25%", "--out", str(tmp_path / "a.md"), "--no-plot"]) == 0
+    assert cli.main(["compare", str(base), str(big), "--fail-above", "25%", "--out", str(tmp_path / "b.md"), "--no-plot"]) == 1
+    assert "regression: 1 benchmark(s) slower beyond noise by more than 25%" in capsys.readouterr().err
+    assert "FAIL" in (tmp_path / "b.md").read_text()
+
+
+def test_different_machines_compare_what_transfers(tmp_path):
+    base = run_json(tmp_path / "base.json", {"eager": 0.020, "cl": 0.016})
+    new = run_json(tmp_path / "new.json", {"eager": 0.010, "cl": 0.005}, machine=OTHER)
+    out = tmp_path / "c.md"
+    assert cli.main(["compare", str(base), str(new), "--out", str(out), "--no-plot"]) == 0
+    text = out.read_text()
+    assert "**Different machines**" in text
+    cl = next(line for line in text.splitlines() if "`simple-cpu-eager-fp32-cl-b100`" in line)
+    assert "1.25x → 2.00x" in cl  # speedup over each run's own eager fp32 baseline
+
+
+def test_the_gate_skips_a_busy_machine_and_a_machine_without_baseline(tmp_path, capsys):
+    baselines = tmp_path / "baselines"
+    baselines.mkdir()
+    run_json(baselines / f"{machine_slug(MACHINE)}.json", {"eager": 0.020, "cl": 0.016})
+    slow = run_json(tmp_path / "slow.json", {"eager": 0.040, "cl": 0.032})
+    gate = ["compare", "--baselines", str(baselines), "--fail-above", "25%", "--no-plot", "--out", str(tmp_path / "g.md")]
+    assert cli.main([*gate, str(slow)]) == 1  # the matching baseline is found and the 2x regression fails
+    assert cli.main([*gate, str(run_json(tmp_path / "busy.json", {"eager": 0.04, "cl": 0.032}, busy=True))]) == 0
+    assert "gate skipped: the machine was busy (a neighbour)" in capsys.readouterr().out
+    assert cli.main([*gate, str(run_json(tmp_path / "elsewhere.json", {"eager": 0.04, "cl": 0.032}, machine=OTHER))]) == 0
+    assert "gate skipped: no baseline for this machine (Other CPU" in capsys.readouterr().out
+
+
+def test_a_folder_gives_a_trend(tmp_path):
+    history = tmp_path / "history"
+    history.mkdir()
+    for i, median in enumerate((0.020, 0.022, 0.030)):
+        path = run_json(history / f"000{i}.json", {"eager": median, "cl": 0.016})
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps(data | {"datetime": f"2026-11-2{i}T12:00:00"}))
+    out = tmp_path / "t.md"
+    assert cli.main(["compare", str(history), "--out", str(out)]) == 0
+    eager = next(line for line in out.read_text().splitlines() if "`simple-cpu-eager-fp32-b100`" in line)
+    assert "20.00 ms" in eager and "30.00 ms" in eager and eager.rstrip(" |").endswith("1.50")
+
+
+@pytest.mark.slow
+def test_a_subset_never_writes_over_the_full_report(tmp_path):
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    full = reports / "benchmarks-cpu.md"
+    full.write_text("the full report\n")
+    # A subset with no --bench-report, run from a folder whose reports/ is the one above.
+    result = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "bench"), "-q", "--benchmark-only", "-k", "ceiling and cpu-fp32-n512",
+                             "-p", "no:cacheprovider", "--rootdir", str(ROOT)], capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert full.read_text() == "the full report\n"
+    assert (reports / "benchmarks-cpu.subset.md").exists() and (reports / "benchmarks-cpu.subset.json").exists()
