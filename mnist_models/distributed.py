@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -127,6 +128,14 @@ def mean(value: float) -> float:
         t = t.cuda()
     dist.all_reduce(t)
     return float(t) / dist.get_world_size()
+
+
+def siblings_cpu_seconds(own_seconds: float) -> float:
+    """CPU seconds used by the other ranks on this rank's machine (a collective: every rank calls it)."""
+    me = (socket.gethostname(), dist.get_rank())
+    values: list = [None] * dist.get_world_size()
+    dist.all_gather_object(values, (me, own_seconds))
+    return sum(seconds for (host, rank), seconds in values if host == me[0] and rank != me[1])
 
 
 def wrap(model: nn.Module, device: str) -> nn.Module:

@@ -112,13 +112,19 @@ class CpuContention:
         self._start = _cpu_times()
         self._own = time.process_time()
 
-    def cores_used_by_others(self) -> float | None:
-        end, own = _cpu_times(), time.process_time()
+    def own_seconds(self) -> float:
+        """CPU seconds this process has used since the start."""
+        return time.process_time() - self._own
+
+    def cores_used_by_others(self, siblings_seconds: float = 0.0) -> float | None:
+        """`siblings_seconds`: CPU time of processes of the same job on this machine (other DDP ranks),
+        which are not strangers."""
+        end, own = _cpu_times(), self.own_seconds()
         if self._start is None or end is None or end[1] <= self._start[1]:
             return None
         ticks_per_second = os.sysconf("SC_CLK_TCK")
         wall = (end[1] - self._start[1]) / ticks_per_second / (os.cpu_count() or 1)
-        others = (end[0] - self._start[0]) / ticks_per_second - (own - self._own)
+        others = (end[0] - self._start[0]) / ticks_per_second - own - siblings_seconds
         return round(max(others, 0.0) / wall, 2) if wall > 0 else None
 
 

@@ -229,6 +229,8 @@ def train(
     started = time.perf_counter()
     epochs = _fit(s, progress and main, log if main else (lambda line: None))
     wall = time.perf_counter() - started
+    # The other local ranks' CPU time is this job's, not a neighbour's (a collective: before rank 0 goes on alone).
+    siblings = distributed.siblings_cpu_seconds(s.contention.own_seconds()) if rank else 0.0
     if not main:
         return s.work.model, None
 
@@ -252,7 +254,7 @@ def train(
         device_name=device_name(variant.device),
         machine=machine_info(),
         busy_before_start=s.busy,
-        cores_used_by_others_during_run=s.contention.cores_used_by_others(),
+        cores_used_by_others_during_run=s.contention.cores_used_by_others(siblings),
         inference_ms=latency,
         peak_memory_mb=peak,
         peak_memory_kind=peak_kind,

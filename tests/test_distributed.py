@@ -71,6 +71,8 @@ def test_two_ranks_end_with_identical_weights_and_one_record(two_ranks):
     assert (job["world_size"], job["nodes"], job["backend"], job["per_rank_batch"]) == (2, 1, "gloo", 50)
     assert job["threads_per_rank"] == max(1, (os.cpu_count() or 1) // 2) and records[0].config.batch_size == 100
     assert records[0].name.endswith("-r2-e3-s777")
+    # The other rank's CPU is the job's own, not a neighbour's (it once counted as a full core of contention).
+    assert records[0].cores_used_by_others_during_run < 0.5
     assert result.stdout.count("[Epoch:    1]") == 1  # only rank 0 prints
 
 
