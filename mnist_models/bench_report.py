@@ -357,5 +357,93 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
     return "".join(out)
 
 
+def _speedups_with_whiskers(benches: list[dict]) -> list[tuple[str, float, float, float]]:
+    """(variant, speedup, low, high) against the group's baseline; whiskers from the quartiles of both."""
+    base = next((b for b in benches if is_baseline(b["extra_info"])), None)
+    if base is None:
+        return []
+    bq1, bq3 = _quartiles(base["stats"])
+    out = []
+    for b in sorted(benches, key=lambda b: b["stats"]["median"], reverse=True):
+        q1, q3 = _quartiles(b["stats"])
+        out.append((_short(b), base["stats"]["median"] / b["stats"]["median"], bq1 / q3, bq3 / q1))
+    return out
+
+
+def _quartiles(stats: dict) -> tuple[float, float]:
+    q1, q3 = stats.get("q1"), stats.get("q3")
+    if _is_number(q1) and _is_number(q3) and q1 > 0:
+        return q1, q3
+    half = stats["iqr"] / 2
+    return max(stats["median"] - half, 1e-12), stats["median"] + half
+
+
+def write_plots(data: dict, path: Path) -> list[Path]:
+    """PNGs beside the report: speedup over the eager fp32 baseline per group at the seed's batch (whiskers:
+    the quartiles of both), and images/s against batch size per forward variant."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = bench_rows(data)
+    groups: dict[str, list[dict]] = {}
+    for b in rows:
+        info = b["extra_info"]
+        if info.get("suite") in ("forward", "train-step", "epoch") and (info.get("suite") == "epoch" or info.get("batch") == 100):
+            groups.setdefault(b.get("group") or "?", []).append(b)
+    panels = {name: bars for name, benches in sorted(groups.items()) if (bars := _speedups_with_whiskers(benches))}
+    written = []
+
+    def save(fig, suffix: str) -> None:
+        buffer = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buffer, format="png", dpi=90)
+        plt.close(fig)
+        written.append(atomic.write_bytes(path.with_name(f"{path.stem}-{suffix}.png"), buffer.getvalue()))
+
+    if panels:
+        fig, axes = plt.subplots(len(panels), 1, figsize=(9, 1.2 + sum(0.28 * len(b) + 0.6 for b in panels.values())),
+                                 gridspec_kw={"height_ratios": [len(b) + 1 for b in panels.values()]}, squeeze=False)  # fmt: skip
+        for ax, (name, bars) in zip(axes[:, 0], panels.items()):
+            ys = range(len(bars))
+            ax.barh(list(ys), [b[1] for b in bars], xerr=[[b[1] - b[2] for b in bars], [b[3] - b[1] for b in bars]], capsize=2,
+                    color=["tab:blue" if b[1] >= 1 else "tab:orange" for b in bars])  # fmt: skip
+            ax.axvline(1, color="black", linewidth=0.8)
+            ax.set_yticks(list(ys), [b[0] for b in bars], fontsize=6)
+            ax.set_title(name, fontsize=8, loc="left")
+        axes[-1, 0].set_xlabel("speedup over the group's eager fp32 baseline (whiskers: quartiles of both)")
+        save(fig, "speedups")
+    forward: dict[tuple[str, str], dict[int, float]] = {}
+    for b in rows:
+        info = b["extra_info"]
+        if (
+            info.get("suite") == "forward"
+            and info.get("device")
+            and _is_number(info.get("batch"))
+            and not info.get("threads_pinned")
+        ):
+            label = (str(info.get("model")), _short(b).rsplit("-b", 1)[0])
+            forward.setdefault(label, {})[info["batch"]] = info["batch"] / b["stats"]["median"]
+    curves = {label: points for label, points in forward.items() if len(points) > 1}
+    if curves:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for (_, variant), points in sorted(curves.items()):
+            batches = sorted(points)
+            ax.plot(batches, [points[b] for b in batches], marker="o", label=variant)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("images/s (forward)")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax.grid(alpha=0.3)
+        save(fig, "batch")
+    return written
+
+
 def write_report(data: dict, path: Path, command: str = "pytest bench --benchmark-only") -> Path:
-    return atomic.write_text(path, render(data, command))
+    plots = write_plots(data, Path(path))
+    links = "".join(f"\n![{p.stem}]({p.name})\n" for p in plots)
+    return atomic.write_text(path, render(data, command) + ("\n## Plots\n" + links if links else ""))

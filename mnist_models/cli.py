@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import BACKENDS, MAX_SEED, MAX_THREADS_PER_CPU, TrainConfig
 from .data import DATASETS, DEFAULT_ROOT, LOADERS
-from .errors import MnistBenchError, RunExists, UsageError
+from .errors import MnistBenchError, UsageError
 from .nets import MODELS
 from .profiling import DEFAULT_KERNEL_REPORT, DEFAULT_SUMMARY_DIR, ProfileConfig
 from .records import DEFAULT_RUNS_DIR
@@ -152,10 +152,9 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import distributed
-    from .atomic import check_writable_dir
     from .machine import busy_warning
     from .records import RunStore
-    from .train import train
+    from .train import train_and_store
 
     rank = distributed.Rank.from_env()
     if args.nproc is not None:
@@ -166,34 +165,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     world = rank.world_size if rank else 1
     batch = args.per_rank_batch * world if args.per_rank_batch else args.batch_size
     config = _train_config(args, ranks=world, batch_size=batch, backend=args.backend)
-    store = RunStore(args.runs_dir)
-    try:
-        if rank:
-            distributed.start(rank, config.backend, config.variant().device)
-            distributed.agree("config", dataclasses.asdict(config))
-        problem, found = None, None
-        if rank is None or rank.is_main:
-            found = store.find(config.key())  # before the work: a finished run is not trained again unless asked
-            if found.path is not None and not args.overwrite:
-                state = "a finished run of this recipe" if found.record else f"a record that does not load ({found.problem})"
-                problem = f"{state} is already stored at {found.path}; it is kept (pass --overwrite to train and replace it)"
-        if rank:
-            distributed.decide(rank, problem)
-        elif problem:
-            raise RunExists(problem)
-        if rank is None or rank.is_main:
-            check_writable_dir(store.folder(config.dataset))
-        model, record = train(config, progress=_show_progress(args), rank=rank)
-    except RuntimeError as exc:  # a collective failed: another rank died or hung past the timeout
-        if rank is None:
-            raise
-        raise distributed.RankFailed(f"lost the other ranks ({distributed.collective_error(exc)})") from None
-    finally:
-        if rank:
-            distributed.stop()
+    record, path = train_and_store(
+        config, RunStore(args.runs_dir), overwrite=args.overwrite, progress=_show_progress(args), rank=rank
+    )
     if record is None:
         return 0  # not rank 0: rank 0 writes the record
-    path = store.save(record, model, path=found.path if found else None, overwrite=args.overwrite)
     print(f"Accuracy: {record.test_accuracy:.4f} (inputs scaled to [0, 1], as in training)")
     print(f"Seed-style accuracy: {record.seed_style_accuracy:.4f} (raw 0..255 inputs, as the seed evaluated)")
     print(f"{record.train_seconds:.1f} s training, {record.train_images_per_second:.0f} images/s; record: {path}")
@@ -228,15 +204,18 @@ def cmd_data(args: argparse.Namespace) -> int:
     unknown = [n for n in args.names if n not in DATASETS]
     if unknown:
         raise UsageError(f"unknown dataset {unknown[0]!r}; choose one of: {', '.join(DATASETS)}")
+    missing = []
     for name in args.names or [n for n in DATASETS if n != "synthetic"]:
         try:
             dataset = load_dataset(name, args.data_root, download=args.download)
         except MnistBenchError as exc:
             print(f"{name:14s} unavailable: {exc}")
+            missing.append(name)
             continue
         counts = dataset.counts()
         print(f"{name:14s} {counts['train']:>6,} train / {counts['test']:>6,} test  from {dataset.source}")
-    return 0
+    # Named datasets must be there (scripts check with `mnist-bench data NAME`); the overview only informs.
+    return 1 if args.names and missing else 0
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -372,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mnist-bench",
         description="Train, sweep, profile and report on the seed's two MNIST CNNs (simple, deep).",
     )
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("mnist-cnn-bench")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        own = "unknown (not installed)"
+    parser.add_argument("--version", action="version", version=f"mnist-bench {own}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser(
@@ -526,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plot", action="store_true", help="no PNG, markdown only")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("data", help="show which datasets are available here, and where from")
+    p = sub.add_parser("data", help="show which datasets are available here, and where from (exit 1 if a named one is not)")
     p.add_argument("names", nargs="*", metavar="DATASET", help=f"any of: {', '.join(DATASETS)} (default: all but synthetic)")
     p.add_argument("--data-root", default=str(DEFAULT_ROOT), help=f"data root (default: {DEFAULT_ROOT})")
     p.add_argument("--download", action="store_true", help="download mnist / fashion-mnist if missing (needs internet)")

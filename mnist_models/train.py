@@ -6,7 +6,8 @@ scaled to [0, 1] as in training. The seed's own figure (raw 0..255 pixels) is co
 `seed_style_accuracy`, so its table can be reproduced and explained.
 
 `train()` reads as four steps: set up (data, seeded net, optimizer, loader), fit (the epochs),
-measure (both accuracies, latency, memory) and record (a records.RunRecord).
+measure (both accuracies, latency, memory) and record (a records.RunRecord). `train_and_store()` is
+the `train` command around it: the stored-run check, DDP's process group, and the save.
 """
 
 from __future__ import annotations
@@ -15,20 +16,22 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import distributed
+from .atomic import check_writable_dir
 from .config import TrainConfig
 from .data import Dataset, Split, check_batch_size, load_dataset, make_loader
 from .distributed import Rank
-from .errors import TrainingDiverged, UsageError
+from .errors import RunExists, TrainingDiverged, UsageError
 from .harness import Workload, build, make_forward
 from .machine import CpuContention, busy_check, machine_info, peak_memory_mb, reset_peak_memory
 from .nets import NUM_CLASSES
-from .records import DatasetInfo, EpochStats, ModelInfo, RunRecord
+from .records import DatasetInfo, EpochStats, ModelInfo, RunRecord, RunStore
 from .variants import Variant, device_name
 
 SEED_EPOCH_LINE = "[Epoch: {:>4}] cost = {:>.9}"  # the seed's print format, byte for byte
@@ -261,3 +264,40 @@ def train(
         distributed=s.job,
     )
     return model, record
+
+
+def train_and_store(
+    config: TrainConfig, store: RunStore, overwrite: bool = False, progress: bool = False, rank: Rank | None = None
+) -> tuple[RunRecord | None, Path | None]:
+    """`mnist-bench train`: refuse a recipe already stored (unless overwrite) before any work, train,
+    and write record + weights. Under DDP every rank calls it (rank 0 decides and writes; the others
+    get (None, None)); it starts and ends the process group, and a collective that fails because
+    another rank died or hung becomes a one-line RankFailed."""
+    main = rank is None or rank.is_main
+    try:
+        if rank:
+            distributed.start(rank, config.backend, config.variant().device)
+            distributed.agree("config", asdict(config))
+        problem, found = None, None
+        if main:
+            found = store.find(config.key())
+            if found.path is not None and not overwrite:
+                state = "a finished run of this recipe" if found.record else f"a record that does not load ({found.problem})"
+                problem = f"{state} is already stored at {found.path}; it is kept (pass --overwrite to train and replace it)"
+        if rank:
+            distributed.decide(rank, problem)
+        elif problem:
+            raise RunExists(problem)
+        if main:
+            check_writable_dir(store.folder(config.dataset))
+        model, record = train(config, progress=progress, rank=rank)
+    except RuntimeError as exc:  # a collective failed: another rank died, or hung past the timeout
+        if rank is None:
+            raise
+        raise distributed.RankFailed(f"lost the other ranks ({distributed.collective_error(exc)})") from None
+    finally:
+        if rank:
+            distributed.stop()
+    if record is None:
+        return None, None
+    return record, store.save(record, model, path=found.path, overwrite=overwrite)

@@ -51,7 +51,7 @@ def test_help_explains_every_flag():
 def test_every_option_of_every_subcommand_has_help_text():
     parser = cli.build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(subcommands) == {"train", "sweep", "profile", "report", "data"}
+    assert set(subcommands) == {"train", "sweep", "profile", "report", "compare", "data"}
     for name, sub in subcommands.items():
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction):
@@ -132,3 +132,15 @@ def test_unwritable_runs_dir(capsys, tmp_path):
 def test_data_lists_what_is_available(capsys):
     assert cli.main(["data", "mnist-5k"]) == 0
     assert "4,000 train" in capsys.readouterr().out
+
+
+def test_data_exits_non_zero_when_a_named_dataset_is_missing(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("mnist_models.data.DEBIAN_FASHION_DIR", tmp_path / "no-debian")
+    assert cli.main(["data", "fashion-mnist", "--data-root", str(tmp_path)]) == 1
+    assert "fashion-mnist  unavailable" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("mnist-bench 0.")

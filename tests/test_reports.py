@@ -230,3 +230,21 @@ def test_scaling_table_efficiencies_and_verdict():
     assert verdict == "2 ranks x 1 thread do not beat 1 rank x 2 threads at the same global batch: 1.00x its throughput"
     benches[2]["stats"]["median"] = 0.020
     assert scaling_rows(benches)[1].startswith("2 ranks x 1 thread beat 1 rank x 2 threads")
+
+
+def test_the_benchmark_report_draws_speedups_and_images_per_batch(tmp_path):
+    from mnist_models.bench_report import write_report
+
+    def forward(variant, batch, median, **info):
+        return _bench(f"simple-cpu-{variant}-b{batch}", f"forward-simple-cpu-b{batch}", median, suite="forward", model="simple",
+                      device="cpu", batch=batch, images_per_call=batch, **info)  # fmt: skip
+
+    eager = dict(compile="off", precision="fp32", channels_last=False)
+    cl = dict(eager, channels_last=True)
+    data = {"datetime": "2026-11-29T10:00:00", "benchmarks": [forward("eager-fp32", b, b * 1e-4, **eager) for b in (1, 100, 1000)]
+            + [forward("eager-fp32-cl", b, b * 5e-5, **cl) for b in (1, 100, 1000)], "mnist_bench": {}}  # fmt: skip
+    report = write_report(data, tmp_path / "bench.md")
+    text = report.read_text()
+    assert "![bench-speedups](bench-speedups.png)" in text and "![bench-batch](bench-batch.png)" in text
+    for name in ("bench-speedups.png", "bench-batch.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
