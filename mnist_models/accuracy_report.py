@@ -8,6 +8,7 @@ spread over its seeds, so a difference between the nets can be weighed against s
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -299,7 +300,10 @@ def _reading(groups: pd.DataFrame) -> list[str]:
 
 def render(runs: list[RunRecord], problems: list[str], bench: dict | None, out_dir: Path, command: str) -> str:
     df = runs_frame(runs)
-    machine = runs[-1].machine if runs else {}
+    machine = dict(runs[-1].machine) if runs else {}
+    codes = Counter(r.machine.get("code") or "unknown" for r in runs)
+    if len(codes) > 1:  # records made by several commits: name them all
+        machine["code"] = ", ".join(f"{code} ({n} runs)" for code, n in codes.most_common())
     out = [header("Accuracy versus cost", machine, df["dataset"].unique() if len(df) else [], command)]
     out.append(
         "\nEvery figure comes from stored run records (`reports/runs/<dataset>/*.json`), made by `mnist-bench train` / "

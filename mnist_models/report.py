@@ -28,6 +28,12 @@ def code(value: object) -> str:
     return f"`{text}`"
 
 
+def rendering_code() -> str:
+    from .machine import git_commit
+
+    return git_commit() or "unknown (not a git checkout)"
+
+
 def header(
     title: str, machine: dict, datasets: Iterable[str], command: str, busy: dict | None = None, when: str | None = None
 ) -> str:
@@ -46,7 +52,8 @@ def header(
         + (f"; GPU: {m['gpu']}" if m.get("gpu") else "; no GPU"),
         f"- **Versions**: torch {m.get('torch', '?')}, Python {m.get('python', '?')}"
         + (f", CUDA {m.get('cuda_version', '?')}" if m.get("gpu") else "")
-        + (f"; code {m['code']}" if m.get("code") else ""),
+        + (f"; data made by code {m['code']}" if m.get("code") else ""),
+        f"- **Rendered by**: code {md(rendering_code())}",
         f"- **Dataset{'s' if len(datasets) > 1 else ''}**: {', '.join(datasets) or 'none'}"
         + (" (mixed: compare within a dataset only)" if len(datasets) > 1 else ""),
         f"- **Date**: {md(when) if when else datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",

@@ -142,6 +142,7 @@ class _Setup:
     contention: CpuContention
     rank: Rank | None
     job: dict | None  # the distributed job, for the record
+    machine: dict  # taken when the run starts: the code id is the code that runs, not what the tree holds later
 
 
 def _set_up(config: TrainConfig, dataset: Dataset | None, rank: Rank | None) -> _Setup:
@@ -164,7 +165,7 @@ def _set_up(config: TrainConfig, dataset: Dataset | None, rank: Rank | None) -> 
                            f"{busy['cores']} cores"}  # fmt: skip
     batches = make_loader(config.loader, dataset.train, config.per_rank_batch, variant.device,
                           rank=rank.rank if rank else 0, world=config.ranks, shuffle_seed=config.seed if rank else None)  # fmt: skip
-    return _Setup(config, dataset, work, batches, busy, CpuContention(), rank, job)
+    return _Setup(config, dataset, work, batches, busy, CpuContention(), rank, job, machine_info())
 
 
 def dist_backend() -> str:
@@ -255,7 +256,7 @@ def train(
         wall_seconds=wall,
         train_images_per_second=sum(e.steps for e in epochs) * config.batch_size / train_seconds,
         device_name=device_name(variant.device),
-        machine=machine_info(),
+        machine=s.machine,
         busy_before_start=s.busy,
         cores_used_by_others_during_run=s.contention.cores_used_by_others(siblings),
         inference_ms=latency,
