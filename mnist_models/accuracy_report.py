@@ -59,7 +59,7 @@ SEED_COSTS = {
     ],
 }
 SEED_ACCURACY = {"simple": 0.9874, "deep": 0.9838}
-GROUP_KEYS = ["model", "loader", "tag", "epochs_cfg", "batch_size", "lr", "threads"]
+GROUP_KEYS = ["model", "loader", "tag", "epochs_cfg", "batch_size", "lr", "threads", "ranks"]
 
 
 def runs_frame(runs: list[RunRecord]) -> pd.DataFrame:
@@ -71,7 +71,7 @@ def runs_frame(runs: list[RunRecord]) -> pd.DataFrame:
         rows.append({
             "dataset": r.dataset.name, "train_images": r.dataset.train, "test_images": r.dataset.test,
             "model": cfg.model, "loader": cfg.loader, "tag": r.variant.tag, "variant": r.variant,
-            "epochs_cfg": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "threads": r.threads,
+            "epochs_cfg": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "threads": r.threads, "ranks": cfg.ranks,
             "accuracy": r.test_accuracy, "seed_style": r.seed_style_accuracy, "train_seconds": r.train_seconds,
             "sec_per_epoch": r.train_seconds / len(r.epochs), "params": r.model.params, "flops": r.model.flops_per_image,
             "peak_mb": r.peak_memory_mb, "lat1_ms": r.inference_ms.get("1"), "lat1000_ms": r.inference_ms.get("1000"),
@@ -86,13 +86,16 @@ def runs_frame(runs: list[RunRecord]) -> pd.DataFrame:
 
 
 def _label(g: pd.Series | dict) -> str:
-    return f"{g['model']} {g['loader']}-loader {g['tag']}"
+    ranks = f", {g['ranks']} DDP ranks" if g["ranks"] > 1 else ""
+    return f"{g['model']} {g['loader']}-loader {g['tag']}{ranks}"
 
 
 def _is_seed_recipe(row) -> bool:
     v = row["variant"]
     plain = v.compile == "off" and v.precision == "fp32" and not v.channels_last
-    return row["loader"] == "seed" and plain and row["batch_size"] == SEED_BATCH_SIZE and row["lr"] == SEED_LR
+    return (
+        row["loader"] == "seed" and plain and row["batch_size"] == SEED_BATCH_SIZE and row["lr"] == SEED_LR and row["ranks"] == 1
+    )
 
 
 def _time_to(row, target: float) -> float | None:
