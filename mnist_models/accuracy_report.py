@@ -126,6 +126,7 @@ def summarise_groups(df: pd.DataFrame) -> pd.DataFrame:
                 "peak_mb": g["peak_mb"].max(),
                 "contended": bool(g["contended"].any()),
                 "variant": g["variant"].iloc[0],
+                "machine_keys": frozenset(g["machine_key"]),
                 "runs": g,
             }
         )
@@ -351,7 +352,12 @@ def render(runs: list[RunRecord], problems: list[str], bench: dict | None, out_d
                     f"{g['sec_per_epoch']:.1f}",
                     f"{g['train_seconds']:.0f}",
                     f"{fmt_num(g['lat1_ms'], 2)} / {fmt_num(g['lat1000_ms'], 1)}",
-                    _bench_latency(section_bench, g["model"], g["variant"]),
+                    # Only beside runs of the machine the benchmarks ran on: latencies do not transfer.
+                    _bench_latency(
+                        section_bench if section_bench and g["machine_keys"] == {_bench_machine(bench)} else None,
+                        g["model"],
+                        g["variant"],
+                    ),
                     f"{g['params']:,}",
                     f"{g['flops'] / 1e6:.2f} M",
                     fmt_num(g["peak_mb"], 0),
