@@ -162,16 +162,19 @@ def busy_warning(check: dict) -> str | None:
     return f"WARNING: machine busy ({check['reason']}); timings from this run are not trustworthy"
 
 
+# The paths whose edits change a number; edits elsewhere (reports, records, docs, tests) do not.
+CODE_PATHS = ("mnist_models", "bench", "scripts", "pyproject.toml")
+
+
 def git_commit() -> str | None:
-    """The commit of the code that made a number (with '+dirty' when the tree has edits), if known."""
+    """The commit of the code that made a number (with '+dirty' when that code has uncommitted edits), if known."""
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5
-        )
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS],
+                               cwd=root, capture_output=True, text=True, timeout=5)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode != 0:
