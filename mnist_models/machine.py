@@ -102,6 +102,11 @@ def busy_check(sample_seconds: float = 0.5) -> dict:
     }
 
 
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 class CpuContention:
     """Cores used by *other* processes while this one works: all CPU time minus our own.
 
@@ -110,11 +115,11 @@ class CpuContention:
 
     def __init__(self) -> None:
         self._start = _cpu_times()
-        self._own = time.process_time()
+        self._own = _own_cpu()
 
     def own_seconds(self) -> float:
-        """CPU seconds this process has used since the start."""
-        return time.process_time() - self._own
+        """CPU seconds this process and the children it waited for (e.g. a benchmark's torchrun jobs) used since the start."""
+        return _own_cpu() - self._own
 
     def cores_used_by_others(self, siblings_seconds: float = 0.0) -> float | None:
         """`siblings_seconds`: CPU time of processes of the same job on this machine (other DDP ranks),

@@ -248,3 +248,15 @@ def test_the_benchmark_report_draws_speedups_and_images_per_batch(tmp_path):
     assert "![bench-speedups](bench-speedups.png)" in text and "![bench-batch](bench-batch.png)" in text
     for name in ("bench-speedups.png", "bench-batch.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_child_process_is_not_counted_as_contention():
+    """The scaling suite's torchrun jobs are the bench session's own work, not a neighbour's."""
+    from mnist_models.machine import CpuContention
+
+    probe = CpuContention()
+    subprocess.run(
+        [sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.5: pass"], check=True
+    )
+    assert probe.own_seconds() >= 1.4
+    assert probe.cores_used_by_others() < 0.5  # it burned a whole core, but it was ours
