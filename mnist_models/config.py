@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -146,11 +146,6 @@ class TrainConfig:
                 "or --per-rank-batch for weak scaling"
             )
         check_choice("backend", self.backend, BACKENDS)
-
-    @classmethod
-    def defaults(cls) -> dict:
-        """Field -> default, for the CLI's flags (typed once, here)."""
-        return {f.name: f.default for f in fields(cls)}
 
     def variant(self) -> Variant:
         return Variant(resolve_device(self.device), self.compile, self.precision, self.channels_last)

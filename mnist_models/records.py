@@ -314,6 +314,26 @@ class RunStore:
     def __init__(self, root: Path | str = DEFAULT_RUNS_DIR) -> None:
         self.root = Path(root)
         self._made: list[Path] = []  # folders this store created, removed again if they stay empty
+        # path -> ((mtime_ns, size), record or error): a sweep's planning looks at every record once per
+        # run it plans; each file is parsed again only when it changed (another sweep may write it).
+        self._loaded: dict[Path, tuple[tuple[int, int], RunRecord | RecordError]] = {}
+
+    def _load(self, path: Path) -> RunRecord:
+        try:
+            st = path.stat()
+        except OSError:
+            return load_record(path)  # gone meanwhile: load_record says so
+        stamp = (st.st_mtime_ns, st.st_size)
+        cached = self._loaded.get(path)
+        if cached is None or cached[0] != stamp:
+            try:
+                cached = (stamp, load_record(path))
+            except RecordError as exc:
+                cached = (stamp, exc)
+            self._loaded[path] = cached
+        if isinstance(cached[1], RecordError):
+            raise cached[1]
+        return cached[1]
 
     def _mkdir(self, folder: Path) -> None:
         missing = [p for p in (folder, *folder.parents) if not p.exists()]
@@ -363,12 +383,12 @@ class RunStore:
         canonical = self.record_path(key)
         if canonical.exists():
             try:
-                return Found(load_record(canonical), canonical)
+                return Found(self._load(canonical), canonical)
             except RecordError as exc:
                 return Found(None, canonical, str(exc))
         for path in self._record_files(key.dataset):
             try:
-                record = load_record(path)
+                record = self._load(path)
             except RecordError:
                 continue  # another run's problem: `load_all` names it
             if record.key == key:

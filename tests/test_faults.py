@@ -41,6 +41,18 @@ def one_line_error(capsys, argv, code=2):
     return err
 
 
+def sweep_args(runs_dir: Path, *seeds: str) -> list[str]:
+    """The one-model, one-variant sweep the tests run (seed 1 unless told)."""
+    return ["sweep", "--models", "simple", "--variants", "tensor-eager-fp32", "--seeds", *(seeds or ("1",)), *FAST,
+            "--runs-dir", str(runs_dir)]  # fmt: skip
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (a killed writer, for the clean-up tests)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
 def records_in(folder: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(Path(folder).rglob("*.json"))}
 
@@ -73,7 +85,7 @@ def test_the_same_recipe_again_is_refused_unless_overwrite(capsys, tmp_path):
 
 
 def test_a_sweep_of_another_recipe_trains_instead_of_skipping(capsys, tmp_path):
-    sweep = ["sweep", "--models", "simple", "--variants", "tensor-eager-fp32", "--seeds", "1", *FAST, "--runs-dir", str(tmp_path)]
+    sweep = sweep_args(tmp_path)
     assert "1 trained" in main_ok(capsys, sweep).out
     assert "1 trained" in main_ok(capsys, [*sweep, "--epochs", "2"]).out
     assert "0 trained, 1 already finished" in main_ok(capsys, [*sweep, "--epochs", "2"]).out
@@ -161,7 +173,7 @@ def test_record_text_is_escaped_in_the_markdown(tmp_path, one_run):
 
 @pytest.mark.parametrize("redo_contended", [False, True])
 def test_a_sweep_retrains_a_corrupt_record_and_keeps_it_aside(capsys, tmp_path, redo_contended):
-    sweep = ["sweep", "--models", "simple", "--variants", "tensor-eager-fp32", "--seeds", "1", *FAST, "--runs-dir", str(tmp_path)]
+    sweep = sweep_args(tmp_path)
     main_ok(capsys, sweep)
     (path,) = (tmp_path / "mnist-5k").glob("*.json")
     path.write_text("")  # emptied by a crash, say
@@ -249,8 +261,7 @@ def test_a_huge_learning_rate_is_a_divergence_not_a_result(capsys, tmp_path):
 
 def test_a_failed_sweep_leaves_no_empty_folders(capsys, tmp_path):
     runs = tmp_path / "runs"
-    sweep = ["sweep", "--models", "simple", "--variants", "tensor-eager-fp32", "--seeds", "1", *FAST, "--lr", "1e9"]
-    one_line_error(capsys, [*sweep, "--runs-dir", str(runs)], code=3)
+    one_line_error(capsys, [*sweep_args(runs), "--lr", "1e9"], code=3)
     assert not runs.exists()
 
 
@@ -268,19 +279,7 @@ def test_two_sweeps_split_the_work(capsys, tmp_path):
     config = TrainConfig(dataset="mnist-5k", loader="tensor", epochs=1, seed=1)
     store = RunStore(tmp_path)
     assert store.claim(config.key())  # another live sweep (this process) holds seed 1
-    sweep = [
-        "sweep",
-        "--models",
-        "simple",
-        "--variants",
-        "tensor-eager-fp32",
-        "--seeds",
-        "1",
-        "2",
-        *FAST,
-        "--runs-dir",
-        str(tmp_path),
-    ]
+    sweep = sweep_args(tmp_path, "1", "2")
     out = main_ok(capsys, sweep).out
     assert "1 trained" in out and "1 being trained by another sweep" in out
     assert [load_record(p).config.seed for p in (tmp_path / "mnist-5k").glob("*.json")] == [2]
@@ -289,16 +288,16 @@ def test_two_sweeps_split_the_work(capsys, tmp_path):
 def test_a_dead_sweeps_claim_and_temp_files_are_cleaned(capsys, tmp_path):
     folder = tmp_path / "mnist-5k"
     (folder / "weights").mkdir(parents=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = dead_pid()
     config = TrainConfig(dataset="mnist-5k", loader="tensor", epochs=1, seed=1)
-    (folder / f".{config.run_name()}.claim").write_text(json.dumps({"pid": int(dead), "host": os.uname().nodename}))
+    (folder / f".{config.run_name()}.claim").write_text(json.dumps({"pid": dead, "host": os.uname().nodename}))
     (folder / f".x.json.{dead}.abc123.tmp").write_text("half")
     (folder / "weights" / f".x.pt.{dead}.abc123.tmp").write_bytes(b"half")
     mine = folder / f".y.json.{os.getpid()}.abc123.tmp"  # a live writer's temp file stays
     mine.write_text("in progress")
     out = main_ok(
         capsys,
-        ["sweep", "--models", "simple", "--variants", "tensor-eager-fp32", "--seeds", "1", *FAST, "--runs-dir", str(tmp_path)],
+        sweep_args(tmp_path),
     )
     assert "1 trained" in out.out
     assert sorted(leftovers(tmp_path)) == [mine.name]
@@ -310,19 +309,7 @@ def test_a_dead_sweeps_claim_and_temp_files_are_cleaned(capsys, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["weights", "record", "between"])
 def test_a_sweep_killed_while_saving_resumes_without_loss_or_repeat(tmp_path, where):
-    sweep = [
-        "sweep",
-        "--models",
-        "simple",
-        "--variants",
-        "tensor-eager-fp32",
-        "--seeds",
-        "1",
-        "2",
-        *FAST,
-        "--runs-dir",
-        str(tmp_path),
-    ]
+    sweep = sweep_args(tmp_path, "1", "2")
     killed = subprocess.run([sys.executable, str(HELPERS / "kill_during_save.py"), where, "2", *sweep],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -345,7 +332,7 @@ def test_a_sweep_killed_while_saving_resumes_without_loss_or_repeat(tmp_path, wh
 
 
 def test_stale_temp_files_are_found_by_pid(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = dead_pid()
     (tmp_path / f".a.json.{dead}.q1.tmp").write_text("")
     (tmp_path / f".b.json.{os.getpid()}.q2.tmp").write_text("")
     (tmp_path / "c.json").write_text("")
