@@ -189,13 +189,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     from .sweep import run_sweep, sweep_configs
 
+    cluster_flags = [flag for flag, value in (("--address", args.address), ("--cpus-per-run", args.cpus_per_run),
+                                              ("--max-retries", args.max_retries)) if value is not None]  # fmt: skip
+    if args.cluster == "none" and cluster_flags:
+        raise UsageError(f"{', '.join(cluster_flags)}: for a sweep on a cluster, which --cluster none (the default) is not; add --cluster ray")
     configs = sweep_configs(_train_config(args), args.models, args.variants, args.seeds)
     check_writable_dir(Path(args.runs_dir))
-    result = run_sweep(configs, Path(args.runs_dir), progress=_show_progress(args), redo_contended=args.redo_contended)
+    if args.cluster == "ray":
+        from .cluster import DEFAULT_ADDRESS, DEFAULT_MAX_RETRIES, run_cluster_sweep
+
+        result = run_cluster_sweep(
+            configs, Path(args.runs_dir), address=args.address or DEFAULT_ADDRESS, cpus_per_run=args.cpus_per_run,
+            max_retries=DEFAULT_MAX_RETRIES if args.max_retries is None else args.max_retries,
+            progress=_show_progress(args), redo_contended=args.redo_contended,
+        )  # fmt: skip
+    else:
+        result = run_sweep(configs, Path(args.runs_dir), progress=_show_progress(args), redo_contended=args.redo_contended)
     elsewhere = f", {result['claimed_elsewhere']} being trained by another sweep" if result["claimed_elsewhere"] else ""
-    print(f"sweep done: {result['trained']} trained, {result['skipped']} already finished{elsewhere}; "
+    failed = f", {len(result['failed'])} FAILED" if result["failed"] else ""
+    print(f"sweep done: {result['trained']} trained, {result['skipped']} already finished{elsewhere}{failed}; "
           f"records in {args.runs_dir}/{args.dataset}")  # fmt: skip
-    return 0
+    for name, reason in result["failed"]:
+        print(f"mnist-bench: error: run {name} failed: {reason}", file=sys.stderr)
+    return 1 if result["failed"] else 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -402,6 +418,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="nets to train (default: both)")
     p.add_argument("--variants", nargs="+", default=["seed-eager-fp32"], help="variant specs (default: seed-eager-fp32)")
     p.add_argument("--seeds", nargs="+", type=_seed, default=[777, 778, 779], help="seeds (default: 777 778 779)")
+    p.add_argument(
+        "--cluster",
+        choices=("none", "ray"),
+        default="none",
+        help="none: the runs one after another in this process; ray: one Ray task per run on a Ray cluster, records and "
+        "weights written here (default: none; needs pip install -e '.[cluster]')",
+    )
+    p.add_argument(
+        "--address",
+        help="with --cluster ray: 'local' starts a private Ray instance on this machine for the sweep, 'auto' joins the "
+        "cluster that `ray start` runs here, HOST:PORT joins a head node (default: local)",
+    )
+    p.add_argument(
+        "--cpus-per-run",
+        type=_positive_int,
+        help="with --cluster ray: CPUs each run reserves (and its torch threads); fewer than a node has packs runs "
+        "together and marks their records as sharing the CPU (default: a whole node's CPUs)",
+    )
+    p.add_argument(
+        "--max-retries",
+        type=_whole_number(0, 100),
+        help="with --cluster ray: how often Ray reruns a run whose worker process died or whose node left; a run that "
+        "raises is not retried (default: 2)",
+    )
     p.add_argument(
         "--redo-contended",
         action="store_true",

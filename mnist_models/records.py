@@ -280,6 +280,16 @@ def weights_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
+def checked_state(model_name: str, state: dict) -> dict:
+    """A state_dict that came from elsewhere (a Ray worker), checked to load into `model_name` before it is written."""
+    try:
+        build_model(model_name).load_state_dict(state)
+    except Exception as exc:  # missing/unexpected keys, shape mismatch, not a dict of tensors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"the weights sent back for a {model_name} run do not fit the net: {first}") from None
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
 def save_weights(model: nn.Module, path: Path) -> Path:
     return atomic.save_torch(path, weights_state(model))
 
@@ -397,14 +407,16 @@ class RunStore:
 
     # --- writing ---
 
-    def save(self, record: RunRecord, model: nn.Module, path: Path | None = None, overwrite: bool = False) -> Path:
-        """Write weights and record, all or nothing; an existing record is replaced only with overwrite."""
+    def save(self, record: RunRecord, model: nn.Module | dict, path: Path | None = None, overwrite: bool = False) -> Path:
+        """Write weights (a net, or its state_dict as a Ray worker sends it back) and record, all or nothing;
+        an existing record is replaced only with overwrite."""
         path = path or self.record_path(record.key)
         if path.exists() and not overwrite:
             raise RunExists(f"a finished run is already stored at {path}; it is kept (pass --overwrite to replace it)")
         weights = self.weights_path(path)
         record.weights = str(weights)
-        staged_weights = atomic.stage(weights, atomic.torch_writer(weights_state(model)), "wb")
+        state = weights_state(model) if isinstance(model, nn.Module) else checked_state(record.model.name, model)
+        staged_weights = atomic.stage(weights, atomic.torch_writer(state), "wb")
         try:
             staged_record = atomic.stage(path, lambda fh: fh.write(atomic.json_text(record.to_json())))
         except BaseException:

@@ -45,9 +45,10 @@ class _Plan:
     problem: str | None = None  # the stored record does not load
 
 
-def _plan(store: RunStore, config: TrainConfig, redo_contended: bool) -> _Plan:
-    """Does this run need training? Reads the folder, changes nothing."""
-    found = store.find(config.key())
+def _plan(store: RunStore, config: TrainConfig, redo_contended: bool, threads: int | None = None) -> _Plan:
+    """Does this run need training? Reads the folder, changes nothing. `threads`: what the run will use
+    where that is not decided here (a Ray task's reserved CPUs)."""
+    found = store.find(config.key(threads=threads))
     if found.problem:
         return _Plan(True, found.path, problem=found.problem)
     if found.record is None:
@@ -57,20 +58,71 @@ def _plan(store: RunStore, config: TrainConfig, redo_contended: bool) -> _Plan:
     return _Plan(False, found.path)
 
 
-def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True, log=print, redo_contended: bool = False) -> dict:
-    """Train every config that has no finished record yet (and, with redo_contended, every run whose
-    record says the CPU was shared); returns counts of trained, skipped and claimed-elsewhere runs."""
-    store = RunStore(runs_dir)
+def plan_sweep(
+    configs: list[TrainConfig], store: RunStore, redo_contended: bool, log, threads: int | None = None
+) -> tuple[list[TrainConfig], int]:
+    """Clean what killed writers left, check every device, and return (runs still to train, finished runs)."""
     for dataset in sorted({c.dataset for c in configs}):
         for line in store.clean_leftovers(dataset):
             log(line)
     for config in configs:  # resolve devices before hours of training: cuda without a GPU fails here
         config.variant()
-    todo = [c for c in configs if _plan(store, c, redo_contended).needed]
-    skipped = len(configs) - len(todo)
+    todo = [c for c in configs if _plan(store, c, redo_contended, threads).needed]
+    return todo, len(configs) - len(todo)
+
+
+def take(
+    store: RunStore, config: TrainConfig, redo_contended: bool, counts: dict, write, threads: int | None = None
+) -> _Plan | None:
+    """Claim a run and plan it again under the claim (another sweep may have finished it since).
+    Returns the plan when this sweep is to train it, holding the claim; None (claim released) otherwise."""
+    key = config.key(threads=threads)
+    if not store.claim(key):
+        write(f"== {config.dataset} {key.name}: being trained by another sweep, skipped")
+        counts["claimed_elsewhere"] += 1
+        return None
+    plan = _plan(store, config, redo_contended, threads)
+    if plan.problem:
+        aside = store.set_aside(plan.path)
+        write(f"   {plan.problem}; kept aside as {aside.name}, training the run again")
+    if not plan.needed:
+        store.release(key)
+        write(f"== {config.dataset} {key.name}: already finished, skipped")
+        counts["skipped"] += 1
+        return None
+    return plan
+
+
+def started_line(config: TrainConfig, plan: _Plan, threads: int | None = None) -> str:
+    retrain = " (retraining: its record was timed on a shared CPU)" if plan.replaces else ""
+    return f"== {config.dataset} {config.key(threads=threads).name}{retrain}"
+
+
+def store_result(store: RunStore, plan: _Plan, record, weights, counts: dict, write, where: str = "") -> Path:
+    """Write a finished run (record + weights, all or nothing) and say so."""
+    record.replaces = plan.replaces
+    saved = store.save(record, weights, path=plan.path, overwrite=plan.path is not None)
+    counts["trained"] += 1
+    write(
+        f"   {record.name}{where}: test accuracy {record.test_accuracy:.4f} (seed-style {record.seed_style_accuracy:.4f}), "
+        f"{record.train_seconds:.0f} s training -> {saved}"
+    )
+    return saved
+
+
+def new_counts(skipped: int) -> dict:
+    return {"trained": 0, "skipped": skipped, "claimed_elsewhere": 0, "failed": []}
+
+
+def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True, log=print, redo_contended: bool = False) -> dict:
+    """Train every config that has no finished record yet (and, with redo_contended, every run whose
+    record says the CPU was shared), one after another in this process; returns counts of trained,
+    skipped and claimed-elsewhere runs."""
+    store = RunStore(runs_dir)
+    todo, skipped = plan_sweep(configs, store, redo_contended, log)
     if skipped:
         log(f"skipping {skipped} finished run(s) already in {runs_dir}")
-    counts = {"trained": 0, "skipped": skipped, "claimed_elsewhere": 0}
+    counts = new_counts(skipped)
     if not todo:
         return counts
     datasets = {name: load_dataset(name, todo[0].data_root) for name in {c.dataset for c in todo}}
@@ -82,35 +134,15 @@ def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True,
     write = bar.write if bar is not None else log
     try:
         for config in todo:
-            key = config.key()
-            if not store.claim(key):
-                write(f"== {config.dataset} {key.name}: being trained by another sweep, skipped")
-                counts["claimed_elsewhere"] += 1
+            plan = take(store, config, redo_contended, counts, write)
+            if plan is None:
                 continue
             try:
-                # Again, under the claim: another sweep may have finished it since the plan was made.
-                plan = _plan(store, config, redo_contended)
-                if plan.problem:
-                    aside = store.set_aside(plan.path)
-                    write(f"   {plan.problem}; kept aside as {aside.name}, training the run again")
-                if not plan.needed:
-                    write(f"== {config.dataset} {key.name}: already finished, skipped")
-                    counts["skipped"] += 1
-                    continue
-                write(
-                    f"== {config.dataset} {key.name}"
-                    + (" (retraining: its record was timed on a shared CPU)" if plan.replaces else "")
-                )
+                write(started_line(config, plan))
                 model, record = train(config, datasets[config.dataset], progress=progress, log=write)
-                record.replaces = plan.replaces
-                saved = store.save(record, model, path=plan.path, overwrite=plan.path is not None)
+                store_result(store, plan, record, model, counts, write)
             finally:
-                store.release(key)
-            counts["trained"] += 1
-            write(
-                f"   test accuracy {record.test_accuracy:.4f} (seed-style {record.seed_style_accuracy:.4f}), "
-                f"{record.train_seconds:.0f} s training -> {saved}"
-            )
+                store.release(config.key())
             if bar is not None:
                 bar.update(1)
     finally:

@@ -1,4 +1,10 @@
+import os
+
 import pytest
+
+# Ray reads this when it is first imported: with it, the test clusters (tests/test_cluster.py) and their
+# drivers use 127.0.0.1 only, never the machine's network address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from mnist_models.data import Dataset, Split, load_dataset
 

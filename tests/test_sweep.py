@@ -56,11 +56,13 @@ def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
         "trained": 2,
         "skipped": 1,
         "claimed_elsewhere": 0,
+        "failed": [],
     }
     assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None) == {
         "trained": 0,
         "skipped": 3,
         "claimed_elsewhere": 0,
+        "failed": [],
     }
     runs, problems = load_runs(tmp_path)
     assert sorted(r.config.seed for r in runs) == [1, 2, 3] and problems == []
@@ -101,11 +103,13 @@ def test_redo_contended_retrains_only_runs_timed_on_a_shared_cpu(tmp_path):
         "trained": 0,
         "skipped": 2,
         "claimed_elsewhere": 0,
+        "failed": [],
     }
     assert run_sweep(configs, tmp_path, progress=False, log=lambda line: None, redo_contended=True) == {
         "trained": 1,
         "skipped": 1,
         "claimed_elsewhere": 0,
+        "failed": [],
     }
     redone = json.loads(shared.read_text())
     assert redone["replaces"]["train_seconds"] == 12345.0 and redone["replaces"]["cores_used_by_others_during_run"] == 1.0

@@ -1,0 +1,212 @@
+"""Sweeps on a Ray cluster: one Ray core task per run (docs/DESIGN.md, Scale-out).
+
+The driver plans and claims runs exactly as the serial sweep does (sweep.py), puts each dataset once
+into Ray's object store (nodes need neither a copy of the data nor a shared filesystem) and submits
+one task per run. A task trains through the one training loop and returns the run's record (JSON)
+and weights (a CPU state_dict); the driver writes both atomically into the runs folder as each run
+comes back, so a driver stopped mid-sweep keeps every run already returned and a rerun skips them.
+
+Honest timings by reservation: by default a task reserves a whole node's CPUs, so no two timed runs
+share a machine. `cpus_per_run` packs several runs per node; their records say so (marked contended,
+like any run that shared its CPU).
+
+Faults: a run that raises fails alone (named, with its reason; the other runs go on and the sweep
+ends non-zero); a worker process that dies, or a node that leaves, is retried by Ray up to
+`max_retries` times (an exception raised by the training itself is not retried: it would recur).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from .config import TrainConfig
+from .data import load_dataset
+from .errors import CheckpointError, MnistBenchError, UsageError
+from .records import RunRecord, RunStore, weights_state
+from .sweep import new_counts, plan_sweep, started_line, store_result, take
+from .train import train
+
+RAY_MISSING = "ray is not installed: pip install -e '.[cluster]' (on the driver and on every node)"
+DEFAULT_ADDRESS = "local"  # a private Ray instance on this machine, ended with the sweep
+DEFAULT_MAX_RETRIES = 2
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(RAY_MISSING) from None
+    return ray
+
+
+def connect(address: str) -> bool:
+    """Join the cluster at `address` ('local', 'auto' or HOST:PORT); True when this call started the
+    connection (and so ends it). A process already connected (a test's cluster) keeps its connection."""
+    if address == "local":
+        # A private instance listens on loopback only (Ray reads this when it is imported; it would otherwise
+        # bind the machine's network address).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray = _ray()
+    if ray.is_initialized():
+        return False
+    if address not in ("local", "auto"):
+        _check_reachable(address)
+    options = dict(log_to_driver=False, logging_level=logging.WARNING)  # the driver prints one line per run instead
+    if address == "local":
+        options["include_dashboard"] = False
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot reach a Ray cluster at {address!r}: {first}") from None
+    return True
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail in seconds, in one line, where ray.init would retry an unreachable head for minutes."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address must be local, auto or HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"cannot reach a Ray cluster at {address!r}: {exc.strerror or exc} (is `ray start --head` running there?)") from None
+
+
+def node_cpus() -> list[int]:
+    """The CPUs of every live node of the connected cluster."""
+    return [int(n["Resources"].get("CPU", 0)) for n in _ray().nodes() if n.get("Alive")]
+
+
+def reservation(cpus: list[int], cpus_per_run: int | None, log) -> int:
+    """CPUs each run reserves: a whole node's by default, or `cpus_per_run` to pack runs."""
+    if not cpus or max(cpus) < 1:
+        raise UsageError("the Ray cluster has no node with CPUs")
+    if cpus_per_run is None:
+        if len(set(cpus)) > 1:
+            log(f"nodes differ in CPUs ({', '.join(map(str, sorted(set(cpus))))}): each run reserves {min(cpus)}, the "
+                "smallest node's; runs that share a larger node are marked in their records")  # fmt: skip
+        return min(cpus)
+    if cpus_per_run > max(cpus):
+        raise UsageError(f"--cpus-per-run {cpus_per_run} is more than any node has (the largest has {max(cpus)})")
+    return cpus_per_run
+
+
+def train_on_node(config: TrainConfig, dataset, cpus: int) -> dict:
+    """A Ray task's body: train one run on this node with `cpus` threads (unless the config names its
+    own) and send back the record as JSON and the weights as a CPU state_dict."""
+    ray = _ray()
+    torch.set_num_threads(cpus)
+    model, record = train(config, dataset, progress=False, log=lambda line: None)
+    node_id = ray.get_runtime_context().get_node_id()
+    node = next((n for n in ray.nodes() if n["NodeID"] == node_id), {})
+    total = int(node.get("Resources", {}).get("CPU", 0)) or None
+    record.machine["ray"] = {
+        "node_id": node_id,
+        "node_ip": node.get("NodeManagerAddress"),
+        "cpus_reserved": cpus,
+        "node_cpus": total,
+    }
+    if total and cpus < total:
+        record.busy_before_start = record.busy_before_start | {
+            "busy": True,
+            "reason": f"packed by Ray: {cpus} of the node's {total} CPUs reserved per run, so other runs could share it",
+        }
+    return {"record": record.to_json(), "weights": weights_state(model)}
+
+
+def node_label(record: RunRecord) -> str:
+    ray_info = record.machine.get("ray") or {}
+    return f"{record.machine.get('host', '?')}/{str(ray_info.get('node_id', '?'))[:6]}"
+
+
+def failure_reason(exc: Exception) -> str:
+    """One line for a run that failed on its node: the training's own error, or what Ray saw."""
+    ray = _ray()
+    cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else exc
+    if cause is None:
+        cause = exc
+    if isinstance(cause, MnistBenchError):
+        return str(cause)
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def run_cluster_sweep(
+    configs: list[TrainConfig],
+    runs_dir: Path,
+    address: str = DEFAULT_ADDRESS,
+    cpus_per_run: int | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    progress: bool = True,
+    log=print,
+    redo_contended: bool = False,
+    task=train_on_node,
+) -> dict:
+    """The sweep of sweep.run_sweep, one Ray task per run; the same counts, plus `failed`: a list of
+    (run name, reason). `task` is the remote body (tests wrap it to inject faults)."""
+    ray = _ray()
+    store = RunStore(runs_dir)
+    started = connect(address)
+    pending: dict = {}  # ObjectRef -> (config, plan)
+    bar, threads = None, None
+    try:
+        cpus = reservation(node_cpus(), cpus_per_run, log)
+        threads = None if configs and configs[0].threads else cpus  # the identity of runs that leave threads to the node
+        todo, skipped = plan_sweep(configs, store, redo_contended, log, threads)
+        if skipped:
+            log(f"skipping {skipped} finished run(s) already in {runs_dir}")
+        counts = new_counts(skipped)
+        if not todo:
+            return counts
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), desc="runs", unit="run", file=sys.stderr, dynamic_ncols=True)
+        write = bar.write if bar is not None else log
+        datasets = {name: ray.put(load_dataset(name, todo[0].data_root)) for name in {c.dataset for c in todo}}
+        remote = ray.remote(task).options(num_cpus=cpus, max_retries=max_retries, retry_exceptions=False)
+        for config in todo:
+            plan = take(store, config, redo_contended, counts, write, threads)
+            if plan is not None:
+                write(started_line(config, plan, threads) + f": queued ({cpus} CPUs per run)")
+                pending[remote.remote(config, datasets[config.dataset], cpus)] = (config, plan)
+        per_node: Counter = Counter()
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            config, plan = pending.pop(ref)
+            name = config.key(threads=threads).name
+            try:
+                result = ray.get(ref)
+                record = RunRecord.from_json(result["record"], f"the record sent back for {name}")
+                store_result(store, plan, record, result["weights"], counts, write, where=f" on {node_label(record)}")
+                per_node[node_label(record)] += 1
+            except (
+                ray.exceptions.RayError,
+                CheckpointError,
+            ) as exc:  # the run's failure; the driver's own (WriteError) stops the sweep
+                reason = failure_reason(exc)
+                counts["failed"].append((name, reason))
+                write(f"   FAILED {name}: {reason}")
+            finally:
+                store.release(config.key(threads=threads))
+            if bar is not None:
+                bar.set_postfix_str(", ".join(f"{node} {n}" for node, n in sorted(per_node.items())))
+                bar.update(1)
+        return counts
+    finally:
+        for ref, (config, _) in pending.items():  # stopped early: end the queued work, free its claims
+            ray.cancel(ref, force=True)
+            store.release(config.key(threads=threads))
+        store.prune_empty()
+        if bar is not None:
+            bar.close()
+        if started:
+            ray.shutdown()

@@ -1,0 +1,125 @@
+"""Sweeps on a Ray cluster (mnist_models/cluster.py): a two-node cluster on this machine, loopback only.
+
+The cluster (ray.cluster_utils.Cluster: a head and one more node, one CPU each, both on 127.0.0.1)
+starts once for the module (about 10 s) and is shut down at its end; each test then runs a small
+mnist-5k sweep on it. Skipped only where ray is not installed (pip install -e ".[cluster]").
+"""
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from mnist_models.cluster import reservation, run_cluster_sweep, train_on_node
+from mnist_models.config import TrainConfig
+from mnist_models.errors import UsageError
+from mnist_models.records import RunStore, load_weights
+from mnist_models.sweep import sweep_configs
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[cluster]')")
+
+# Ray binds a machine's network address unless told this (tests/conftest.py sets it for this process).
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+BASE = TrainConfig(dataset="mnist-5k", epochs=1, measure_latency=False)
+SWEEP_TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    assert not ray_constants.ENABLE_RAY_CLUSTER, "tests/conftest.py keeps Ray on loopback"
+    nodes = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    )
+    try:
+        nodes.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        nodes.wait_for_nodes(timeout=60)
+        yield nodes
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        nodes.shutdown()
+
+
+def sweep_cli(address, runs, *extra):
+    cmd = [sys.executable, "-m", "mnist_models", "sweep", "--cluster", "ray", "--address", address, "--dataset", "mnist-5k",
+           "--epochs", "1", "--seeds", "1", "--runs-dir", str(runs), "--no-latency", "--no-progress", *extra]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=SWEEP_TIMEOUT, env=os.environ | LOOPBACK)
+
+
+@pytest.mark.slow
+def test_a_sweep_on_two_nodes_returns_complete_records_and_a_rerun_resumes(cluster, tmp_path):
+    runs = tmp_path / "runs"
+    first = sweep_cli(cluster.address, runs, "--models", "simple", "deep")
+    assert first.returncode == 0, first.stderr
+    assert "sweep done: 2 trained, 0 already finished" in first.stdout
+    records, problems = RunStore(runs).load_all()
+    assert problems == [] and len(records) == 2
+    for record in records:
+        ray_info = record.machine["ray"]
+        assert ray_info["cpus_reserved"] == 1 == ray_info["node_cpus"] == record.threads  # a whole (one-CPU) node each
+        assert ray_info["node_ip"] == "127.0.0.1"
+        assert not record.busy_before_start.get("reason", "").startswith("packed")
+        assert 0.5 < record.test_accuracy <= 1
+        load_weights(record.model.name, record.weights)  # the weights came back through the driver and load
+    # Two runs, two one-CPU nodes: Ray ran one on each.
+    assert len({r.machine["ray"]["node_id"] for r in records}) == 2
+
+    again = sweep_cli(cluster.address, runs, "--models", "simple", "deep")
+    assert again.returncode == 0, again.stderr
+    assert "sweep done: 0 trained, 2 already finished" in again.stdout
+    assert RunStore(runs).load_all()[0][0].created == records[0].created  # kept, not retrained
+
+
+@pytest.mark.slow
+def test_a_run_that_raises_fails_alone_and_the_sweep_says_so(cluster, tmp_path):
+    [good] = sweep_configs(BASE, ["simple"], ["tensor-eager-fp32"], [1])
+    bad = replace(good, lr=1e9, seed=2)  # diverges: a TrainingDiverged inside the task
+    counts = run_cluster_sweep([good, bad], tmp_path, address=cluster.address, progress=False, log=lambda line: None)
+    assert counts["trained"] == 1
+    [(name, reason)] = counts["failed"]
+    assert name == bad.key(threads=1).name and "training diverged" in reason
+    [record], _ = RunStore(tmp_path).load_all()
+    assert record.config.seed == 1
+    assert not list(tmp_path.glob("*/.*.claim")), "claims are released, also for the failed run"
+    assert not ray.is_initialized(), "the sweep ends the connection it started"
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_and_the_sweep_completes(cluster, tmp_path):
+    marker = tmp_path / "killed-once"
+
+    def dies_once(config, dataset, cpus):  # a worker process killed in the middle of its run, once
+        if not marker.exists():
+            marker.touch()
+            os._exit(9)
+        return train_on_node(config, dataset, cpus)
+
+    configs = sweep_configs(BASE, ["simple"], ["tensor-eager-fp32"], [1])
+    counts = run_cluster_sweep(configs, tmp_path / "runs", address=cluster.address, progress=False, log=lambda line: None,
+                               task=dies_once)  # fmt: skip
+    assert marker.exists(), "the first attempt died"
+    assert counts["trained"] == 1 and counts["failed"] == []
+    assert len(RunStore(tmp_path / "runs").load_all()[0]) == 1
+
+    # Without retries the same death is the run's failure, named, and nothing is written.
+    marker.unlink()
+    other = sweep_configs(BASE, ["simple"], ["tensor-eager-fp32"], [2])
+    counts = run_cluster_sweep(other, tmp_path / "runs", address=cluster.address, max_retries=0, progress=False,
+                               log=lambda line: None, task=dies_once)  # fmt: skip
+    [(name, reason)] = counts["failed"]
+    assert name.endswith("-s2") and "died" in reason.lower()
+    assert len(RunStore(tmp_path / "runs").load_all()[0]) == 1
+
+
+def test_runs_reserve_a_whole_node_unless_packed():
+    lines = []
+    assert reservation([4, 4], None, lines.append) == 4 and lines == []
+    assert reservation([2, 8], None, lines.append) == 2 and "differ in CPUs" in lines[0]
+    assert reservation([2, 8], 1, lines.append) == 1
+    with pytest.raises(UsageError, match="more than any node has"):
+        reservation([2, 2], 3, lines.append)
