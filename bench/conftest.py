@@ -18,10 +18,11 @@ import torch
 
 from mnist_models import atomic
 from mnist_models.bench_report import write_report
-from mnist_models.data import DATASETS, Split, load_dataset
+from mnist_models.data import DATASETS, DEFAULT_ROOT, Split, load_dataset
 from mnist_models.errors import DataError
 from mnist_models.harness import warm_up
 from mnist_models.machine import BUSY_CORES, CpuContention, busy_check, busy_warning, machine_info, machine_slug
+from mnist_models.paths import home
 from mnist_models.report import REPORTS_DIR
 from mnist_models.variants import device_name
 
@@ -48,14 +49,14 @@ def pytest_addoption(parser):
         choices=("auto", *DATASETS),
         help="dataset of the epoch suite; auto = mnist when present or downloadable, else mnist-5k",
     )
-    group.addoption("--bench-data-root", default="data", help="data root (default: data)")
+    group.addoption("--bench-data-root", default=str(DEFAULT_ROOT), help=f"data root (default: {DEFAULT_ROOT})")
     group.addoption("--bench-threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     group.addoption("--bench-epoch-rounds", type=int, default=3, help="rounds of each full-epoch benchmark (default: 3)")
     group.addoption("--bench-report", default=None,
                     help=f"markdown report path (default: {REPORTS_DIR}/benchmarks-cpu.md, or -cuda.md with a GPU); JSON beside it")  # fmt: skip
 
 
-DEFAULT_STORAGE = "file://./.benchmarks"
+DEFAULT_STORAGE = f"file://{home() / '.benchmarks'}"  # autosaves beside the reports, wherever pytest runs
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options (its own hook is trylast)

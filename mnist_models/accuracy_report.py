@@ -1,8 +1,10 @@
 """Run records (+ the latest benchmark JSON) -> reports/accuracy-vs-cost.md and its plots.
 
 One section per dataset: runs from different datasets are never averaged together. Within a
-dataset, runs group by model, loader, variant, recipe and thread count; each group reports the
-spread over its seeds, so a difference between the nets can be weighed against seed-to-seed noise.
+dataset, the accuracy table groups runs by model, loader, variant and recipe, pooled over machines
+and thread counts; the cost table groups them also by thread count and machine, since times never
+transfer between machines. Each group reports the spread over its seeds, so a difference between
+the nets can be weighed against seed-to-seed noise.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ SEED_COSTS = {
     ],
 }
 SEED_ACCURACY = {"simple": 0.9874, "deep": 0.9838}
-GROUP_KEYS = ["model", "loader", "tag", "epochs_cfg", "batch_size", "lr", "threads", "ranks"]
+# Accuracy pools over machines and thread counts (they change no result beyond rounding); cost never does.
+RECIPE_KEYS = ["model", "loader", "tag", "epochs_cfg", "batch_size", "lr", "ranks"]
+GROUP_KEYS = [*RECIPE_KEYS, "threads", "machine_key"]
 
 
 def runs_frame(runs: list[RunRecord]) -> pd.DataFrame:
@@ -126,7 +130,6 @@ def summarise_groups(df: pd.DataFrame) -> pd.DataFrame:
                 "peak_mb": g["peak_mb"].max(),
                 "contended": bool(g["contended"].any()),
                 "variant": g["variant"].iloc[0],
-                "machine_keys": frozenset(g["machine_key"]),
                 "runs": g,
             }
         )
@@ -149,9 +152,12 @@ def plot(groups: pd.DataFrame, dataset: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 6.5))
     flags = pareto(list(zip(groups["train_seconds"], groups["acc_mean"])))
+    several = groups["machine_key"].nunique() > 1
+    machines = {key: f"M{i + 1}" for i, key in enumerate(sorted(groups["machine_key"].unique()))}
     for (_, g), on_front in zip(groups.iterrows(), flags):
+        where = f", {machines[g['machine_key']]}" if several else ""
         ax1.errorbar(
             g["train_seconds"],
             g["acc_mean"],
@@ -159,30 +165,35 @@ def plot(groups: pd.DataFrame, dataset: str, path: Path) -> Path:
             yerr=g["acc_std"],
             fmt="o",
             capsize=4,
-            label=f"{_label(g)}, {g['epochs_cfg']} ep, {g['threads']} thr (n={g['n']})",
+            label=f"{_label(g)}, {g['epochs_cfg']} ep, {g['threads']} thr{where} (n={g['n']})",
             markersize=9 if on_front else 6,
             markeredgecolor="black" if on_front else None,
             markeredgewidth=2 if on_front else 0,
         )
         curves = pd.DataFrame(list(g["runs"]["curve"]))
         epochs = range(1, curves.shape[1] + 1)
-        line = ax2.plot(epochs, curves.mean(), label=_label(g))[0]
+        line = ax2.plot(epochs, curves.mean(), label=f"{_label(g)}{where}")[0]
         ax2.fill_between(epochs, curves.min(), curves.max(), alpha=0.2, color=line.get_color())
+    front = sorted((c, a) for (c, a), on in zip(zip(groups["train_seconds"], groups["acc_mean"]), flags) if on)
+    if len(front) > 1:  # the Pareto front as a staircase: the best accuracy bought at each cost
+        ax1.step([c for c, _ in front], [a for _, a in front], where="post", color="black", linewidth=1, alpha=0.6,
+                 label="Pareto front", zorder=0)  # fmt: skip
     ax1.set_xlabel("training time, s (mean over seeds; bars: std)")
     ax1.set_ylabel("final test accuracy (bars: std over seeds)")
-    ax1.set_title(f"{dataset}: accuracy vs training cost (outlined: Pareto-optimal)")
-    ax1.legend(fontsize=7)
-    ax1.grid(alpha=0.3)
+    ax1.set_title(f"{dataset}: accuracy vs training cost (outlined + line: Pareto front)")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("test accuracy (mean; band: min-max over seeds)")
     ax2.set_title(f"{dataset}: test accuracy per epoch")
-    ax2.legend(fontsize=7)
-    ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):  # legends below the axes, never over the data
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
+        ax.grid(alpha=0.3)
+    if several:
+        fig.text(0.01, 0.005, "; ".join(f"{m}: {key}" for key, m in machines.items()), fontsize=6)
     fig.tight_layout()
     import io
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return atomic.write_bytes(path, buffer.getvalue())
 
@@ -338,53 +349,8 @@ def render(runs: list[RunRecord], problems: list[str], bench: dict | None, out_d
                 "_Runs marked * shared the CPU with other work (see `busy_before_start` and "
                 "`cores_used_by_others_during_run` in their records): their times are upper bounds._\n\n"
             )
-        rows = []
-        for _, g in groups.iterrows():
-            rows.append(
-                [
-                    f"{_label(g)}{'*' if g['contended'] else ''}",
-                    g["epochs_cfg"],
-                    g["threads"],
-                    f"{g['n']} ({', '.join(map(str, g['seeds']))})",
-                    f"{g['acc_mean']:.4f} ± {g['acc_std']:.4f}",
-                    f"{g['acc_min']:.4f}–{g['acc_max']:.4f}",
-                    f"{g['seed_style_mean']:.4f}",
-                    f"{g['sec_per_epoch']:.1f}",
-                    f"{g['train_seconds']:.0f}",
-                    f"{fmt_num(g['lat1_ms'], 2)} / {fmt_num(g['lat1000_ms'], 1)}",
-                    # Only beside runs of the machine the benchmarks ran on: latencies do not transfer.
-                    _bench_latency(
-                        section_bench if section_bench and g["machine_keys"] == {_bench_machine(bench)} else None,
-                        g["model"],
-                        g["variant"],
-                    ),
-                    f"{g['params']:,}",
-                    f"{g['flops'] / 1e6:.2f} M",
-                    fmt_num(g["peak_mb"], 0),
-                ]
-            )
-        out.append(
-            table(
-                [
-                    "model, loader, variant",
-                    "epochs",
-                    "threads",
-                    "seeds",
-                    "accuracy mean ± std",
-                    "min–max",
-                    "seed-style",
-                    "s / epoch",
-                    "train s",
-                    "latency b1 / b1000 ms (run)",
-                    "bench b1 / b1000 ms",
-                    "params",
-                    "FLOPs / image",
-                    "peak MB",
-                ],
-                rows,
-                align="lrrlrrrrrrrrrr",
-            )
-        )
+        out.append(_accuracy_table(sub))
+        out.append(_cost_table(groups, section_bench, bench))
         out.append("\nPeak MB is the process's peak RSS on CPU (it includes the dataset) or CUDA's allocator peak.\n")
 
         base = _baselines(groups)
@@ -412,6 +378,58 @@ def render(runs: list[RunRecord], problems: list[str], bench: dict | None, out_d
         out.append(f"\n### Plot\n\n![accuracy vs cost, {dataset}]({png.name})\n")
         out.append("\n### Reading\n\n" + "\n".join(_reading(groups)) + "\n")
     return "".join(out)
+
+
+def _accuracy_table(sub: pd.DataFrame) -> str:
+    """What a recipe buys, pooled over every machine and thread count that ran it."""
+    pooled = sub.groupby(RECIPE_KEYS, sort=True)
+    rows = []
+    for _, g in pooled:
+        first = g.iloc[0]
+        std = g["accuracy"].std(ddof=1) if len(g) > 1 else 0.0
+        machines = g["machine_key"].nunique()
+        rows.append([
+            _label(first), first["epochs_cfg"], f"{len(g)} ({', '.join(map(str, sorted(g['seed'])))})",
+            f"{g['accuracy'].mean():.4f} ± {std:.4f}", f"{g['accuracy'].min():.4f}–{g['accuracy'].max():.4f}",
+            f"{g['seed_style'].mean():.4f}", f"{first['params']:,}", f"{first['flops'] / 1e6:.2f} M",
+            machines if machines > 1 else "1",
+        ])  # fmt: skip
+    return (
+        "### Accuracy (pooled over machines and thread counts)\n\n"
+        + table(
+            [
+                "model, loader, variant",
+                "epochs",
+                "runs (seeds)",
+                "accuracy mean ± std",
+                "min–max",
+                "seed-style",
+                "params",
+                "FLOPs / image",
+                "machines",
+            ],
+            rows,
+            align="lrlrrrrrr",
+        )  # fmt: skip
+    )
+
+
+def _cost_table(groups: pd.DataFrame, section_bench: dict | None, bench: dict | None) -> str:
+    """What a recipe costs, per machine and thread count: times never pool across machines."""
+    several = groups["machine_key"].nunique() > 1
+    rows = []
+    for _, g in groups.iterrows():
+        rows.append([
+            f"{_label(g)}{'*' if g['contended'] else ''}", *([md(g["machine_key"])] if several else []), g["threads"], g["n"],
+            f"{g['sec_per_epoch']:.1f}", f"{g['train_seconds']:.0f}", f"{fmt_num(g['lat1_ms'], 2)} / {fmt_num(g['lat1000_ms'], 1)}",
+            # Only beside runs of the machine the benchmarks ran on: latencies do not transfer.
+            _bench_latency(section_bench if section_bench and g["machine_key"] == _bench_machine(bench) else None,
+                           g["model"], g["variant"]),
+            fmt_num(g["peak_mb"], 0),
+        ])  # fmt: skip
+    columns = ["model, loader, variant", *(["machine"] if several else []), "threads", "runs", "s / epoch", "train s",
+               "latency b1 / b1000 ms (run)", "bench b1 / b1000 ms", "peak MB"]  # fmt: skip
+    return "\n### Cost (per machine)\n\n" + table(columns, rows, align="l" + ("l" if several else "") + "rrrrrrr")
 
 
 def _seed_table(sub: pd.DataFrame) -> str:

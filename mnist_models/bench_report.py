@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import atomic
 from .errors import MnistBenchError, UsageError
+from .machine import native_bf16
 from .report import code, fmt_num, fmt_time, header, md, table
 from .variants import Variant
 
@@ -126,6 +127,13 @@ def ceiling_for(info: dict, peaks: dict) -> float | None:
     return max(p for p in (half, fp32) if p) if (half or fp32) else None
 
 
+def ceiling_source(info: dict, peaks: dict) -> str:
+    """Which measured rate ceiling_for picked, for the report's cells: 'fp32 matmul' or 'bf16 matmul'."""
+    device, precision = info.get("device"), info.get("precision", "fp32")
+    half, fp32 = peaks.get((device, precision)), peaks.get((device, "fp32"))
+    return f"{precision} matmul" if precision != "fp32" and half and (not fp32 or half > fp32) else "fp32 matmul"
+
+
 def achieved_gflops(bench: dict) -> float | None:
     flops = bench.get("extra_info", {}).get("flops_per_call")
     return flops / bench["stats"]["median"] / 1e9 if flops else None
@@ -137,7 +145,9 @@ def is_baseline(info: dict) -> bool:
     return plain and info.get("loader", "seed") == "seed" and not info.get("threads_pinned")
 
 
-def _group_rows(benchmarks: list[dict], peaks: dict) -> tuple[list[list], list[str]]:
+def _group_rows(benchmarks: list[dict], peaks: dict, emulated: bool = False) -> tuple[list[list], list[str]]:
+    """One row per benchmark of a group; `emulated`: the machine has no native bf16, so half-precision
+    CPU rows say so (their ceiling is fp32's: see ceiling_for)."""
     baseline = next((b for b in benchmarks if is_baseline(b.get("extra_info", {}))), None)
     rows, notes = [], []
     for bench in sorted(benchmarks, key=lambda b: b["stats"]["median"]):
@@ -154,6 +164,8 @@ def _group_rows(benchmarks: list[dict], peaks: dict) -> tuple[list[list], list[s
             extras.append(f"acc {info['test_accuracy']:.4f}")
         if info.get("loader"):
             extras.append(f"{md(info['loader'])} loader")
+        if emulated and info.get("device") == "cpu" and info.get("precision", "fp32") != "fp32":
+            extras.append("**emulated** (no native bf16 on this CPU)")
         rows.append(
             [
                 code(_short(bench)),
@@ -162,7 +174,7 @@ def _group_rows(benchmarks: list[dict], peaks: dict) -> tuple[list[list], list[s
                 stats["rounds"],
                 fmt_num(per_call / median, 0) if per_call else "-",
                 fmt_num(gflops, 1),
-                f"{100 * gflops / peak:.1f}%" if gflops and peak else "-",
+                f"{100 * gflops / peak:.1f}% of {ceiling_source(info, peaks)}" if gflops and peak else "-",
                 f"{speedup:.2f}x" if speedup else "-",
                 "; ".join(extras),
             ]
@@ -239,7 +251,7 @@ def headlines(groups: dict[str, list[dict]], peaks: dict) -> list[str]:
         flops = b_info.get("flops_per_call")
         peak = ceiling_for(b_info, peaks)
         if flops and peak:
-            line += f", {100 * flops / best['stats']['median'] / 1e9 / peak:.0f}% of the matmul ceiling"
+            line += f", {100 * flops / best['stats']['median'] / 1e9 / peak:.0f}% of the {ceiling_source(b_info, peaks)} ceiling"
         if info.get("suite") == "epoch":
             accs = [b.get("extra_info", {}).get("test_accuracy") for b in (baseline, best)]
             if None not in accs:
@@ -253,6 +265,7 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
     benchmarks = bench_rows(data)
     extra = data.get("mnist_bench") if isinstance(data.get("mnist_bench"), dict) else {}
     machine = bench_machine(data)
+    emulated = bool(machine.get("cpu_isa")) and not native_bf16(machine)  # an unknown ISA is not called emulated
     datasets = {b["extra_info"]["dataset"] for b in benchmarks if b.get("extra_info", {}).get("dataset")}
     out = [
         header(
@@ -344,11 +357,11 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
                 )
             )
             continue
-        rows, notes = _group_rows(groups[name], peaks)
+        rows, notes = _group_rows(groups[name], peaks, emulated)
         out.append(f"\n### {md(name)}\n")
         out.append(
             table(
-                ["variant", "median", "IQR", "rounds", "images/s", "GFLOP/s", "% ceiling", "speedup", "notes"],
+                ["variant", "median", "IQR", "rounds", "images/s", "GFLOP/s", "% of ceiling (which)", "speedup", "notes"],
                 rows,
                 align="lrrrrrrrl",
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -166,16 +167,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     batch = args.per_rank_batch * world if args.per_rank_batch else args.batch_size
     config = _train_config(args, ranks=world, batch_size=batch, backend=args.backend)
     record, path = train_and_store(
-        config, RunStore(args.runs_dir), overwrite=args.overwrite, progress=_show_progress(args), rank=rank
-    )
+        config, RunStore(args.runs_dir), overwrite=args.overwrite, progress=_show_progress(args), rank=rank,
+        log=(lambda line: print(line, file=sys.stderr)) if args.json else print,  # --json: stdout holds the JSON alone
+    )  # fmt: skip
     if record is None:
         return 0  # not rank 0: rank 0 writes the record
-    print(f"Accuracy: {record.test_accuracy:.4f} (inputs scaled to [0, 1], as in training)")
-    print(f"Seed-style accuracy: {record.seed_style_accuracy:.4f} (raw 0..255 inputs, as the seed evaluated)")
-    print(f"{record.train_seconds:.1f} s training, {record.train_images_per_second:.0f} images/s; record: {path}")
     warning = busy_warning(record.busy_before_start)
     if warning:
         print(warning, file=sys.stderr)
+    if args.json:
+        print(json.dumps({"record_path": str(path), **record.to_json()}))
+        return 0
+    print(f"Accuracy: {record.test_accuracy:.4f} (inputs scaled to [0, 1], as in training)")
+    print(f"Seed-style accuracy: {record.seed_style_accuracy:.4f} (raw 0..255 inputs, as the seed evaluated)")
+    print(f"{record.train_seconds:.1f} s training, {record.train_images_per_second:.0f} images/s; record: {path}")
     return 0
 
 
@@ -192,7 +197,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cluster_flags = [flag for flag, value in (("--address", args.address), ("--cpus-per-run", args.cpus_per_run),
                                               ("--max-retries", args.max_retries)) if value is not None]  # fmt: skip
     if args.cluster == "none" and cluster_flags:
-        raise UsageError(f"{', '.join(cluster_flags)}: for a sweep on a cluster, which --cluster none (the default) is not; add --cluster ray")
+        raise UsageError(
+            f"{', '.join(cluster_flags)}: for a sweep on a cluster, which --cluster none (the default) is not; add --cluster ray"
+        )
     configs = sweep_configs(_train_config(args), args.models, args.variants, args.seeds)
     check_writable_dir(Path(args.runs_dir))
     if args.cluster == "ray":
@@ -220,16 +227,24 @@ def cmd_data(args: argparse.Namespace) -> int:
     unknown = [n for n in args.names if n not in DATASETS]
     if unknown:
         raise UsageError(f"unknown dataset {unknown[0]!r}; choose one of: {', '.join(DATASETS)}")
-    missing = []
+    missing, found = [], []
     for name in args.names or [n for n in DATASETS if n != "synthetic"]:
         try:
             dataset = load_dataset(name, args.data_root, download=args.download)
         except MnistBenchError as exc:
-            print(f"{name:14s} unavailable: {exc}")
+            found.append({"name": name, "available": False, "problem": str(exc)})
             missing.append(name)
+            if not args.json:
+                print(f"{name:14s} unavailable: {exc}")
             continue
         counts = dataset.counts()
-        print(f"{name:14s} {counts['train']:>6,} train / {counts['test']:>6,} test  from {dataset.source}")
+        found.append(
+            {"name": name, "available": True, "train": counts["train"], "test": counts["test"], "source": dataset.source}
+        )
+        if not args.json:
+            print(f"{name:14s} {counts['train']:>6,} train / {counts['test']:>6,} test  from {dataset.source}")
+    if args.json:
+        print(json.dumps({"data_root": str(args.data_root), "datasets": found}))
     # Named datasets must be there (scripts check with `mnist-bench data NAME`); the overview only informs.
     return 1 if args.names and missing else 0
 
@@ -272,10 +287,31 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_report_flags(args: argparse.Namespace) -> None:
+    """Refuse combinations in which a flag would do nothing, saying what does the job instead."""
+    if args.bench_out and not args.bench_json:
+        raise UsageError(
+            "--bench-out renders a benchmark report from --bench-json FILE, which is missing "
+            "(a benchmark session writes its own report: pytest bench --benchmark-only --bench-report PATH)"
+        )
+    if args.no_accuracy:
+        if not args.bench_out:
+            raise UsageError(
+                "--no-accuracy leaves nothing to do: add --bench-json FILE --bench-out OUT.md for a benchmark report"
+            )
+        ignored = [flag for flag, value in (("--runs-dir", args.runs_dir), ("--out", args.out)) if value is not None]
+        if ignored:
+            raise UsageError(f"{' and '.join(ignored)} belong to the accuracy report, which --no-accuracy leaves out")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """The accuracy-vs-cost report from stored runs; and/or a benchmark report from a saved JSON."""
     from .atomic import write_text
     from .bench_report import load_bench_json, write_report
+
+    _check_report_flags(args)
+    args.runs_dir = args.runs_dir or str(DEFAULT_RUNS_DIR)
+    args.out = args.out or str(REPORTS_DIR / "accuracy-vs-cost.md")
 
     bench = load_bench_json(Path(args.bench_json)) if args.bench_json else None
     if bench is not None and args.bench_out:
@@ -388,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="train and replace a finished run of the same recipe (by default it is kept and nothing is trained)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run's record as one JSON object (plus record_path) on stdout; epoch lines go to stderr",
     )
     p.add_argument(
         "--nproc",
@@ -510,10 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
         "records, and optionally a benchmark report from a pytest-benchmark JSON (--benchmark-json, "
         "--benchmark-autosave, or the JSON written beside reports/benchmarks-*.md).",
     )
-    p.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help=f"run records to report on (default: {DEFAULT_RUNS_DIR})")
+    # None, not the default path, so that a flag --no-accuracy would ignore can be refused.
+    p.add_argument("--runs-dir", default=None, help=f"run records to report on (default: {DEFAULT_RUNS_DIR})")
     p.add_argument(
         "--out",
-        default=str(REPORTS_DIR / "accuracy-vs-cost.md"),
+        default=None,
         help=f"accuracy-vs-cost markdown; PNG plots go beside it (default: {REPORTS_DIR / 'accuracy-vs-cost.md'})",
     )
     p.add_argument("--bench-json", default=None, help=f"a pytest-benchmark JSON file (default: the newest {REPORTS_DIR}/benchmarks-*.json)")  # fmt: skip
@@ -556,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="DATASET", help=f"any of: {', '.join(DATASETS)} (default: all but synthetic)")
     p.add_argument("--data-root", default=str(DEFAULT_ROOT), help=f"data root (default: {DEFAULT_ROOT})")
     p.add_argument("--download", action="store_true", help="download mnist / fashion-mnist if missing (needs internet)")
+    p.add_argument("--json", action="store_true", help="print one JSON object: {data_root, datasets: [{name, available, ...}]}")
     p.set_defaults(func=cmd_data)
     return parser
 

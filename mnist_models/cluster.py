@@ -77,7 +77,9 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise UsageError(f"cannot reach a Ray cluster at {address!r}: {exc.strerror or exc} (is `ray start --head` running there?)") from None
+        raise UsageError(
+            f"cannot reach a Ray cluster at {address!r}: {exc.strerror or exc} (is `ray start --head` running there?)"
+        ) from None
 
 
 def node_cpus() -> list[int]:

@@ -24,10 +24,11 @@ import torch
 from . import atomic
 from .errors import DataError, UsageError
 from .nets import IMAGE_SIZE, NUM_CLASSES
+from .paths import home
 
 DATASETS = ("mnist", "fashion-mnist", "mnist-5k", "synthetic")
 LOADERS = ("seed", "tensor")
-DEFAULT_ROOT = Path("data")
+DEFAULT_ROOT = home() / "data"  # paths.py: relative to the home folder
 # Where Debian's package dataset-fashion-mnist puts the four .gz IDX files.
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 OFFLINE_HINT = (

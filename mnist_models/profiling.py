@@ -12,8 +12,12 @@ forward (input and weight gradients), except the first layer, whose input needs 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import statistics
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -28,6 +32,7 @@ from .errors import UsageError
 from .harness import build, real_batch, warm_up
 from .machine import busy_check, machine_info, mixed_machines_warning
 from .nets import MODELS
+from .paths import shown
 from .report import REPORTS_DIR, code, md
 from .variants import MODES, Variant, device_name, render_tag, resolve_device
 
@@ -170,6 +175,34 @@ def summarise(prof, config: ProfileConfig, model) -> dict:
     }
 
 
+# Lines the profiler's C++ side (kineto, c10) writes to the process's stderr on every CPU profile, which
+# Python's warnings filters cannot catch: the CUDA build's no-GPU complaint (it only means that no GPU
+# activity can be traced), kineto's start/stop markers, and the allocator's note that memory held
+# before profiling has no recorded size (the memory paragraph of the report says what that means).
+KINETO_GPU_NOISE = "gpuGetDeviceCount failed"
+PROFILER_NOISE = (KINETO_GPU_NOISE, "SyncActivityProfilerHandler.cpp", "allocated before the profiling started")
+
+
+@contextlib.contextmanager
+def _without_kineto_gpu_noise():
+    """Hold the process's stderr (file descriptor 2) while the profiler runs, then pass on every line
+    but PROFILER_NOISE."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            for line in held.read().decode(errors="replace").splitlines():
+                if not any(noise in line for noise in PROFILER_NOISE):
+                    print(line, file=sys.stderr)
+
+
 def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = None) -> tuple[Path, dict | None]:
     """Profile one model + variant; returns the trace run directory and the kernel summary.
 
@@ -205,14 +238,17 @@ def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = No
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if variant.device == "cuda" else [])
     worker = config.run_name() + (f"-rank{rank.rank}" if rank else "")
     wall = []
-    with torch.profiler.profile(
-        activities=activities,
-        schedule=schedule(wait=config.wait, warmup=config.warmup, active=config.active, repeat=1),
-        on_trace_ready=tensorboard_trace_handler(str(run_dir), worker_name=worker),
-        record_shapes=True,
-        with_flops=True,
-        profile_memory=True,
-    ) as prof:
+    with (
+        _without_kineto_gpu_noise(),
+        torch.profiler.profile(
+            activities=activities,
+            schedule=schedule(wait=config.wait, warmup=config.warmup, active=config.active, repeat=1),
+            on_trace_ready=tensorboard_trace_handler(str(run_dir), worker_name=worker),
+            record_shapes=True,
+            with_flops=True,
+            profile_memory=True,
+        ) as prof,
+    ):
         for _ in range(config.wait + config.warmup + config.active):
             t = time.perf_counter()
             run()
@@ -223,8 +259,23 @@ def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = No
     summary = summarise(prof, config, work.model)
     summary["wall_ms_per_step_while_profiling"] = 1e3 * statistics.median(wall[-config.active :])
     summary["busy_before_start"] = busy
-    summary["trace_dir"] = str(run_dir)
+    summary["trace_dir"] = shown(run_dir)
+    summary |= read_back(run_dir, worker, summary)
     return run_dir, summary
+
+
+def read_back(run_dir: Path, worker: str, summary: dict) -> dict:
+    """What the trace file itself says: a step's memory, and the cross-check of the conv rows (HTA)."""
+    from .trace_check import cross_check, step_memory, trace_files
+
+    traces = trace_files(run_dir, worker)
+    if not traces:
+        return {"memory": None, "trace_check": {"skipped": f"no trace file of {worker} in {shown(run_dir)}"}}
+    try:
+        check = cross_check(summary, traces[-1])
+    except ImportError as exc:
+        check = {"skipped": str(exc)}
+    return {"memory": step_memory(traces[-1]), "trace_check": check}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,10 +395,55 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
         ]
         out.append("\nTop other ops:\n\n")
         out.append(table(["op", "calls", "self ms", "share", "input shapes"], rows, align="lrrrl"))
+        out.append(_memory_text(s.get("memory")))
+        out.append(_trace_check_text(s.get("trace_check")))
         if s.get("comm_rows"):
             rows = [[code(r["name"][:60]), fmt_num(r["calls_per_step"], 0), f"{r['self_ms_per_step']:.2f}", f"{r['total_ms_per_step']:.2f}",
                      _shapes(r["input_shapes"])] for r in s["comm_rows"]]  # fmt: skip
             out.append("\nCommunication (DDP's gradient all-reduce; gloo runs it on its own thread, so its time overlaps the "
                        "backward pass and is not part of the step's share):\n\n")  # fmt: skip
             out.append(table(["op", "calls", "self ms", "total ms", "input shapes"], rows, align="lrrrl"))
+    return "".join(out)
+
+
+def _memory_text(memory: dict | None) -> str:
+    if not memory:
+        return ""
+    top = ", ".join(f"{code(r['name'][:50])} {r['mb_per_step']:.1f} MB" for r in memory["top_allocating_ops"])
+    return (
+        f"\nMemory (the allocator's events in the trace): a step peaks {memory['step_peak_mb']:.1f} MB above the level it "
+        "starts at (what the step allocates on top of weights, optimizer state and batch, which were allocated before "
+        f"profiling began). Allocating most per step (bytes allocated, frees not subtracted): {top}.\n"
+    )
+
+
+def _trace_check_text(check: dict | None) -> str:
+    from .report import table
+
+    if not check:
+        return ""
+    if "skipped" in check:
+        return f"\n_Cross-check against the trace file skipped: {md(check['skipped'])}._\n"
+    rows = check["rows"]
+    agree = sum(r["agree"] for r in rows)
+    out = [
+        f"\nCross-check: the trace file ({code(check['file'])}, {check['steps']} steps) read by {md(check['reader'])} gives the "
+        f"same calls, total and self time per step for {agree} of {len(rows)} convolution rows (within {100 * check['tolerance']:.0f}%)"
+    ]
+    if agree == len(rows):
+        return out[0] + ".\n"
+    out.append("; where they differ:\n\n")
+    cells = []
+    for r in rows:
+        if r["agree"]:
+            continue
+        rep, tr = r["report"], r["trace"]
+        cells.append([code(r["name"][:50]), _shapes(r["input_shapes"]), f"{rep['calls_per_step']:.0f} / {tr['calls_per_step']:.0f}",
+                      f"{rep['total_ms_per_step']:.2f} / {tr['total_ms_per_step']:.2f}",
+                      f"{rep['self_ms_per_step']:.2f} / {tr['self_ms_per_step']:.2f}", md(r["worst"].replace("_", " "))])  # fmt: skip
+    out.append(table(["op", "input shapes", "calls report / trace", "total ms", "self ms", "largest gap"], cells, align="llrrrl"))
+    out.append(
+        "\nA gap means the in-process table and the file disagree on the same events: a row the file files under other "
+        "input shapes, or self time the table assigns differently where ops of two threads overlap.\n"
+    )
     return "".join(out)

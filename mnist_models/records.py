@@ -35,6 +35,7 @@ from .data import DATASETS
 from .errors import CheckpointError, MnistBenchError, RecordError, RunExists, UsageError
 from .machine import BUSY_CORES, machine_key
 from .nets import MODELS, build_model
+from .paths import shown
 from .report import REPORTS_DIR
 from .variants import Variant
 
@@ -414,7 +415,7 @@ class RunStore:
         if path.exists() and not overwrite:
             raise RunExists(f"a finished run is already stored at {path}; it is kept (pass --overwrite to replace it)")
         weights = self.weights_path(path)
-        record.weights = str(weights)
+        record.weights = shown(weights)  # relative to the home when inside it: records stay valid in a moved checkout
         state = weights_state(model) if isinstance(model, nn.Module) else checked_state(record.model.name, model)
         staged_weights = atomic.stage(weights, atomic.torch_writer(state), "wb")
         try:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 
-# Every generated file lives under this folder unless a flag names another place.
-REPORTS_DIR = Path("reports")
+from .paths import home
+
+# Every generated file lives under this folder unless a flag names another place (paths.py: the home).
+REPORTS_DIR = home() / "reports"
 
 # What lets text break out of a table cell or a line: pipes, HTML, links, headings, code spans.
 # Emphasis characters (_ *) are left alone: they cannot inject structure, and ISA names use _.
@@ -53,6 +54,14 @@ def header(
         f"- **Versions**: torch {m.get('torch', '?')}, Python {m.get('python', '?')}"
         + (f", CUDA {m.get('cuda_version', '?')}" if m.get("gpu") else "")
         + (f"; data made by code {m['code']}" if m.get("code") else ""),
+        *(  # recorded since schema 3's machine block grew them; older data leaves the line out
+            [
+                f"- **CPU kernels**: torch capability {m['cpu_capability']}, oneDNN {m.get('onednn', '?')}, BLAS {m.get('blas', '?')}; "
+                f"bf16 {'native' if machine.get('native_bf16') else 'emulated (no AVX-512 BF16 or AMX)'}"
+            ]
+            if m.get("cpu_capability")
+            else []
+        ),  # fmt: skip
         f"- **Rendered by**: code {md(rendering_code())}",
         f"- **Dataset{'s' if len(datasets) > 1 else ''}**: {', '.join(datasets) or 'none'}"
         + (" (mixed: compare within a dataset only)" if len(datasets) > 1 else ""),

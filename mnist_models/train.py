@@ -29,7 +29,7 @@ from .data import Dataset, Split, check_batch_size, load_dataset, make_loader
 from .distributed import Rank
 from .errors import RunExists, TrainingDiverged, UsageError
 from .harness import Workload, build, make_forward
-from .machine import CpuContention, busy_check, machine_info, peak_memory_mb, reset_peak_memory
+from .machine import CpuContention, busy_check, emulated_half_warning, machine_info, peak_memory_mb, reset_peak_memory
 from .nets import NUM_CLASSES
 from .records import DatasetInfo, EpochStats, ModelInfo, RunRecord, RunStore
 from .variants import Variant, device_name
@@ -230,6 +230,9 @@ def train(
     """
     main = rank is None or rank.is_main
     s = _set_up(config, dataset, rank)
+    emulated = emulated_half_warning(s.work.variant.device, config.precision)
+    if emulated and main:
+        print(emulated, file=sys.stderr)  # before the epochs: this run will be slow, and why
     started = time.perf_counter()
     epochs = _fit(s, progress and main, log if main else (lambda line: None))
     wall = time.perf_counter() - started
@@ -268,7 +271,12 @@ def train(
 
 
 def train_and_store(
-    config: TrainConfig, store: RunStore, overwrite: bool = False, progress: bool = False, rank: Rank | None = None
+    config: TrainConfig,
+    store: RunStore,
+    overwrite: bool = False,
+    progress: bool = False,
+    rank: Rank | None = None,
+    log: Callable[[str], None] = print,
 ) -> tuple[RunRecord | None, Path | None]:
     """`mnist-bench train`: refuse a recipe already stored (unless overwrite) before any work, train,
     and write record + weights. Under DDP every rank calls it (rank 0 decides and writes; the others
@@ -291,7 +299,7 @@ def train_and_store(
             raise RunExists(problem)
         if main:
             check_writable_dir(store.folder(config.dataset))
-        model, record = train(config, progress=progress, rank=rank)
+        model, record = train(config, progress=progress, rank=rank, log=log)
     except RuntimeError as exc:  # a collective failed: another rank died, or hung past the timeout
         if rank is None:
             raise

@@ -1,9 +1,12 @@
 """The console script end to end: real subprocesses for the happy path, main() for bad input."""
 
 import argparse
+import functools
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +150,65 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.startswith("mnist-bench 0.")
+
+
+def test_train_json_prints_the_record_alone_on_stdout(tmp_path):
+    result = run_cli("train", "--json", *FAST, "--runs-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)  # the whole of stdout is one JSON object
+    assert data["kind"] == "mnist-bench train run" and data["config"]["epochs"] == 1
+    assert data["record_path"].endswith(f"{data['name']}.json")
+    assert json.loads(Path(data["record_path"]).read_text())["test_accuracy"] == data["test_accuracy"]
+    assert "[Epoch:    1] cost = " in result.stderr  # the seed's epoch line still reaches the user
+
+
+def test_data_json(capsys, tmp_path, monkeypatch):
+    assert cli.main(["data", "mnist-5k", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["datasets"] == [
+        {"name": "mnist-5k", "available": True, "train": 4000, "test": 1000, "source": data["datasets"][0]["source"]}
+    ]
+    monkeypatch.setattr("mnist_models.data.DEBIAN_FASHION_DIR", tmp_path / "no-debian")
+    assert cli.main(["data", "fashion-mnist", "--json", "--data-root", str(tmp_path)]) == 1
+    [missing] = json.loads(capsys.readouterr().out)["datasets"]
+    assert missing["name"] == "fashion-mnist" and missing["available"] is False and missing["problem"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["report", "--no-accuracy"], "--no-accuracy leaves nothing to do"),
+        (["report", "--bench-out", "x.md"], "--bench-out renders a benchmark report from --bench-json FILE"),
+        (["report", "--no-accuracy", "--bench-json", "b.json", "--bench-out", "x.md", "--runs-dir", "r"],
+         "--runs-dir belong to the accuracy report"),
+    ],
+)  # fmt: skip
+def test_report_refuses_flags_that_would_do_nothing(capsys, argv, message):
+    assert message in one_line_error(capsys, argv)
+
+
+def test_default_paths_are_relative_to_the_home_not_the_current_folder(tmp_path):
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = os.environ | {"MNIST_BENCH_HOME": str(home)}
+    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=600, env=env)
+    trained = run([sys.executable, "-m", "mnist_models", "train", *FAST], cwd=elsewhere)
+    assert trained.returncode == 0, trained.stderr
+    [record] = (home / "reports" / "runs" / "mnist-5k").glob("*.json")
+    assert json.loads(record.read_text())["weights"].startswith("reports/runs/mnist-5k/weights/")  # shown relative to the home
+    reported = run([sys.executable, "-m", "mnist_models", "report"], cwd=elsewhere / "..")
+    assert reported.returncode == 0, reported.stderr
+    assert (home / "reports" / "accuracy-vs-cost.md").exists()
+    assert list(elsewhere.iterdir()) == [] and not (tmp_path / "reports").exists()  # nothing scattered
+
+
+def test_home_resolution(tmp_path, monkeypatch):
+    from mnist_models import paths
+
+    monkeypatch.setenv("MNIST_BENCH_HOME", str(tmp_path))
+    assert paths.home() == tmp_path.resolve()
+    assert paths.shown(tmp_path / "reports" / "x.md") == "reports/x.md"
+    assert paths.shown("/elsewhere/x.md") == "/elsewhere/x.md"
+    assert paths.resolve("reports/x.md") == tmp_path.resolve() / "reports" / "x.md"
+    monkeypatch.delenv("MNIST_BENCH_HOME")
+    assert paths.home() == Path(__file__).resolve().parent.parent  # this checkout: the package runs from it

@@ -1,6 +1,7 @@
 """mnist-bench compare: ratios with their noise, the regression gate and its skips, trends."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,9 +106,10 @@ def test_a_subset_never_writes_over_the_full_report(tmp_path):
     reports.mkdir()
     full = reports / "benchmarks-cpu.md"
     full.write_text("the full report\n")
-    # A subset with no --bench-report, run from a folder whose reports/ is the one above.
+    # A subset with no --bench-report, with a home (paths.py) whose reports/ is the one above.
     result = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "bench"), "-q", "--benchmark-only", "-k", "ceiling and cpu-fp32-n512",
-                             "-p", "no:cacheprovider", "--rootdir", str(ROOT)], capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+                             "-p", "no:cacheprovider", "--rootdir", str(ROOT)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env=os.environ | {"MNIST_BENCH_HOME": str(tmp_path)})  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:]
     assert full.read_text() == "the full report\n"
     assert (reports / "benchmarks-cpu.subset.md").exists() and (reports / "benchmarks-cpu.subset.json").exists()

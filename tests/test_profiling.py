@@ -1,5 +1,6 @@
 """mnist-bench profile: the trace, the kernel summary, bad input, and TensorBoard's profiler plugin."""
 
+import copy
 import json
 import socket
 import subprocess
@@ -52,6 +53,48 @@ def test_summary_names_the_conv_kernels_with_flops(profiled):
     assert any("max_pool2d" in r["name"] for r in summary["other_rows"])
     shares = sum(r["share"] for r in summary["conv_rows"] + summary["other_rows"])
     assert shares <= 1.0001
+
+
+def test_the_trace_file_read_by_hta_gives_the_kernel_tables_conv_rows(profiled):
+    pytest.importorskip("hta", reason="holistictraceanalysis is not installed (pip install -e '.[traces]')")
+    _, _, summary = profiled
+    check = summary["trace_check"]
+    assert check["reader"] == "HolisticTraceAnalysis" and check["steps"] == 2  # the active steps
+    assert len(check["rows"]) == len(summary["conv_rows"]) > 0
+    for row in check["rows"]:
+        assert row["agree"], row  # same events, two readings: calls, total and self time per step
+        assert row["trace"]["calls_per_step"] >= 1
+    text = render_kernel_report([summary], "test")
+    assert f"for {len(check['rows'])} of {len(check['rows'])} convolution rows" in text
+
+
+def test_the_cross_check_names_a_row_that_disagrees(profiled):
+    pytest.importorskip("hta", reason="holistictraceanalysis is not installed (pip install -e '.[traces]')")
+    from mnist_models.trace_check import cross_check, trace_files
+
+    _, run_dir, summary = profiled
+    tampered = copy.deepcopy(summary)
+    tampered["conv_rows"][0]["self_ms_per_step"] *= 3
+    check = cross_check(tampered, trace_files(run_dir, run_dir.name)[-1])
+    first, *rest = check["rows"]
+    assert not first["agree"] and first["worst"] == "self_ms_per_step"
+    assert all(r["agree"] for r in rest)
+    assert "where they differ" in render_kernel_report([tampered | {"trace_check": check}], "test")
+
+
+def test_memory_of_a_step_and_the_op_that_allocates_most(profiled):
+    from mnist_models.trace_check import _ALLOCATORS
+
+    _, _, summary = profiled
+    memory = summary["memory"]
+    first_conv_output_mb = 32 * 32 * 28 * 28 * 4 / 2**20  # batch 32: layer1's conv output alone, 3.1 MB
+    assert memory["steps"] == 2
+    assert memory["step_peak_mb"] > first_conv_output_mb
+    assert memory["highest_allocated_mb"] >= memory["step_peak_mb"]
+    top = memory["top_allocating_ops"]
+    assert top and all(r["name"] not in _ALLOCATORS and r["mb_per_step"] > 0 for r in top)
+    assert [r["mb_per_step"] for r in top] == sorted((r["mb_per_step"] for r in top), reverse=True)
+    assert "a step peaks" in render_kernel_report([summary], "test")
 
 
 def test_kernel_report_renders_every_run(profiled):
@@ -162,3 +205,21 @@ def test_tensorboard_profiler_plugin_loads_the_trace(profiled):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the line is printed only where there is no GPU")
+def test_profile_hides_kinetos_no_gpu_line_and_keeps_other_stderr(tmp_path):
+    from mnist_models.profiling import KINETO_GPU_NOISE
+
+    bare = subprocess.run([sys.executable, "-c", "import torch\nwith torch.profiler.profile():\n    torch.ones(2) + 1"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    if KINETO_GPU_NOISE not in bare.stderr:
+        pytest.skip("this torch build does not print kineto's no-GPU line")
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_models", "profile", "--model", "simple", "--batch-size", "8", "--active", "1", "--warmup", "0",
+         "--out", str(tmp_path / "t"), "--summary-dir", str(tmp_path / "k"), "--report", str(tmp_path / "r.md"), "--threads", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert KINETO_GPU_NOISE not in result.stderr and "trace:" in result.stdout

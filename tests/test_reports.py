@@ -103,11 +103,34 @@ def test_bench_report_speedups_and_ceiling_share():
     row = next(line for line in text.splitlines() if line.startswith("| `") and "eager-fp32-cl-b100" in line)
     assert "2.00x" in row  # 40 ms baseline / 20 ms
     assert "5,000" in row  # images/s
-    assert "100.0" in row and "100.0%" in row  # 2 GFLOP / 20 ms = 100 GFLOP/s = the best ceiling size
+    assert "100.0" in row and "100.0% of fp32 matmul" in row  # 2 GFLOP / 20 ms = 100 GFLOP/s = the best ceiling size
     assert "WARNING: the machine was busy" in text
     assert "exceed 100% of the ceiling" not in text  # the fastest row is exactly at the ceiling
     data["benchmarks"][2]["stats"]["median"] = 0.010
     assert "exceed 100% of the ceiling" in render_bench(data)
+
+
+def test_half_precision_rows_on_a_cpu_without_native_bf16_are_labelled_emulated():
+    common = dict(
+        suite="train-step", model="simple", device="cpu", batch=100, flops_per_call=2e9, images_per_call=100, compile="off"
+    )
+    data = {
+        "benchmarks": [
+            _bench("cpu-fp32-n512", "ceiling", 0.1, suite="ceiling", device="cpu", precision="fp32", gflops_per_s=100.0),
+            _bench("cpu-bf16-n512", "ceiling", 0.1, suite="ceiling", device="cpu", precision="bf16", gflops_per_s=1.2),
+            _bench("simple-cpu-eager-fp32-b100", "g", 0.040, precision="fp32", channels_last=False, **common),
+            _bench("simple-cpu-eager-bf16-b100", "g", 0.400, precision="bf16", channels_last=False, **common),
+        ],
+        "mnist_bench": {"machine": {"cpu": "Zen 3", "cpu_isa": ["avx2", "fma"], "cpu_capability": "AVX2", "native_bf16": False}},
+    }
+    text = render_bench(data)
+    bf16 = next(line for line in text.splitlines() if "eager-bf16-b100" in line)
+    fp32 = next(line for line in text.splitlines() if "eager-fp32-b100" in line and line.startswith("| `"))
+    assert "**emulated**" in bf16 and "emulated" not in fp32
+    assert "of fp32 matmul" in bf16  # its own 1.2 GFLOP/s matmul is no ceiling
+    assert "bf16 emulated (no AVX-512 BF16 or AMX)" in text and "torch capability AVX2" in text
+    data["mnist_bench"]["machine"]["cpu_isa"] = ["avx2", "avx512f", "avx512_bf16"]
+    assert "**emulated**" not in render_bench(data)
 
 
 @pytest.mark.slow
@@ -196,6 +219,14 @@ def test_runs_from_different_machines_are_flagged_and_foreign_bench_latencies_le
         "come from 2 different machines" in text and r"Other CPU (family 25, model 1) \[avx2, fma\]: 1 runs" in text
     )  # escaped for markdown
     assert r"measured on another machine (Bench CPU \[avx2\])" in text
+    # Accuracy pools across machines (one deep row, three runs, two machines); cost keeps them apart.
+    accuracy = text.split("### Accuracy")[1].split("### Cost")[0]
+    cost = text.split("### Cost")[1].split("###")[0]
+    [deep_accuracy] = [line for line in accuracy.splitlines() if line.startswith("| deep")]
+    assert "| 3 (1, 1, 2) |" in deep_accuracy and deep_accuracy.rstrip(" |").endswith("2")
+    deep_costs = [line for line in cost.splitlines() if line.startswith("| deep")]
+    assert len(deep_costs) == 2 and "| machine |" in cost
+    assert any("Other CPU" in line for line in deep_costs)
     same = render(runs, [], {"benchmarks": [], "mnist_bench": {"machine": runs[0].machine}}, tmp_path, "test")
     assert "different machines" not in same and "another machine" not in same
 

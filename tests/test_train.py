@@ -149,3 +149,17 @@ def test_bad_checkpoint_is_a_checkpoint_error(tmp_path, small5k):
     deep_weights = save_weights(train(TrainConfig(model="deep", **FAST), small5k, log=quiet)[0], tmp_path / "deep.pt")
     with pytest.raises(CheckpointError):
         load_weights("simple", deep_weights)
+
+
+def test_half_precision_without_native_bf16_warns_before_training(small5k, monkeypatch, capsys):
+    from mnist_models import machine
+
+    monkeypatch.setattr(machine, "cpu_isa", lambda: ["avx2", "fma"])  # a Zen 3: no AVX-512 BF16, no AMX
+    train(TrainConfig(model="simple", precision="bf16", **FAST), small5k, log=quiet)
+    err = capsys.readouterr().err
+    assert "WARNING: bf16 on this CPU is emulated" in err and "7-20x slower than fp32" in err
+    train(TrainConfig(model="simple", **FAST), small5k, log=quiet)
+    assert "emulated" not in capsys.readouterr().err
+    monkeypatch.setattr(machine, "cpu_isa", lambda: ["avx2", "avx512f", "avx512_bf16"])
+    train(TrainConfig(model="simple", precision="bf16", **FAST), small5k, log=quiet)
+    assert "emulated" not in capsys.readouterr().err

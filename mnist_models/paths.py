@@ -1,0 +1,45 @@
+"""Where files go by default: one home folder, so reports never scatter over the folders a command
+happens to be run from.
+
+The home is, in order: $MNIST_BENCH_HOME; the source checkout this package runs from (the folder
+holding pyproject.toml and mnist_models/, as with `pip install -e .`); else the current folder.
+Every default path (`data/`, `reports/` and what lies below it, `.benchmarks/`) is relative to the
+home. A relative path given on the command line means what the shell means: relative to the current
+folder. Paths written into records and reports are shown relative to the home when they lie in it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOME_ENV = "MNIST_BENCH_HOME"
+
+
+def _checkout() -> Path | None:
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "mnist_models").is_dir():
+        return root
+    return None
+
+
+def home() -> Path:
+    """The folder every default path is relative to (see the module's docstring)."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).expanduser().resolve()
+    return _checkout() or Path.cwd()
+
+
+def shown(path: Path | str) -> str:
+    """A path as records and reports show it: relative to the home when it lies inside, else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(home()))
+    except ValueError:
+        return str(resolved)
+
+
+def resolve(path: Path | str) -> Path:
+    """A path read back from a record: relative ones are relative to the home."""
+    path = Path(path)
+    return path if path.is_absolute() else home() / path

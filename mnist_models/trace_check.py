@@ -1,0 +1,170 @@
+"""The profiler's trace file read back: a cross-check of the kernel report, and a step's memory.
+
+The conv-kernel tables come from the profiler's in-process aggregation (`key_averages`). The same
+events land in `*.pt.trace.json`, the file TensorBoard and Perfetto show. `cross_check` reads that
+file with HolisticTraceAnalysis (HTA: `pip install -e ".[traces]"`), rebuilds per op and input
+shape the calls, total and self time per profiled step, and compares them with the report's
+convolution rows, saying where the two disagree. `step_memory` reads the allocator's memory events
+from the same file (plain JSON, no HTA needed): the peak a step reaches above its starting level.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+TRACES_MISSING = "holistictraceanalysis is not installed (pip install -e '.[traces]')"
+# Two readings of the same events agree when they differ by less than this (the trace stores
+# microseconds with three decimals; the in-process table sums the same nanosecond durations).
+TOLERANCE = 0.02
+
+
+def trace_files(run_dir: Path, worker: str) -> list[Path]:
+    return sorted(Path(run_dir).glob(f"{worker}*.pt.trace.json"), key=lambda p: p.stat().st_mtime)
+
+
+def _freeze(value):
+    """Lists (of lists: a collective's list of tensors) as tuples, so that shapes can be dict keys."""
+    return tuple(_freeze(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _shape_key(dims) -> tuple:
+    """The first three non-empty input shapes, as the kernel summary keeps them."""
+    shapes = [_freeze(d) for d in (dims if isinstance(dims, list) else []) if isinstance(d, list) and d]
+    return tuple(shapes[:3])
+
+
+def read_ops(path: Path):
+    """CPU ops of a trace file as a pandas frame (name, ts, dur, tid, shapes, self_us), parsed by HTA,
+    and the number of profiler steps the file covers."""
+    try:
+        from hta.common.trace import parse_trace_file
+        from hta.configs.parser_config import ParserConfig
+    except ImportError:
+        raise ImportError(TRACES_MISSING) from None
+    logging.getLogger("hta").setLevel(logging.ERROR)  # HTA logs a warning per parsed file
+    config = ParserConfig(ParserConfig.ARGS_MINIMUM + ParserConfig.ARGS_INPUT_SHAPE)
+    with warnings.catch_warnings():  # HTA 0.5.0 uses pandas APIs that newer pandas deprecates: not the user's concern
+        warnings.simplefilter("ignore")
+        _, df, symbols = parse_trace_file(str(path), config)
+    names = dict(enumerate(symbols.get_sym_table()))
+    df = df.assign(name=df["name"].map(names), cat=df["cat"].map(names))
+    steps = int(df["name"].str.startswith("ProfilerStep#").sum())
+    ops = df[df["cat"] == "cpu_op"].sort_values(["tid", "ts", "dur"], ascending=[True, True, False]).copy()
+    ops["shapes"] = [_shape_key(json.loads(d) if isinstance(d, str) else d) for d in ops.get("input_dims", [None] * len(ops))]
+    ops["self_us"] = _self_times(ops)
+    return ops, max(steps, 1)
+
+
+def _self_times(ops) -> list[float]:
+    """Each op's duration minus that of the ops directly inside it on the same thread (the profiler's
+    definition of self time), from the nesting of their time spans."""
+    self_us = ops["dur"].astype(float).tolist()
+    stack: list[tuple[int, float, int]] = []  # (position, end, tid) of the ops still open
+    for i, (ts, dur, tid) in enumerate(zip(ops["ts"], ops["dur"], ops["tid"])):
+        while stack and (stack[-1][2] != tid or ts >= stack[-1][1]):
+            stack.pop()
+        if stack:
+            self_us[stack[-1][0]] -= dur
+        stack.append((i, ts + dur, tid))
+    return self_us
+
+
+def cross_check(summary: dict, trace: Path) -> dict:
+    """The kernel summary's convolution rows against the trace file: per row, both readings and
+    whether they agree within TOLERANCE."""
+    ops, steps = read_ops(trace)
+    grouped = defaultdict(lambda: [0, 0.0, 0.0])
+    for name, shapes, dur, self_us in zip(ops["name"], ops["shapes"], ops["dur"], ops["self_us"]):
+        cell = grouped[(name, shapes)]
+        cell[0] += 1
+        cell[1] += float(dur)
+        cell[2] += self_us
+    rows = []
+    for row in summary["conv_rows"]:
+        key = (row["name"], _freeze(row["input_shapes"]))
+        calls, total_us, self_us = grouped.get(key, (0, 0.0, 0.0))
+        seen = {
+            "calls_per_step": calls / steps,
+            "total_ms_per_step": total_us / steps / 1e3,
+            "self_ms_per_step": self_us / steps / 1e3,
+        }
+        diffs = {k: _relative(row[k], seen[k]) for k in seen}
+        rows.append({"name": row["name"], "input_shapes": row["input_shapes"], "report": {k: row[k] for k in seen},
+                     "trace": seen, "agree": all(d <= TOLERANCE for d in diffs.values()),
+                     "worst": max(diffs, key=diffs.get)})  # fmt: skip
+    return {"reader": "HolisticTraceAnalysis", "file": trace.name, "steps": steps, "tolerance": TOLERANCE, "rows": rows}
+
+
+def _relative(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), abs(b)) if max(abs(a), abs(b)) > 0 else 0.0
+
+
+# Allocation helpers: the memory they allocate is their caller's output or workspace.
+_ALLOCATORS = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::resize_", "aten::new_empty",
+               "aten::new_empty_strided"}  # fmt: skip
+
+
+def step_memory(trace: Path, top: int = 5) -> dict | None:
+    """From the allocator's `[memory]` events (profile_memory=True): the highest total allocated during
+    each profiled step above its level when the step began, the highest level reached, and the ops
+    that allocate most per step (an allocation inside aten::empty and its kin counts for the op that
+    called it). None when the trace holds no memory events."""
+    events = json.loads(Path(trace).read_text()).get("traceEvents", [])
+    steps = sorted(
+        (e["ts"], e["ts"] + e["dur"]) for e in events if str(e.get("name", "")).startswith("ProfilerStep#") and "dur" in e
+    )
+    memory = sorted((e["ts"], e["args"]["Total Allocated"], e["args"].get("Bytes", 0), e.get("tid")) for e in events
+                    if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {}))  # fmt: skip
+    if not steps or not memory:
+        return None
+    peaks, highest = [], 0
+    for start, end in steps:
+        before = [total for ts, total, _, _ in memory if ts < start]
+        during = [total for ts, total, _, _ in memory if start <= ts <= end]
+        if during:
+            base = before[-1] if before else during[0]
+            peaks.append(max(during) - base)
+            highest = max(highest, max(during))
+    if not peaks:
+        return None
+    allocated = _allocations_by_op(events, [m for m in memory if any(s <= m[0] <= e for s, e in steps)])
+    ranked = sorted(allocated.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "step_peak_mb": max(peaks) / 2**20,
+        "highest_allocated_mb": highest / 2**20,
+        "steps": len(peaks),
+        "top_allocating_ops": [{"name": name, "mb_per_step": b / len(peaks) / 2**20} for name, b in ranked],
+    }
+
+
+def _allocations_by_op(events: list[dict], memory: list[tuple]) -> dict[str, int]:
+    """Bytes allocated (frees left out) per op: each memory event goes to the innermost op open on
+    its thread at that moment, allocation helpers skipped."""
+    ops_by_thread = defaultdict(list)
+    for e in events:
+        if e.get("cat") == "cpu_op" and "dur" in e:
+            ops_by_thread[e.get("tid")].append((e["ts"], e["ts"] + e["dur"], e["name"]))
+    totals: dict[str, int] = defaultdict(int)
+    by_thread = defaultdict(list)
+    for ts, _, nbytes, tid in memory:
+        if nbytes > 0:
+            by_thread[tid].append((ts, nbytes))
+    for tid, allocations in by_thread.items():
+        ops = sorted(ops_by_thread.get(tid, []), key=lambda o: (o[0], -o[1]))
+        stack: list[tuple[float, float, str]] = []
+        i = 0
+        for ts, nbytes in allocations:  # sorted by time: a sweep with the stack of open ops
+            while i < len(ops) and ops[i][0] <= ts:
+                while stack and stack[-1][1] < ops[i][0]:
+                    stack.pop()
+                stack.append(ops[i])
+                i += 1
+            while stack and stack[-1][1] < ts:
+                stack.pop()
+            owner = next((name for _, end, name in reversed(stack) if name not in _ALLOCATORS and end >= ts), "(outside any op)")
+            totals[owner] += nbytes
+    return totals
