@@ -350,10 +350,11 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
                 f"{s['step_ms']:.1f} ms",
                 f"{100 * s['conv_share']:.0f}%",
                 f"{code(top['name'][:50])} ({100 * top['share']:.0f}%)" if top else "-",
+                f"{s['memory']['step_peak_mb']:.1f} MB" if s.get("memory") else "-",
             ]
         )
     out.append("\n## Overview\n\n")
-    out.append(table(["run", "profiled step", "conv share", "largest non-conv row"], overview, align="lrrl"))
+    out.append(table(["run", "profiled step", "conv share", "largest non-conv row", "step memory peak"], overview, align="lrrlr"))
     for s in summaries:
         out.append(f"\n## {code(s['run'])}\n\n")
         out.append(
