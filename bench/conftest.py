@@ -218,7 +218,7 @@ def describe(benchmark, case, flops_per_call: float, images_per_call: int, **mor
     """What a reader needs to interpret the number; rates are added by `rates` after timing."""
     v = case.variant
     benchmark.extra_info.update(
-        model=case.model, device=v.device, compile=v.compile, precision=v.precision, channels_last=v.channels_last,
+        model=case.model, device=v.device, compile=v.compile, precision=v.precision, channels_last=v.channels_last, fast=v.fast,
         batch=case.batch, flops_per_call=flops_per_call, images_per_call=images_per_call,
         threads=torch.get_num_threads(), threads_pinned=bool(case.threads),
         device_name=device_name(v.device), torch=torch.__version__, **more,

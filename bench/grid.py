@@ -34,11 +34,14 @@ class Case:
         """Rendered from the case's fields by the project's one vocabulary (mnist_models.variants)."""
         v = self.variant
         return render_tag(model=self.model, loader=self.loader or None, device=v.device, compile=v.compile,
-                          precision=v.precision, channels_last=v.channels_last, threads=self.threads, batch_size=self.batch)  # fmt: skip
+                          precision=v.precision, channels_last=v.channels_last, fast=v.fast, threads=self.threads,
+                          batch_size=self.batch)  # fmt: skip
 
 
-def case(model, device="cpu", compile="off", precision="fp32", cl=False, batch=100, loader="", quick=False, threads=None):
-    variant = Variant(device, compile, precision, cl)
+def case(
+    model, device="cpu", compile="off", precision="fp32", cl=False, batch=100, loader="", quick=False, threads=None, fast=False
+):
+    variant = Variant(device, compile, precision, cl, fast)
     marks = []
     if device == "cuda":
         marks += [NO_CUDA, pytest.mark.cuda]
@@ -67,6 +70,7 @@ def forward_cases() -> list:
             cases += [case(m, batch=b, quick=b == 100), case(m, cl=True, batch=b)]
         cases += [case(m, cl=cl, batch=100, threads=t) for t in SINGLE_THREAD for cl in (False, True)]
         cases += [case(m, precision="bf16", batch=100), case(m, precision="bf16", cl=True, batch=100)]
+        cases += [case(m, cl=True, fast=True, batch=b) for b in (1, 100, 1000)]  # pool-first, in-place ReLU
         cases += [case(m, compile="default", batch=b) for b in (100, 1000)]
         cases += [case(m, compile="max-autotune", batch=100)]
         for b in (1, 100, 1000):
@@ -91,6 +95,9 @@ def train_step_cases() -> list:
             case(m, cl=True, batch=100),
             case(m, precision="bf16", batch=100),
             case(m, precision="bf16", cl=True, batch=100),
+            case(m, fast=True, batch=100),
+            case(m, cl=True, fast=True, batch=100, quick=True),  # the fast training path (nets.make_fast + fused Adam)
+            case(m, precision="bf16", cl=True, fast=True, batch=100),
             case(m, compile="default", batch=100),
             case(m, compile="max-autotune", batch=100),
         ]
@@ -109,6 +116,7 @@ def train_step_cases() -> list:
                 case(m, "cuda", compile="max-autotune", batch=b),
             ]
         cases += [case(m, "cuda", compile="reduce-overhead", batch=100, quick=True)]  # CUDA graphs
+        cases += [case(m, "cuda", precision="bf16", cl=True, fast=True, batch=100, quick=True)]
     return cases
 
 
@@ -122,7 +130,11 @@ def epoch_cases() -> list:
                 case(m, device, cl=True, loader="tensor"),
             ]
         cases += [case(m, cl=True, loader="tensor", threads=t) for t in SINGLE_THREAD]
+        cases += [case(m, cl=True, fast=True, loader="tensor")]
         if CPU_HAS_BF16:
-            cases += [case(m, precision="bf16", cl=True, loader="tensor")]
+            cases += [
+                case(m, precision="bf16", cl=True, loader="tensor"),
+                case(m, precision="bf16", cl=True, fast=True, loader="tensor"),
+            ]
         cases += [case(m, "cuda", precision="bf16", cl=True, loader="tensor")]
     return cases

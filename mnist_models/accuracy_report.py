@@ -96,7 +96,7 @@ def _label(g: pd.Series | dict) -> str:
 
 def _is_seed_recipe(row) -> bool:
     v = row["variant"]
-    plain = v.compile == "off" and v.precision == "fp32" and not v.channels_last
+    plain = v.compile == "off" and v.precision == "fp32" and not v.channels_last and not v.fast
     return (
         row["loader"] == "seed" and plain and row["batch_size"] == SEED_BATCH_SIZE and row["lr"] == SEED_LR and row["ranks"] == 1
     )

@@ -96,7 +96,8 @@ def bench_machine(data: dict) -> dict:
 def bench_variant(info: dict) -> Variant | None:
     """The Variant a benchmark's extra_info describes (None when it describes none, e.g. the ceiling)."""
     try:
-        return Variant(info.get("device"), info.get("compile"), info.get("precision"), bool(info.get("channels_last")))
+        return Variant(info.get("device"), info.get("compile"), info.get("precision"), bool(info.get("channels_last")),
+                       bool(info.get("fast")))  # fmt: skip
     except MnistBenchError:
         return None
 
@@ -141,7 +142,12 @@ def achieved_gflops(bench: dict) -> float | None:
 
 def is_baseline(info: dict) -> bool:
     """Eager fp32 contiguous at the session's thread count (and, for epochs, the seed's DataLoader)."""
-    plain = info.get("compile") == "off" and info.get("precision") == "fp32" and not info.get("channels_last")
+    plain = (
+        info.get("compile") == "off"
+        and info.get("precision") == "fp32"
+        and not info.get("channels_last")
+        and not info.get("fast")
+    )
     return plain and info.get("loader", "seed") == "seed" and not info.get("threads_pinned")
 
 

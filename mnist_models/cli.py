@@ -77,6 +77,8 @@ def _add_variant_flags(parser: argparse.ArgumentParser, cls) -> None:
         help=f"fp32, bf16 autocast, or fp16 autocast + GradScaler (cuda only) (default: {d('precision')})",
     )
     parser.add_argument("--channels-last", action="store_true", help="run the convolutions in NHWC (channels_last) memory format")
+    parser.add_argument("--fast", action="store_true",
+                        help="the fast training path: max-pool before ReLU, in-place ReLU, fused Adam (the same function and weights)")  # fmt: skip
     parser.add_argument("--threads", type=_positive_int, default=d("threads"),
                         help=f"torch intra-op threads, at most {MAX_THREADS_PER_CPU}x the logical CPUs (default: torch's choice)")  # fmt: skip
 
@@ -128,7 +130,7 @@ def _train_config(args: argparse.Namespace, **overrides) -> TrainConfig:
         model=getattr(args, "model", _default(TrainConfig, "model")), dataset=args.dataset, data_root=args.data_root,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=getattr(args, "seed", _default(TrainConfig, "seed")),
         device=args.device, loader=args.loader, compile=args.compile, precision=args.precision,
-        channels_last=args.channels_last, eval_batch_size=args.eval_batch_size, threads=args.threads,
+        channels_last=args.channels_last, fast=args.fast, eval_batch_size=args.eval_batch_size, threads=args.threads,
         measure_latency=not args.no_latency,
     )  # fmt: skip
     return TrainConfig(**(fields | overrides))
@@ -262,7 +264,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return 0
     config = ProfileConfig(
         model=args.model, mode=args.mode, device=args.device, compile=args.compile, precision=args.precision,
-        channels_last=args.channels_last, batch_size=args.batch_size, wait=args.wait, warmup=args.warmup,
+        channels_last=args.channels_last, fast=args.fast, batch_size=args.batch_size, wait=args.wait, warmup=args.warmup,
         active=args.active, out_dir=args.out, threads=args.threads, ranks=rank.world_size if rank else 1,
     )  # fmt: skip
     if rank and config.mode != "train":
@@ -453,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         help="train a grid of model x variant x seed; resumes where it stopped",
         description="Train every model x variant x seed that has no run record yet. Variants are dash-joined tokens: "
-        "loader (seed|tensor), compile (eager|compile|autotune), precision (fp32|bf16|fp16), cl for channels_last; "
+        "loader (seed|tensor), compile (eager|compile|autotune), precision (fp32|bf16|fp16), cl for channels_last, fast for "
+        "the fast training path; "
         "e.g. seed-eager-fp32 (the seed's pipeline) or tensor-eager-fp32-cl.",
     )
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="nets to train (default: both)")

@@ -62,6 +62,7 @@ class RunKey:
     compile: str
     precision: str
     channels_last: bool
+    fast: bool
     threads: int  # the torch threads the run uses (per rank; a config that leaves them to torch is resolved)
     ranks: int  # data-parallel processes (DDP); 1 for a plain run
     epochs: int
@@ -79,6 +80,7 @@ class RunKey:
             compile=self.compile,
             precision=self.precision,
             channels_last=self.channels_last,
+            fast=self.fast,
             threads=self.threads,
             ranks=None if self.ranks == 1 else self.ranks,
             epochs=None if self.epochs == SEED_EPOCHS else self.epochs,
@@ -94,7 +96,7 @@ class RunKey:
         missing = {"model", "loader", "device", "threads", "seed"} - set(parsed)
         if missing:
             raise UsageError(f"run name {name!r} does not name the {', '.join(sorted(missing))}")
-        defaults = dict(compile="off", precision="fp32", channels_last=False, ranks=1, epochs=SEED_EPOCHS,
+        defaults = dict(compile="off", precision="fp32", channels_last=False, fast=False, ranks=1, epochs=SEED_EPOCHS,
                         batch_size=SEED_BATCH_SIZE, lr=SEED_LR)  # fmt: skip
         return cls(dataset=dataset, **(defaults | parsed))
 
@@ -113,6 +115,7 @@ class TrainConfig:
     compile: str = "off"
     precision: str = "fp32"
     channels_last: bool = False
+    fast: bool = False  # nets.make_fast + fused Adam (variants.py)
     eval_batch_size: int = 1000
     eval_every_epoch: bool = True  # test accuracy after each epoch, for accuracy-per-epoch curves
     threads: int | None = None  # torch intra-op threads (per rank); None: torch's default, or cores / local ranks under DDP
@@ -148,12 +151,12 @@ class TrainConfig:
         check_choice("backend", self.backend, BACKENDS)
 
     def variant(self) -> Variant:
-        return Variant(resolve_device(self.device), self.compile, self.precision, self.channels_last)
+        return Variant(resolve_device(self.device), self.compile, self.precision, self.channels_last, self.fast)
 
     def key(self, device: str | None = None, threads: int | None = None) -> RunKey:
         """The run's identity. `device` and `threads` are the resolved ones; by default 'auto' and a
         thread count left to torch resolve on this machine, in this process, as training would."""
-        variant = Variant(device or resolve_device(self.device), self.compile, self.precision, self.channels_last)
+        variant = Variant(device or resolve_device(self.device), self.compile, self.precision, self.channels_last, self.fast)
         return RunKey(
             dataset=self.dataset,
             model=self.model,
@@ -162,6 +165,7 @@ class TrainConfig:
             compile=variant.compile,
             precision=variant.precision,
             channels_last=variant.channels_last,
+            fast=variant.fast,
             threads=threads or self.threads or torch.get_num_threads(),
             ranks=self.ranks,
             epochs=self.epochs,

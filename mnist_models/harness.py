@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .data import Split
-from .nets import build_model
+from .nets import build_model, make_fast
 from .variants import MODES, Variant
 
 
@@ -101,11 +101,15 @@ def build(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     seed_everything(seed, variant.device)
-    model = variant.place(build_model(model_name))
+    model = build_model(model_name)
+    if variant.fast:
+        make_fast(model)
+    model = variant.place(model)
     if mode == "forward":
         return Workload(model, variant, mode, forward=make_forward(model, variant))
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # fast: one fused kernel updates every parameter (the default loops over them one by one on a CPU).
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, **({"fused": True} if variant.fast else {}))
     runner = wrap(model) if wrap is not None else model
     step = make_train_step(runner, optimizer, variant)
     return Workload(model, variant, mode, optimizer, step=step, wrapped=runner if wrap is not None else None)

@@ -135,6 +135,33 @@ class DeepCNN(_Accounting, nn.Module):
         return self.fc2(x)  # (B, 10)
 
 
+class PoolFirst(nn.Sequential):
+    """A seed conv block (conv -> ReLU -> max-pool) computed as conv -> max-pool -> ReLU.
+
+    ReLU and max-pooling commute exactly (both are monotone: max(relu(a), relu(b)) = relu(max(a, b))),
+    so outputs are equal, and so are the gradients (max-pool routes each gradient to the same
+    argmax, which ReLU then passes or stops alike); ReLU then touches 4x fewer elements. The
+    children and their names stay the seed's, so the state_dict is the same.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, relu, pool = self
+        return relu(pool(conv(x)))
+
+
+def make_fast(model: SimpleCNN | DeepCNN) -> SimpleCNN | DeepCNN:
+    """The `fast` variant's net, in place: pool-first conv blocks and in-place ReLUs (an in-place
+    ReLU after a pool or a linear layer overwrites nothing autograd still needs). Same parameters,
+    same state_dict keys: weights load into either form."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.Sequential) and len(child) == 3 and isinstance(child[2], nn.MaxPool2d):
+            setattr(model, name, PoolFirst(*child))
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = True
+    return model
+
+
 MODELS: dict[str, type[nn.Module]] = {"simple": SimpleCNN, "deep": DeepCNN}
 
 

@@ -58,6 +58,7 @@ class ProfileConfig:
     compile: str = "off"
     precision: str = "fp32"
     channels_last: bool = False
+    fast: bool = False
     batch_size: int = 100
     wait: int = 1
     warmup: int = 2
@@ -80,13 +81,13 @@ class ProfileConfig:
             raise UsageError(f"ranks must be positive, got {self.ranks}")
 
     def variant(self) -> Variant:
-        return Variant(resolve_device(self.device), self.compile, self.precision, self.channels_last)
+        return Variant(resolve_device(self.device), self.compile, self.precision, self.channels_last, self.fast)
 
     def run_name(self) -> str:
         """One TensorBoard run per model + variant, readable in its run picker: simple-train-cpu-eager-fp32-b100."""
         v = self.variant()
         return render_tag(model=self.model, mode=self.mode, device=v.device, compile=v.compile, precision=v.precision,
-                          channels_last=v.channels_last, ranks=self.ranks if self.ranks > 1 else None,
+                          channels_last=v.channels_last, fast=v.fast, ranks=self.ranks if self.ranks > 1 else None,
                           batch_size=self.batch_size)  # fmt: skip
 
 

@@ -98,7 +98,7 @@ class RunRecord:
 
     @property
     def variant(self) -> Variant:
-        return Variant(self.device, self.config.compile, self.config.precision, self.config.channels_last)
+        return Variant(self.device, self.config.compile, self.config.precision, self.config.channels_last, self.config.fast)
 
     @property
     def key(self) -> RunKey:
@@ -220,8 +220,20 @@ def migrate(data: dict) -> dict:
     return data
 
 
-_IDENTITY_FIELDS = ("model", "dataset", "epochs", "batch_size", "lr", "seed", "device", "loader", "compile", "precision",
-                    "channels_last", "threads")  # fmt: skip
+_IDENTITY_FIELDS = (
+    "model",
+    "dataset",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "device",
+    "loader",
+    "compile",
+    "precision",
+    "channels_last",
+    "threads",
+)  # fmt: skip  (fast arrived later: a record without it was not fast)
 
 
 def _config(data: object) -> TrainConfig:

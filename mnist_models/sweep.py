@@ -23,7 +23,7 @@ from .variants import parse_tag
 
 # A sweep's variant spec names the axes it switches, e.g. "seed-eager-fp32", "tensor-eager-bf16-cl";
 # the device, threads and recipe come from the sweep's own flags.
-SPEC_FIELDS = ("loader", "compile", "precision", "channels_last")
+SPEC_FIELDS = ("loader", "compile", "precision", "channels_last", "fast")
 
 
 def parse_variant_spec(spec: str) -> dict:

@@ -8,7 +8,10 @@ Every name the project prints is rendered from fields by `render_tag` and read b
 sweep specs (`tensor-eager-bf16-cl`), benchmark ids (`simple-cpu-compile-bf16-b100`) and trace
 runs all use the same tokens, in the same order:
 
-    model  mode  loader  device  compile  precision  cl  t<threads>  r<ranks>  e<epochs>  b<batch>  lr<lr>  s<seed>
+    model  mode  loader  device  compile  precision  cl  fast  t<threads>  r<ranks>  e<epochs>  b<batch>  lr<lr>  s<seed>
+
+`fast` is the training path of nets.make_fast (pool before ReLU, in-place ReLU) with fused Adam:
+the seed nets' function and weights, computed with less work.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ TAG_FIELDS = (
     "compile",
     "precision",
     "channels_last",
+    "fast",
     "threads",
     "ranks",
     "epochs",
@@ -65,6 +69,8 @@ def _token(field: str, value) -> str | None:
         return COMPILE_TOKENS[value]
     if field == "channels_last":
         return "cl" if value else None
+    if field == "fast":
+        return "fast" if value else None
     if field in _NUMBERED:
         return f"{_NUMBERED[field]}{value}"
     if field == "lr":
@@ -100,6 +106,8 @@ def _parse_token(token: str) -> tuple[str, object] | None:
         return "precision", token
     if token == "cl":
         return "channels_last", True
+    if token == "fast":
+        return "fast", True
     number = _NUMBER.match(token)
     if number:
         field = {prefix: f for f, prefix in _NUMBERED.items()}[number.group(1)]
@@ -136,6 +144,7 @@ def _vocabulary(allowed: tuple[str, ...]) -> str:
         "compile": "|".join(COMPILE_TOKENS.values()),
         "precision": "|".join(PRECISIONS),
         "channels_last": "cl",
+        "fast": "fast",
         "threads": "t<N>",
         "ranks": "r<N>",
         "epochs": "e<N>",
@@ -171,8 +180,9 @@ class Variant:
     compile: str = "off"
     precision: str = "fp32"
     channels_last: bool = False
+    fast: bool = False  # nets.make_fast + fused Adam: the same function, less work
 
-    VARIANT_FIELDS = ("device", "compile", "precision", "channels_last")
+    VARIANT_FIELDS = ("device", "compile", "precision", "channels_last", "fast")
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -189,11 +199,13 @@ class Variant:
     @property
     def tag(self) -> str:
         """e.g. 'cpu-compile-bf16-cl': the part of a benchmark id after the model name."""
-        return render_tag(device=self.device, compile=self.compile, precision=self.precision, channels_last=self.channels_last)
+        return render_tag(
+            device=self.device, compile=self.compile, precision=self.precision, channels_last=self.channels_last, fast=self.fast
+        )
 
     @classmethod
     def parse(cls, tag: str) -> Variant:
-        """The inverse of `tag`: 'cpu-eager-bf16-cl' -> Variant('cpu', 'off', 'bf16', True)."""
+        """The inverse of `tag`: 'cpu-eager-bf16-cl' -> Variant('cpu', 'off', 'bf16', True, False)."""
         return cls(**parse_tag(tag, cls.VARIANT_FIELDS))
 
     @property

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mnist_models.errors import UsageError
-from mnist_models.nets import DeepCNN, SimpleCNN, build_model
+from mnist_models.nets import DeepCNN, PoolFirst, SimpleCNN, build_model, make_fast
 
 
 def conv_flops(cin, cout, side):
@@ -74,3 +74,40 @@ def test_dropout_only_in_train_mode():
 def test_unknown_model_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown model 'resnet'"):
         build_model("resnet")
+
+
+def _twins(name: str, channels_last: bool):
+    """The seed net and its fast form with the same weights, in one memory format."""
+    torch.manual_seed(0)
+    seed = build_model(name)
+    fast = build_model(name)
+    fast.load_state_dict(seed.state_dict())  # the seed's weights load into the fast form as they are
+    make_fast(fast)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return seed.to(memory_format=fmt), fast.to(memory_format=fmt), fmt
+
+
+@pytest.mark.parametrize("name", ["simple", "deep"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_fast_path_computes_the_seed_nets_function_and_gradients(name, channels_last):
+    seed, fast, fmt = _twins(name, channels_last)
+    assert any(isinstance(m, PoolFirst) for m in fast.modules()) and not any(isinstance(m, PoolFirst) for m in seed.modules())
+    torch.manual_seed(1)
+    x = torch.rand(16, 1, 28, 28).contiguous(memory_format=fmt) - 0.3  # negative pixels too: whole pool windows below zero
+    y = torch.randint(0, 10, (16,))
+    for model in (seed, fast):
+        model.eval()  # deep's dropout would draw differently
+        nn.functional.cross_entropy(model(x), y).backward()
+    torch.testing.assert_close(fast(x), seed(x), rtol=1e-5, atol=1e-6)
+    for (key, a), (_, b) in zip(seed.named_parameters(), fast.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
+
+
+@pytest.mark.parametrize("name", ["simple", "deep"])
+def test_fast_weights_load_into_the_seed_net_and_back(name):
+    seed, fast, _ = _twins(name, False)
+    assert list(fast.state_dict()) == list(seed.state_dict())
+    back = build_model(name)
+    back.load_state_dict(fast.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), seed.state_dict().values()))
+    assert fast.num_params() == seed.num_params() and fast.flops_per_image() == seed.flops_per_image()

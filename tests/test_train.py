@@ -163,3 +163,20 @@ def test_half_precision_without_native_bf16_warns_before_training(small5k, monke
     monkeypatch.setattr(machine, "cpu_isa", lambda: ["avx2", "avx512f", "avx512_bf16"])
     train(TrainConfig(model="simple", precision="bf16", **FAST), small5k, log=quiet)
     assert "emulated" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["simple", "deep"])
+def test_the_fast_train_step_follows_the_seed_steps(name, small5k):
+    """Pool-first nets, in-place ReLU and fused Adam: after a few steps from one seed the weights are
+    the seed path's, up to float rounding (Adam's fused kernel orders its arithmetic differently)."""
+    x, y = real_batch(small5k.train, 64, Variant())
+    works = [build(name, Variant(fast=fast), "train", seed=3) for fast in (False, True)]
+    for work in works:
+        work.model.eval()  # deep's dropout: no random masks, so both paths see the same function
+        for _ in range(5):
+            work.step(x, y)
+    (seed_key, seed_state), (fast_key, fast_state) = [(list(w.model.state_dict()), w.model.state_dict()) for w in works]
+    assert seed_key == fast_key
+    for key in seed_key:
+        torch.testing.assert_close(fast_state[key], seed_state[key], rtol=1e-3, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
+    assert works[1].optimizer.defaults["fused"] and not works[0].optimizer.defaults.get("fused")

@@ -16,10 +16,12 @@ import grid  # noqa: E402  (the benchmark grid: its ids must parse too)
 
 
 def all_variants():
-    for device, compile, precision, cl in itertools.product(("cpu", "cuda"), COMPILE_MODES, PRECISIONS, (False, True)):
+    for device, compile, precision, cl, fast in itertools.product(
+        ("cpu", "cuda"), COMPILE_MODES, PRECISIONS, (False, True), (False, True)
+    ):
         if precision == "fp16" and device == "cpu":
             continue
-        yield Variant(device, compile, precision, cl)
+        yield Variant(device, compile, precision, cl, fast)
 
 
 @pytest.mark.parametrize("variant", list(all_variants()), ids=lambda v: v.tag)
@@ -35,7 +37,13 @@ def test_cpu_max_autotune_has_one_name():
 
 
 def test_sweep_specs_round_trip():
-    for spec in ("seed-eager-fp32", "tensor-eager-bf16-cl", "tensor-compile-fp32", "seed-autotune-bf16-cl"):
+    for spec in (
+        "seed-eager-fp32",
+        "tensor-eager-bf16-cl",
+        "tensor-compile-fp32",
+        "seed-autotune-bf16-cl",
+        "tensor-eager-fp32-cl-fast",
+    ):
         fields = parse_variant_spec(spec)
         assert render_tag(**fields) == spec
     assert parse_variant_spec("tensor-eager-bf16-cl") == {
@@ -53,7 +61,13 @@ def test_every_benchmark_id_round_trips(maker):
         fields = parse_tag(case.id)
         assert render_tag(**fields) == case.id
         assert (
-            Variant(fields["device"], fields.get("compile", "off"), fields["precision"], fields.get("channels_last", False))
+            Variant(
+                fields["device"],
+                fields.get("compile", "off"),
+                fields["precision"],
+                fields.get("channels_last", False),
+                fields.get("fast", False),
+            )
             == case.variant
         )
         assert fields["batch_size"] == case.batch and fields.get("threads") == case.threads
@@ -67,6 +81,7 @@ def test_every_benchmark_id_round_trips(maker):
             dataset="fashion-mnist", model="deep", loader="tensor", precision="bf16", channels_last=True, threads=1, seed=5
         ),
         TrainConfig(dataset="mnist-5k", epochs=2, batch_size=50, lr=3e-4, compile="max-autotune", seed=0),
+        TrainConfig(dataset="mnist-5k", loader="tensor", channels_last=True, fast=True, seed=1),
     ],
 )
 def test_run_names_carry_the_whole_recipe_and_round_trip(config):
@@ -78,7 +93,15 @@ def test_names_differ_whenever_the_recipe_does():
     base = TrainConfig(dataset="mnist-5k", threads=2)
     variants = [base] + [
         TrainConfig(**{**base.__dict__, **change})
-        for change in ({"epochs": 2}, {"lr": 2e-3}, {"batch_size": 50}, {"threads": 1}, {"seed": 778}, {"loader": "tensor"})
+        for change in (
+            {"epochs": 2},
+            {"lr": 2e-3},
+            {"batch_size": 50},
+            {"threads": 1},
+            {"seed": 778},
+            {"loader": "tensor"},
+            {"fast": True},
+        )
     ]
     assert len({c.run_name() for c in variants}) == len(variants)
 
