@@ -110,6 +110,29 @@ def test_bench_report_speedups_and_ceiling_share():
     assert "exceed 100% of the ceiling" in render_bench(data)
 
 
+def test_the_ceiling_is_the_best_of_the_matmuls_and_the_convolution():
+    common = dict(
+        suite="train-step", model="simple", device="cpu", batch=100, flops_per_call=2e9, images_per_call=100, compile="off"
+    )
+    data = {
+        "benchmarks": [
+            _bench(
+                "cpu-fp32-n512", "ceiling", 0.1, suite="ceiling", op="matmul", device="cpu", precision="fp32", gflops_per_s=100.0
+            ),
+            _bench(
+                "cpu-fp32-conv", "ceiling", 0.1, suite="ceiling", op="conv", device="cpu", precision="fp32", gflops_per_s=160.0
+            ),
+            _bench("simple-cpu-eager-fp32-b100", "g", 0.016, precision="fp32", channels_last=False, **common),  # 125 GFLOP/s
+        ],
+        "mnist_bench": {"machine": {"cpu": "c", "cpu_isa": ["avx2"]}},
+    }
+    text = render_bench(data)
+    row = next(line for line in text.splitlines() if "eager-fp32-b100" in line and line.startswith("| `"))
+    assert "78.1% of fp32 conv" in row  # above the matmul's 100 GFLOP/s, below the convolution's 160
+    assert "exceed 100% of the ceiling" not in text
+    assert "| `cpu-fp32-conv` | conv |" in text.replace("test_x[cpu-fp32-conv]", "cpu-fp32-conv")
+
+
 def test_half_precision_rows_on_a_cpu_without_native_bf16_are_labelled_emulated():
     common = dict(
         suite="train-step", model="simple", device="cpu", batch=100, flops_per_call=2e9, images_per_call=100, compile="off"
