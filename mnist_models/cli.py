@@ -21,6 +21,7 @@ from .nets import MODELS
 from .profiling import DEFAULT_KERNEL_REPORT, DEFAULT_SUMMARY_DIR, ProfileConfig
 from .records import DEFAULT_RUNS_DIR
 from .report import REPORTS_DIR
+from .tune import DEFAULT_BUDGET_S, DEFAULT_TUNE_DIR
 from .variants import COMPILE_MODES, DEVICES, PRECISIONS
 
 
@@ -167,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     world = rank.world_size if rank else 1
     batch = args.per_rank_batch * world if args.per_rank_batch else args.batch_size
-    config = _train_config(args, ranks=world, batch_size=batch, backend=args.backend)
+    config = _train_config(args, ranks=world, batch_size=batch, backend=args.backend, **_chosen_variant(args))
     record, path = train_and_store(
         config, RunStore(args.runs_dir), overwrite=args.overwrite, progress=_show_progress(args), rank=rank,
         log=(lambda line: print(line, file=sys.stderr)) if args.json else print,  # --json: stdout holds the JSON alone
@@ -183,6 +184,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"Accuracy: {record.test_accuracy:.4f} (inputs scaled to [0, 1], as in training)")
     print(f"Seed-style accuracy: {record.seed_style_accuracy:.4f} (raw 0..255 inputs, as the seed evaluated)")
     print(f"{record.train_seconds:.1f} s training, {record.train_images_per_second:.0f} images/s; record: {path}")
+    return 0
+
+
+def _chosen_variant(args: argparse.Namespace) -> dict:
+    """train --variant SPEC|best: the variant's switches (and, for best, the tuned thread count)."""
+    if not args.variant:
+        return {}
+    from .sweep import variant_fields
+
+    switches = {"--loader": args.loader != _default(TrainConfig, "loader"), "--compile": args.compile != _default(TrainConfig, "compile"),
+                "--precision": args.precision != _default(TrainConfig, "precision"), "--channels-last": args.channels_last,
+                "--fast": args.fast}  # fmt: skip
+    both = [flag for flag, given in switches.items() if given]
+    if both:
+        raise UsageError(f"--variant sets the variant; leave out {', '.join(both)} (or name it in the spec)")
+    return variant_fields(args.variant, args.model)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import save_tuning, tune
+
+    result = tune(args.models, budget_s=args.budget, with_compile=args.with_compile)
+    path = save_tuning(result, Path(args.out_dir))
+    print(f"\ntuned in {result.seconds:.0f} s ({len(result.steps)} step and {len(result.epochs)} epoch timings)")
+    for line in result.skipped:
+        print(f"skipped: {line}")
+    if result.unmeasured:
+        print(f"not measured within --budget {args.budget:g} s: {len(result.unmeasured)} candidates")
+    for model, best in result.best.items():
+        ranking = sorted((n for n in result.epochs if n.startswith(f"{model}-")), key=result.epochs.get)
+        print(f"\n{model}: epochs of mnist-5k, fastest first")
+        for name in ranking:
+            print(f"  {name:45s} {result.epochs[name]:6.2f} s")
+        print(f"  {'the seed pipeline (seed-eager-fp32)':45s} {result.reference[model]:6.2f} s")
+        speedup = result.reference[model] / result.epochs[best.name]
+        print(f"best for {model}: {best.spec} with {best.threads} thread(s), {speedup:.2f}x the seed pipeline's epoch "
+              f"(mnist-bench train --model {model} --variant best)")  # fmt: skip
+    print(f"\nstored in {path}")
     return 0
 
 
@@ -433,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the run's record as one JSON object (plus record_path) on stdout; epoch lines go to stderr",
     )
     p.add_argument(
+        "--variant",
+        default=None,
+        help="a variant spec as sweep takes it (e.g. tensor-eager-bf16-cl-fast), or 'best': what mnist-bench tune stored "
+        "for this machine (default: the switches below)",
+    )
+    p.add_argument(
         "--nproc",
         type=_positive_int,
         default=None,
@@ -460,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. seed-eager-fp32 (the seed's pipeline) or tensor-eager-fp32-cl.",
     )
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="nets to train (default: both)")
-    p.add_argument("--variants", nargs="+", default=["seed-eager-fp32"], help="variant specs (default: seed-eager-fp32)")
+    p.add_argument("--variants", nargs="+", default=["seed-eager-fp32"],
+                   help="variant specs, or best: what mnist-bench tune stored for this machine (default: seed-eager-fp32)")  # fmt: skip
     p.add_argument("--seeds", nargs="+", type=_seed, default=[777, 778, 779], help="seeds (default: 777 778 779)")
     p.add_argument(
         "--cluster",
@@ -596,6 +642,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-plot", action="store_true", help="no PNG, markdown only")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "tune",
+        help="find the fastest training variant on this machine, in bounded time; train --variant best uses it",
+        description="Time the train step of every candidate variant (threads, channels_last, the fast path, native bf16, "
+        "optionally torch.compile), then whole mnist-5k epochs of the fastest through both loaders; print the ranking and "
+        "store the fastest per net for train --variant best and sweep --variants best. Run it alone on the machine.",
+    )
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="nets to tune (default: both)")
+    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
+                   help=f"seconds to spend; a timing under way is finished (default: {DEFAULT_BUDGET_S})")  # fmt: skip
+    p.add_argument("--with-compile", action="store_true", help="also time torch.compile candidates (tens of seconds each)")
+    p.add_argument(
+        "--out-dir", default=str(DEFAULT_TUNE_DIR), help=f"where the result goes, per machine (default: {DEFAULT_TUNE_DIR})"
+    )
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("data", help="show which datasets are available here, and where from (exit 1 if a named one is not)")
     p.add_argument("names", nargs="*", metavar="DATASET", help=f"any of: {', '.join(DATASETS)} (default: all but synthetic)")

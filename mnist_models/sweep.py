@@ -31,10 +31,23 @@ def parse_variant_spec(spec: str) -> dict:
     return parse_tag(spec, SPEC_FIELDS)
 
 
+BEST = "best"  # the variant `mnist-bench tune` stored for this machine, per net
+
+
+def variant_fields(spec: str, model: str) -> dict:
+    """A variant spec's TrainConfig fields; 'best' is this machine's tuned choice for the net (threads included)."""
+    if spec == BEST:
+        from .tune import best_fields
+
+        return best_fields(model)
+    return parse_variant_spec(spec)
+
+
 def sweep_configs(base: TrainConfig, models: Iterable[str], variants: Iterable[str], seeds: Iterable[int]) -> list[TrainConfig]:
     """Seed-major order: every model and variant gets its first seed before any gets a second."""
-    specs = [parse_variant_spec(spec) for spec in variants]  # a bad spec fails before any training
-    return [replace(base, model=model, seed=seed, **spec) for seed in seeds for model in models for spec in specs]
+    models, variants = list(models), list(variants)
+    fields = {(m, v): variant_fields(v, m) for m in models for v in variants}  # a bad spec fails before any training
+    return [replace(base, model=m, seed=seed, **fields[m, v]) for seed in seeds for m in models for v in variants]
 
 
 @dataclass

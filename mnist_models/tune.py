@@ -1,0 +1,220 @@
+"""`mnist-bench tune`: which variant trains fastest on this machine, measured here, in bounded time.
+
+Two phases, both through the one harness and the one training loop:
+
+1. the train step (batch 100, real digits) of every candidate: threads (all cores, one), memory
+   format, the fast path, precision (bf16 only where the CPU has it natively: emulated bf16 is
+   7-20x slower and is skipped, saying why), and torch.compile when asked for (it costs tens of
+   seconds per compile and slowed the CPU train step on this project's machines);
+2. a whole mnist-5k epoch (40 steps, the input pipeline included) for the fastest step variants
+   through both loaders, the seed's DataLoader and the tensor loader.
+
+The fastest epoch wins per net. Every candidate keeps the seed nets' accuracy: fp32 variants
+compute the same function (the fast path is tested equal to the seed's layer order), and bf16
+kept accuracy within the seed-to-seed spread in this project's sweeps. The result is stored per
+machine (`reports/tune/<machine>.json`) for `train --variant best` and `sweep --variants best`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from . import atomic
+from .data import load_dataset, make_loader
+from .errors import UsageError
+from .harness import build, real_batch, warm_up
+from .machine import EMULATED_BF16_SLOWDOWN, machine_info, machine_slug, native_bf16
+from .report import REPORTS_DIR
+from .variants import Variant, parse_tag, render_tag
+
+DEFAULT_BUDGET_S = 180
+DEFAULT_TUNE_DIR = REPORTS_DIR / "tune"
+STEP_REPEATS = 10
+EPOCH_FINALISTS = 3  # fastest step variants that go on to whole epochs
+BATCH = 100
+# What a stored choice sets: the spec of `train --variant` / `sweep --variants`, plus threads.
+CHOICE_FIELDS = ("loader", "compile", "precision", "channels_last", "fast")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: str
+    threads: int
+    precision: str = "fp32"
+    channels_last: bool = False
+    fast: bool = False
+    compile: str = "off"
+    loader: str = "tensor"
+
+    @property
+    def variant(self) -> Variant:
+        return Variant("cpu", self.compile, self.precision, self.channels_last, self.fast)
+
+    @property
+    def spec(self) -> str:
+        """The sweep spec of this choice, e.g. 'tensor-eager-bf16-cl-fast'."""
+        return render_tag(loader=self.loader, compile=self.compile, precision=self.precision,
+                          channels_last=self.channels_last, fast=self.fast)  # fmt: skip
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-{self.spec}-t{self.threads}"
+
+
+def candidates(models: list[str], cores: int, with_compile: bool) -> tuple[list[Candidate], list[str]]:
+    """The step grid, and one line per kind of candidate left out, with the reason."""
+    skipped = []
+    precisions = ["fp32"]
+    if native_bf16():
+        precisions.append("bf16")
+    else:
+        skipped.append(f"bf16: emulated on this CPU (no AVX-512 BF16 or AMX), {EMULATED_BF16_SLOWDOWN}")
+    compiles = ["off"]
+    if with_compile:
+        compiles.append("default")
+    else:
+        skipped.append("torch.compile: left out by default (tens of seconds per compile here, and it slowed the CPU train "
+                       "step to 0.56-0.78x on this project's machines); --with-compile includes it")  # fmt: skip
+    threads = sorted({cores, 1}, reverse=True)
+    grid = [
+        Candidate(m, t, p, cl, fast, c)
+        for m, t, p, cl, fast, c in itertools.product(models, threads, precisions, (False, True), (False, True), compiles)
+    ]
+    return grid, skipped
+
+
+def time_step(c: Candidate, dataset) -> float:
+    """Median seconds of one train step (batch 100, warmed up, compile outside the timing)."""
+    torch.set_num_threads(c.threads)
+    work = build(c.model, c.variant, "train", seed=777)
+    call = work.call_on(*real_batch(dataset.train, BATCH, c.variant))
+    warm_up(call)
+    times = []
+    for _ in range(STEP_REPEATS):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_epoch(c: Candidate, dataset) -> float:
+    """Seconds of one whole epoch of `dataset` through the candidate's loader, after one warm-up epoch."""
+    from .train import train_epoch
+
+    torch.set_num_threads(c.threads)
+    work = build(c.model, c.variant, "train", seed=777)
+    batches = make_loader(c.loader, dataset.train, BATCH, "cpu")
+    train_epoch(work.step, batches, c.variant)  # warm-up: allocations, oneDNN's kernel choice, compile
+    return train_epoch(work.step, batches, c.variant).seconds
+
+
+@dataclass
+class Tuning:
+    steps: dict[str, float]  # candidate name -> seconds per step
+    epochs: dict[str, float]  # candidate name -> seconds per epoch
+    best: dict[str, Candidate]  # model -> the fastest epoch
+    reference: dict[str, float]  # model -> seconds of an epoch of the seed's pipeline (DataLoader, eager fp32), same run
+    skipped: list[str]
+    unmeasured: list[str]  # candidates the budget left out
+    seconds: float
+
+
+def tune(
+    models: list[str],
+    budget_s: float = DEFAULT_BUDGET_S,
+    with_compile: bool = False,
+    step_timer: Callable[[Candidate, object], float] = time_step,
+    epoch_timer: Callable[[Candidate, object], float] = time_epoch,
+    log=print,
+) -> Tuning:
+    """Measure the grid within `budget_s` (a measurement under way is finished; each net gets at least
+    one step and one epoch timing) and pick the fastest epoch per net. The timers are parameters so
+    that a test can give a timing table."""
+    started = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    dataset = load_dataset("mnist-5k")
+    grid, skipped = candidates(models, threads_before, with_compile)
+    steps, epochs, unmeasured = {}, {}, []
+
+    def over_budget() -> bool:
+        return time.perf_counter() - started > budget_s
+
+    try:
+        for c in grid:
+            if over_budget() and any(name.startswith(f"{c.model}-") for name in steps):  # each net gets one at least
+                unmeasured.append(c.name)
+                continue
+            steps[c.name] = step_timer(c, dataset)
+            log(f"step  {c.name:45s} {1e3 * steps[c.name]:8.1f} ms")
+        best, reference = {}, {}
+        for model in models:
+            seed_pipeline = Candidate(model, threads_before, loader="seed")
+            reference[model] = epoch_timer(seed_pipeline, dataset)
+            log(f"epoch {seed_pipeline.name:45s} {reference[model]:8.2f} s  (the seed's pipeline: the reference)")
+            measured = sorted((c for c in grid if c.model == model and c.name in steps), key=lambda c: steps[c.name])
+            finalists = [replace(c, loader=loader) for c in measured[:EPOCH_FINALISTS] for loader in ("tensor", "seed")]
+            for c in finalists:
+                if over_budget() and model in best:
+                    unmeasured.append(f"{c.name} (epoch)")
+                    continue
+                epochs[c.name] = epoch_timer(c, dataset)
+                log(f"epoch {c.name:45s} {epochs[c.name]:8.2f} s")
+                if model not in best or epochs[c.name] < epochs[best[model].name]:
+                    best[model] = c
+    finally:
+        torch.set_num_threads(threads_before)
+    if not best:
+        raise UsageError(f"a budget of {budget_s:g} s measured nothing; give tune more time (--budget)")
+    return Tuning(steps, epochs, best, reference, skipped, unmeasured, time.perf_counter() - started)
+
+
+def tune_path(tune_dir: Path | None = None, machine: dict | None = None) -> Path:
+    """This machine's tune result: one per CPU model and ISA, like the benchmark baselines."""
+    return Path(tune_dir or DEFAULT_TUNE_DIR) / f"{machine_slug(machine or machine_info())}.json"
+
+
+def save_tuning(result: Tuning, tune_dir: Path | None = None) -> Path:
+    machine = machine_info()
+    data = {
+        "kind": "mnist-bench tune",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "seconds": result.seconds,
+        "best": {model: asdict(c) for model, c in result.best.items()},
+        "step_ms": {name: 1e3 * s for name, s in sorted(result.steps.items(), key=lambda kv: kv[1])},
+        "epoch_s": dict(sorted(result.epochs.items(), key=lambda kv: kv[1])),
+        "seed_pipeline_epoch_s": result.reference,
+        "skipped": result.skipped,
+        "unmeasured": result.unmeasured,
+    }
+    return atomic.write_json(tune_path(tune_dir, machine), data)
+
+
+def load_best(model: str, tune_dir: Path | None = None) -> Candidate:
+    """This machine's tuned choice for `model`; a one-line error when there is none."""
+    import json
+
+    path = tune_path(tune_dir)
+    try:
+        data = json.loads(path.read_text())
+        return Candidate(**data["best"][model])
+    except FileNotFoundError:
+        raise UsageError(f"no tuned variant for this machine ({path.name}): run mnist-bench tune first") from None
+    except KeyError:
+        raise UsageError(f"{path} has no tuned variant for the {model} net: run mnist-bench tune --models {model}") from None
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{path} is not a tune result ({exc}); run mnist-bench tune again") from None
+
+
+def best_fields(model: str, tune_dir: Path | None = None) -> dict:
+    """TrainConfig fields of the tuned choice: the variant's switches and its thread count."""
+    best = load_best(model, tune_dir)
+    return {**parse_tag(best.spec, CHOICE_FIELDS), "threads": best.threads}

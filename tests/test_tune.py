@@ -1,0 +1,80 @@
+"""mnist-bench tune: the grid, the pick, the stored choice and `--variant best` (timings stubbed)."""
+
+import json
+
+import pytest
+
+from mnist_models import cli, tune
+from mnist_models.config import TrainConfig
+from mnist_models.errors import UsageError
+from mnist_models.sweep import sweep_configs
+
+
+# A timing table: per candidate, seconds as if measured. cl + fast is fastest per step; through the
+# tensor loader it is also the fastest epoch, and the seed's DataLoader adds half a second.
+def step_table(c, dataset):
+    return 0.050 - 0.010 * c.channels_last - 0.005 * c.fast - 0.012 * (c.precision == "bf16") + 0.020 * (c.threads == 1)
+
+
+def epoch_table(c, dataset):
+    return 40 * step_table(c, dataset) + (0.5 if c.loader == "seed" else 0.1)
+
+
+@pytest.fixture
+def tuned(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "native_bf16", lambda: True)
+    result = tune.tune(["simple", "deep"], step_timer=step_table, epoch_timer=epoch_table, log=lambda line: None)
+    return result, tune.save_tuning(result, tmp_path)
+
+
+def test_tune_picks_the_fastest_epoch_of_the_table(tuned):
+    result, _ = tuned
+    for model in ("simple", "deep"):
+        best = result.best[model]
+        assert (best.loader, best.precision, best.channels_last, best.fast, best.threads) == (
+            "tensor",
+            "bf16",
+            True,
+            True,
+            max(2, best.threads),
+        )
+        assert result.epochs[best.name] == min(t for n, t in result.epochs.items() if n.startswith(f"{model}-"))
+        assert result.reference[model] > result.epochs[best.name]  # the seed pipeline, timed as the reference
+    assert len(result.steps) == 2 * 2 * 2 * 2 * len({1, 2})  # nets x precision x cl x fast x threads (here: 2 cores)
+    assert any("torch.compile" in line for line in result.skipped)
+
+
+def test_emulated_bf16_is_skipped_with_the_reason(monkeypatch):
+    monkeypatch.setattr(tune, "native_bf16", lambda: False)
+    grid, skipped = tune.candidates(["simple"], cores=2, with_compile=True)
+    assert {c.precision for c in grid} == {"fp32"} and {c.compile for c in grid} == {"off", "default"}
+    assert any(line.startswith("bf16: emulated") for line in skipped)
+
+
+def test_the_budget_bounds_the_work(monkeypatch):
+    monkeypatch.setattr(tune, "native_bf16", lambda: True)
+    result = tune.tune(["simple"], budget_s=0, step_timer=step_table, epoch_timer=epoch_table, log=lambda line: None)
+    assert len(result.steps) == 1 and result.unmeasured  # the first timing runs, the rest are left out and counted
+    assert "simple" in result.best
+
+
+def test_train_and_sweep_use_the_stored_choice(tuned, monkeypatch):
+    _, path = tuned
+    monkeypatch.setattr(tune, "DEFAULT_TUNE_DIR", path.parent)
+    stored = json.loads(path.read_text())
+    assert stored["best"]["simple"]["fast"] is True and stored["machine"]["cpu"]
+    fields = tune.best_fields("simple")  # from the default folder: the one the CLI reads
+    assert fields == {"loader": "tensor", "compile": "off", "precision": "bf16", "channels_last": True, "fast": True,
+                      "threads": stored["best"]["simple"]["threads"]}  # fmt: skip
+    [config] = sweep_configs(TrainConfig(dataset="mnist-5k"), ["simple"], ["best"], [1])
+    assert (config.loader, config.precision, config.channels_last, config.fast) == ("tensor", "bf16", True, True)
+
+
+def test_best_without_a_tune_result_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tune, "DEFAULT_TUNE_DIR", tmp_path)
+    with pytest.raises(UsageError, match="no tuned variant for this machine"):
+        tune.load_best("simple", tmp_path)
+    assert cli.main(["train", "--variant", "best", "--dataset", "mnist-5k", "--runs-dir", str(tmp_path)]) == 2
+    assert "run mnist-bench tune first" in capsys.readouterr().err
+    assert cli.main(["train", "--variant", "tensor-eager-fp32", "--fast", "--runs-dir", str(tmp_path)]) == 2
+    assert "leave out --fast" in capsys.readouterr().err
