@@ -18,7 +18,7 @@ from .variants import Variant
 
 SUITE_ORDER = ("ceiling", "forward", "train-step", "epoch", "scaling")
 SUITE_TITLES = {
-    "ceiling": "Machine ceiling: large matmuls",
+    "ceiling": "Machine ceiling: large matmuls and a large convolution",
     "forward": "Forward (inference_mode)",
     "train-step": "Train step: forward + loss + backward + Adam",
     "epoch": "Full epoch through the input pipeline",

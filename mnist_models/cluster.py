@@ -174,7 +174,9 @@ def run_cluster_sweep(
             bar = tqdm(total=len(todo), desc="runs", unit="run", file=sys.stderr, dynamic_ncols=True)
         write = bar.write if bar is not None else log
         datasets = {name: ray.put(load_dataset(name, todo[0].data_root)) for name in {c.dataset for c in todo}}
-        remote = ray.remote(task).options(num_cpus=cpus, max_retries=max_retries, retry_exceptions=False)
+        # A CUDA run reserves one GPU (and its CPUs as above): one timed run per GPU.
+        gpus = 1 if any(c.variant().device == "cuda" for c in todo) else 0
+        remote = ray.remote(task).options(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries, retry_exceptions=False)
         for config in todo:
             plan = take(store, config, redo_contended, counts, write, threads)
             if plan is not None:
