@@ -90,6 +90,10 @@ def start(rank: Rank, backend: str, device: str) -> str:
     return backend
 
 
+def barrier() -> None:
+    dist.barrier()
+
+
 def stop() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -300,6 +300,10 @@ def train_and_store(
         if main:
             check_writable_dir(store.folder(config.dataset))
         model, record = train(config, progress=progress, rank=rank, log=log)
+        if rank:
+            # Every rank waits here until rank 0 has evaluated: no rank tears the process group down (and
+            # exits) while another still uses the rendezvous store (seen: a SIGABRT in a store read).
+            distributed.barrier()
     except RuntimeError as exc:  # a collective failed: another rank died, or hung past the timeout
         if rank is None:
             raise

@@ -54,7 +54,7 @@ def test_help_explains_every_flag():
 def test_every_option_of_every_subcommand_has_help_text():
     parser = cli.build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(subcommands) == {"train", "sweep", "profile", "report", "compare", "data"}
+    assert set(subcommands) == {"train", "sweep", "tune", "profile", "report", "compare", "data"}
     for name, sub in subcommands.items():
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction):
