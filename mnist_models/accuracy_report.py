@@ -326,6 +326,13 @@ def render(runs: list[RunRecord], problems: list[str], bench: dict | None, out_d
         "seed-style column feeds raw 0..255 pixels, as the seed's script did. Training time excludes the per-epoch "
         "evaluations. Datasets are reported separately and never averaged together.\n"
     )
+    dirty = sum(n for code, n in codes.items() if code.endswith("+dirty"))
+    if dirty:
+        out.append(
+            f"\n_{dirty} of {len(runs)} runs were made by code with uncommitted edits (`+dirty` above"
+            "): the commit named is where their code started, not exactly what ran. They stay because they can only "
+            "be made again on the machine that made them._\n"
+        )
     if problems:
         out.append("\n" + "\n".join(f"- WARNING: {md(p)}" for p in problems) + "\n")
     for dataset in sorted(df["dataset"].unique()):

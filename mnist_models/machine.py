@@ -65,7 +65,7 @@ EMULATED_BF16_SLOWDOWN = "7-20x slower than fp32 (a train step, measured on a Ze
 
 def native_bf16(machine: dict | None = None) -> bool:
     """Does this CPU (or the machine block of a record or benchmark JSON) run bf16 natively?"""
-    isa = (machine or {}).get("cpu_isa") if machine is not None else cpu_isa()
+    isa = cpu_isa() if machine is None else machine.get("cpu_isa")
     return bool(set(isa or []) & set(NATIVE_BF16))
 
 

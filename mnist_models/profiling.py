@@ -185,7 +185,7 @@ PROFILER_NOISE = (KINETO_GPU_NOISE, "SyncActivityProfilerHandler.cpp", "allocate
 
 
 @contextlib.contextmanager
-def _without_kineto_gpu_noise():
+def _without_profiler_noise():
     """Hold the process's stderr (file descriptor 2) while the profiler runs, then pass on every line
     but PROFILER_NOISE."""
     sys.stderr.flush()
@@ -240,7 +240,7 @@ def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = No
     worker = config.run_name() + (f"-rank{rank.rank}" if rank else "")
     wall = []
     with (
-        _without_kineto_gpu_noise(),
+        _without_profiler_noise(),
         torch.profiler.profile(
             activities=activities,
             schedule=schedule(wait=config.wait, warmup=config.warmup, active=config.active, repeat=1),
