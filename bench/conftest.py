@@ -2,7 +2,7 @@
 
 Run `pytest bench --benchmark-only` for the full suites (report in reports/), `pytest bench -m quick`
 for a small subset, and `pytest bench --benchmark-disable` to run every body once as a smoke test.
-Model, optimizer, step and batch come from the library's harness (mnist_models.harness), the same
+Model, optimizer, step and batch come from the library's harness (mnist_models.core.harness), the same
 code that training and profiling run. Session state lives in `config.stash`.
 """
 
@@ -16,15 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_models import atomic
-from mnist_models.bench_report import write_report
-from mnist_models.data import DATASETS, DEFAULT_ROOT, Split, load_dataset
-from mnist_models.errors import DataError
-from mnist_models.harness import warm_up
-from mnist_models.machine import BUSY_CORES, CpuContention, busy_check, busy_warning, machine_info, machine_slug
-from mnist_models.paths import home
-from mnist_models.report import REPORTS_DIR
-from mnist_models.variants import device_name
+from mnist_models.core.data import DATASETS, DEFAULT_ROOT, Split, load_dataset
+from mnist_models.core.harness import warm_up
+from mnist_models.core.variants import device_name
+from mnist_models.reporting.benchmarks import write_report
+from mnist_models.system import atomic
+from mnist_models.system.errors import DataError
+from mnist_models.system.machine import BUSY_CORES, CpuContention, busy_check, busy_warning, machine_info, machine_slug
+from mnist_models.system.paths import REPORTS_DIR, home
 
 
 @dataclass
@@ -86,7 +85,7 @@ def pytest_report_header(config):
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     """The one copy of the project's machine info (CPU family, ISA, versions, code) in every JSON."""
-    from mnist_models.machine import machine_info as ours
+    from mnist_models.system.machine import machine_info as ours
 
     machine_info["mnist_bench"] = ours()
 

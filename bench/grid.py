@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from mnist_models.machine import cpu_isa
-from mnist_models.variants import Variant, render_tag
+from mnist_models.core.variants import Variant, render_tag
+from mnist_models.system.machine import cpu_isa
 
 HAVE_CUDA = torch.cuda.is_available()
 NO_CUDA = pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA GPU on this machine")
@@ -31,7 +31,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        """Rendered from the case's fields by the project's one vocabulary (mnist_models.variants)."""
+        """Rendered from the case's fields by the project's one vocabulary (mnist_models.core.variants)."""
         v = self.variant
         return render_tag(model=self.model, loader=self.loader or None, device=v.device, compile=v.compile,
                           precision=v.precision, channels_last=v.channels_last, fast=v.fast, threads=self.threads,

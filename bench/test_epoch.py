@@ -8,10 +8,10 @@ import pytest
 from conftest import describe, rates
 from grid import epoch_cases
 
-from mnist_models.data import make_loader
-from mnist_models.harness import build
-from mnist_models.nets import build_model
-from mnist_models.train import evaluate, train_epoch
+from mnist_models.core.data import make_loader
+from mnist_models.core.harness import build
+from mnist_models.core.nets import build_model
+from mnist_models.runs.train import evaluate, train_epoch
 
 
 @pytest.mark.parametrize("case", epoch_cases())

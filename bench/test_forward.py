@@ -5,7 +5,7 @@ import torch
 from conftest import time_call
 from grid import forward_cases
 
-from mnist_models.harness import build, real_batch
+from mnist_models.core.harness import build, real_batch
 
 
 @pytest.mark.parametrize("case", forward_cases())

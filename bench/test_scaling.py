@@ -1,6 +1,6 @@
 """Data-parallel scaling: a DDP train step with 1, 2, ... ranks up to the cores (gloo, loopback).
 
-Each case is one torchrun job (`python -m mnist_models.scaling`) in which rank 0 times every step
+Each case is one torchrun job (`python -m mnist_models.scale.scaling`) in which rank 0 times every step
 itself; the rounds of the benchmark replay those in-rank times (a replay clock), so process start-up
 and rendezvous stay out of the numbers. Per net:
 
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import pytest
 from conftest import describe, rates
 
-from mnist_models.nets import build_model
-from mnist_models.variants import Variant, render_tag
+from mnist_models.core.nets import build_model
+from mnist_models.core.variants import Variant, render_tag
 
 CORES = os.cpu_count() or 1
 RANKS = [n for n in (2, 4, 8) if n <= CORES]
@@ -85,7 +85,7 @@ def cases() -> list:
 def run_job(case: ScalingCase, steps: int, out) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(case.threads)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(case.ranks), "--monitor-interval", "0.5",
-           "-m", "mnist_models.scaling", "--model", case.model, "--per-rank-batch", str(case.per_rank_batch), "--steps", str(steps),
+           "-m", "mnist_models.scale.scaling", "--model", case.model, "--per-rank-batch", str(case.per_rank_batch), "--steps", str(steps),
            "--threads", str(case.threads), "--out", str(out)]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -14,15 +14,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import BACKENDS, MAX_SEED, MAX_THREADS_PER_CPU, TrainConfig
-from .data import DATASETS, DEFAULT_ROOT, LOADERS
-from .errors import MnistBenchError, UsageError
-from .nets import MODELS
-from .profiling import DEFAULT_KERNEL_REPORT, DEFAULT_SUMMARY_DIR, ProfileConfig
-from .records import DEFAULT_RUNS_DIR
-from .report import REPORTS_DIR
-from .tune import DEFAULT_BUDGET_S, DEFAULT_TUNE_DIR
-from .variants import COMPILE_MODES, DEVICES, PRECISIONS
+from .core.data import DATASETS, DEFAULT_ROOT, LOADERS
+from .core.nets import MODELS
+from .core.variants import COMPILE_MODES, DEVICES, PRECISIONS
+from .profiling.profiler import DEFAULT_KERNEL_REPORT, DEFAULT_SUMMARY_DIR, ProfileConfig
+from .runs.config import BACKENDS, MAX_SEED, MAX_THREADS_PER_CPU, TrainConfig
+from .runs.records import DEFAULT_RUNS_DIR
+from .runs.tune import DEFAULT_BUDGET_S, DEFAULT_TUNE_DIR
+from .system.errors import MnistBenchError, UsageError
+from .system.paths import REPORTS_DIR
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,10 +155,10 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import distributed
-    from .machine import busy_warning
-    from .records import RunStore
-    from .train import train_and_store
+    from .runs.records import RunStore
+    from .runs.train import train_and_store
+    from .scale import distributed
+    from .system.machine import busy_warning
 
     rank = distributed.Rank.from_env()
     if args.nproc is not None:
@@ -191,7 +191,7 @@ def _chosen_variant(args: argparse.Namespace) -> dict:
     """train --variant SPEC|best: the variant's switches (and, for best, the tuned thread count)."""
     if not args.variant:
         return {}
-    from .sweep import variant_fields
+    from .runs.sweep import variant_fields
 
     switches = {"--loader": args.loader != _default(TrainConfig, "loader"), "--compile": args.compile != _default(TrainConfig, "compile"),
                 "--precision": args.precision != _default(TrainConfig, "precision"), "--channels-last": args.channels_last,
@@ -203,7 +203,7 @@ def _chosen_variant(args: argparse.Namespace) -> dict:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .tune import save_tuning, tune
+    from .runs.tune import save_tuning, tune
 
     result = tune(args.models, budget_s=args.budget, with_compile=args.with_compile)
     path = save_tuning(result, Path(args.out_dir))
@@ -226,14 +226,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .atomic import check_writable_dir
-    from .distributed import Rank
+    from .scale.distributed import Rank
+    from .system.atomic import check_writable_dir
 
     if Rank.from_env() is not None:
         raise UsageError(
             "sweep runs in one process (its runs one after another); DDP is for train (train --nproc N, or torchrun)"
         )
-    from .sweep import run_sweep, sweep_configs
+    from .runs.sweep import run_sweep, sweep_configs
 
     cluster_flags = [flag for flag, value in (("--address", args.address), ("--cpus-per-run", args.cpus_per_run),
                                               ("--max-retries", args.max_retries)) if value is not None]  # fmt: skip
@@ -244,7 +244,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     configs = sweep_configs(_train_config(args), args.models, args.variants, args.seeds)
     check_writable_dir(Path(args.runs_dir))
     if args.cluster == "ray":
-        from .cluster import DEFAULT_ADDRESS, DEFAULT_MAX_RETRIES, run_cluster_sweep
+        from .runs.cluster import DEFAULT_ADDRESS, DEFAULT_MAX_RETRIES, run_cluster_sweep
 
         result = run_cluster_sweep(
             configs, Path(args.runs_dir), address=args.address or DEFAULT_ADDRESS, cpus_per_run=args.cpus_per_run,
@@ -263,7 +263,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data import load_dataset
+    from .core.data import load_dataset
 
     unknown = [n for n in args.names if n not in DATASETS]
     if unknown:
@@ -291,9 +291,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from . import distributed
-    from .atomic import write_text
-    from .profiling import load_summaries, profile, render_kernel_report, save_summary
+    from .profiling.profiler import load_summaries, profile, save_summary
+    from .reporting.kernels import render_kernel_report
+    from .scale import distributed
+    from .system.atomic import write_text
 
     rank = distributed.Rank.from_env()
     if args.nproc is not None:
@@ -347,8 +348,8 @@ def _check_report_flags(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """The accuracy-vs-cost report from stored runs; and/or a benchmark report from a saved JSON."""
-    from .atomic import write_text
-    from .bench_report import load_bench_json, write_report
+    from .reporting.benchmarks import load_bench_json, write_report
+    from .system.atomic import write_text
 
     _check_report_flags(args)
     args.runs_dir = args.runs_dir or str(DEFAULT_RUNS_DIR)
@@ -360,8 +361,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"benchmark report written to {args.bench_out}")
     if args.no_accuracy:
         return 0
-    from .accuracy_report import render
-    from .records import RunStore
+    from .reporting.accuracy import render
+    from .runs.records import RunStore
 
     runs, problems = RunStore(args.runs_dir).load_all()
     for problem in problems:
@@ -389,8 +390,8 @@ def _percent(text: str) -> float:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Two runs side by side (or a trend over a folder); with --fail-above, a regression gate."""
-    from .atomic import write_text
-    from .compare import compare, load_run, pick_baseline, plot_ratios, render, trend
+    from .reporting.compare import compare, load_run, pick_baseline, plot_ratios, render, trend
+    from .system.atomic import write_text
 
     paths = [Path(p) for p in args.files]
     out = Path(args.out)
@@ -676,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except MnistBenchError as exc:
-        from .distributed import Rank, report_failure
+        from .scale.distributed import Rank, report_failure
 
         rank = Rank.from_env()
         where = f"rank {rank.rank}: " if rank and rank.world_size > 1 and not str(exc).startswith("rank ") else ""

@@ -34,9 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mnist_models.bench_report import fastest, load_bench_json  # noqa: E402
 from mnist_models.cli import build_parser  # noqa: E402
-from mnist_models.records import RunStore  # noqa: E402
+from mnist_models.reporting.benchmarks import fastest, load_bench_json  # noqa: E402
+from mnist_models.runs.records import RunStore  # noqa: E402
 
 MODELS = ("simple", "deep")
 BUDGET_SECONDS = 8 * 60
@@ -70,8 +70,8 @@ def variant_flags(info: dict | None) -> list[str]:
 
 
 def dataset_here() -> str:
-    from mnist_models.data import load_dataset
-    from mnist_models.errors import DataError
+    from mnist_models.core.data import load_dataset
+    from mnist_models.system.errors import DataError
 
     try:
         load_dataset("fashion-mnist", download=False)

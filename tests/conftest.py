@@ -6,7 +6,7 @@ import pytest
 # drivers use 127.0.0.1 only, never the machine's network address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from mnist_models.data import Dataset, Split, load_dataset
+from mnist_models.core.data import Dataset, Split, load_dataset
 
 
 @pytest.fixture(scope="session")

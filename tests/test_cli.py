@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mnist_models import cli
-from mnist_models.nets import build_model
+from mnist_models.core.nets import build_model
 
 FAST = ["--dataset", "mnist-5k", "--epochs", "1", "--loader", "tensor", "--no-progress", "--no-latency"]
 
@@ -141,7 +141,7 @@ def test_data_lists_what_is_available(capsys):
 
 
 def test_data_exits_non_zero_when_a_named_dataset_is_missing(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr("mnist_models.data.DEBIAN_FASHION_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr("mnist_models.core.data.DEBIAN_FASHION_DIR", tmp_path / "no-debian")
     assert cli.main(["data", "fashion-mnist", "--data-root", str(tmp_path)]) == 1
     assert "fashion-mnist  unavailable" in capsys.readouterr().out
 
@@ -168,7 +168,7 @@ def test_data_json(capsys, tmp_path, monkeypatch):
     assert data["datasets"] == [
         {"name": "mnist-5k", "available": True, "train": 4000, "test": 1000, "source": data["datasets"][0]["source"]}
     ]
-    monkeypatch.setattr("mnist_models.data.DEBIAN_FASHION_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr("mnist_models.core.data.DEBIAN_FASHION_DIR", tmp_path / "no-debian")
     assert cli.main(["data", "fashion-mnist", "--json", "--data-root", str(tmp_path)]) == 1
     [missing] = json.loads(capsys.readouterr().out)["datasets"]
     assert missing["name"] == "fashion-mnist" and missing["available"] is False and missing["problem"]
@@ -203,7 +203,7 @@ def test_default_paths_are_relative_to_the_home_not_the_current_folder(tmp_path)
 
 
 def test_home_resolution(tmp_path, monkeypatch):
-    from mnist_models import paths
+    from mnist_models.system import paths
 
     monkeypatch.setenv("MNIST_BENCH_HOME", str(tmp_path))
     assert paths.home() == tmp_path.resolve()

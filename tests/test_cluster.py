@@ -12,11 +12,11 @@ from dataclasses import replace
 
 import pytest
 
-from mnist_models.cluster import reservation, run_cluster_sweep, train_on_node
-from mnist_models.config import TrainConfig
-from mnist_models.errors import UsageError
-from mnist_models.records import RunStore, load_weights
-from mnist_models.sweep import sweep_configs
+from mnist_models.runs.cluster import reservation, run_cluster_sweep, train_on_node
+from mnist_models.runs.config import TrainConfig
+from mnist_models.runs.records import RunStore, load_weights
+from mnist_models.runs.sweep import sweep_configs
+from mnist_models.system.errors import UsageError
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[cluster]')")
 

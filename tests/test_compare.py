@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mnist_models import cli
-from mnist_models.compare import beyond_noise
-from mnist_models.machine import machine_slug
+from mnist_models.reporting.compare import beyond_noise
+from mnist_models.system.machine import machine_slug
 
 ROOT = Path(__file__).resolve().parent.parent
 MACHINE = {"cpu": "Test CPU (family 1, model 2)", "cpu_isa": ["avx2", "fma"], "cores": 2, "torch_threads": 2, "torch": "x"}

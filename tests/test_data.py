@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_models import data
-from mnist_models.data import DEBIAN_FASHION_DIR, TensorBatches, load_dataset, seed_loader
-from mnist_models.errors import DataError, UsageError
+from mnist_models.core import data
+from mnist_models.core.data import DEBIAN_FASHION_DIR, TensorBatches, load_dataset, seed_loader
+from mnist_models.system.errors import DataError, UsageError
 
 
 def test_mnist_5k_is_a_stratified_deterministic_split(mnist5k):
@@ -116,7 +116,7 @@ def test_both_loaders_yield_the_same_kind_of_batches(small5k):
 
 def test_seed_loader_matches_tensor_scaling_exactly(small5k):
     """ToTensor's scaling and ours agree to the bit, so the loaders differ only in cost."""
-    from mnist_models.data import SeedStyleImages
+    from mnist_models.core.data import SeedStyleImages
 
     x, label = SeedStyleImages(small5k.train)[3]
     assert torch.equal(x, small5k.train.images[3].unsqueeze(0).float().div(255))

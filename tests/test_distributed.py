@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_models.config import TrainConfig
-from mnist_models.data import TensorBatches
-from mnist_models.errors import UsageError
-from mnist_models.records import RunStore
+from mnist_models.core.data import TensorBatches
+from mnist_models.runs.config import TrainConfig
+from mnist_models.runs.records import RunStore
+from mnist_models.system.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 HELPERS = Path(__file__).resolve().parent / "helpers"

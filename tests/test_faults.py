@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_models import atomic, cli
-from mnist_models.config import TrainConfig
-from mnist_models.records import RunStore, load_record
+from mnist_models import cli
+from mnist_models.runs.config import TrainConfig
+from mnist_models.runs.records import RunStore, load_record
+from mnist_models.system import atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 HELPERS = Path(__file__).resolve().parent / "helpers"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_models.bench_report import fastest
 from mnist_models.cli import build_parser
+from mnist_models.reporting.benchmarks import fastest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_models.errors import UsageError
-from mnist_models.nets import DeepCNN, PoolFirst, SimpleCNN, build_model, make_fast
+from mnist_models.core.nets import DeepCNN, PoolFirst, SimpleCNN, build_model, make_fast
+from mnist_models.system.errors import UsageError
 
 
 def conv_flops(cin, cout, side):

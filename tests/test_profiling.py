@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from mnist_models import cli
-from mnist_models.errors import UsageError
-from mnist_models.profiling import ProfileConfig, profile, render_kernel_report
+from mnist_models.profiling.profiler import ProfileConfig, profile
+from mnist_models.reporting.kernels import render_kernel_report
+from mnist_models.system.errors import UsageError
 
 PLUGIN = "/data/plugin/pytorch_profiler"
 
@@ -70,7 +71,7 @@ def test_the_trace_file_read_by_hta_gives_the_kernel_tables_conv_rows(profiled):
 
 def test_the_cross_check_names_a_row_that_disagrees(profiled):
     pytest.importorskip("hta", reason="holistictraceanalysis is not installed (pip install -e '.[traces]')")
-    from mnist_models.trace_check import cross_check, trace_files
+    from mnist_models.profiling.trace_check import cross_check, trace_files
 
     _, run_dir, summary = profiled
     tampered = copy.deepcopy(summary)
@@ -83,7 +84,7 @@ def test_the_cross_check_names_a_row_that_disagrees(profiled):
 
 
 def test_memory_of_a_step_and_the_op_that_allocates_most(profiled):
-    from mnist_models.trace_check import _ALLOCATORS
+    from mnist_models.profiling.trace_check import _ALLOCATORS
 
     _, _, summary = profiled
     memory = summary["memory"]
@@ -210,7 +211,7 @@ def test_tensorboard_profiler_plugin_loads_the_trace(profiled):
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the line is printed only where there is no GPU")
 def test_profile_hides_kinetos_no_gpu_line_and_keeps_other_stderr(tmp_path):
-    from mnist_models.profiling import KINETO_GPU_NOISE
+    from mnist_models.profiling.profiler import KINETO_GPU_NOISE
 
     bare = subprocess.run([sys.executable, "-c", "import torch\nwith torch.profiler.profile():\n    torch.ones(2) + 1"],
                           capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mnist_models.config import TrainConfig
-from mnist_models.errors import RecordError, RunExists
-from mnist_models.records import SCHEMA_VERSION, RunRecord, RunStore, load_record
-from mnist_models.train import train
+from mnist_models.runs.config import TrainConfig
+from mnist_models.runs.records import SCHEMA_VERSION, RunRecord, RunStore, load_record
+from mnist_models.runs.train import train
+from mnist_models.system.errors import RecordError, RunExists
 
 COMMITTED = Path(__file__).resolve().parent.parent / "reports" / "runs"
 UNVERSIONED = COMMITTED / "mnist-5k" / "deep-seed-cpu-eager-fp32-s777.json"

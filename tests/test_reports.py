@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 
 from mnist_models import cli
-from mnist_models.accuracy_report import pareto, render
-from mnist_models.bench_report import render as render_bench
-from mnist_models.config import TrainConfig
-from mnist_models.records import RunStore
-from mnist_models.sweep import run_sweep, sweep_configs
+from mnist_models.reporting.accuracy import pareto, render
+from mnist_models.reporting.benchmarks import render as render_bench
+from mnist_models.runs.config import TrainConfig
+from mnist_models.runs.records import RunStore
+from mnist_models.runs.sweep import run_sweep, sweep_configs
 
 
 def load_runs(folder):
@@ -185,7 +185,7 @@ def test_bench_session_writes_report(tmp_path):
 
 
 def test_half_precision_ceiling_is_never_below_fp32():
-    from mnist_models.bench_report import ceiling_for
+    from mnist_models.reporting.benchmarks import ceiling_for
 
     cpu_without_bf16 = {("cpu", "fp32"): 100.0, ("cpu", "bf16"): 1.0}
     gpu = {("cuda", "fp32"): 50.0, ("cuda", "bf16"): 500.0}
@@ -195,7 +195,7 @@ def test_half_precision_ceiling_is_never_below_fp32():
 
 
 def test_seed_conclusion_verdict_separates_reproduced_from_not_reproduced():
-    from mnist_models.accuracy_report import _conclusion_verdict
+    from mnist_models.reporting.accuracy import _conclusion_verdict
 
     # seed-style says deep worse, correct eval says deep better by far more than the spread
     assert "reproduces its observation" in _conclusion_verdict(-0.03, 0.01, 0.002)
@@ -267,7 +267,7 @@ def test_retrained_runs_give_the_noise_floor(runs_dir, tmp_path):
 
 
 def test_scaling_table_efficiencies_and_verdict():
-    from mnist_models.bench_report import scaling_rows
+    from mnist_models.reporting.benchmarks import scaling_rows
 
     def case(kind, ranks, threads, per_rank, median, share=0.0):
         return _bench(f"simple-t{threads}-r{ranks}-b{per_rank * ranks}", "scaling-simple-cpu", median, suite="scaling", scaling=kind,
@@ -287,7 +287,7 @@ def test_scaling_table_efficiencies_and_verdict():
 
 
 def test_the_benchmark_report_draws_speedups_and_images_per_batch(tmp_path):
-    from mnist_models.bench_report import write_report
+    from mnist_models.reporting.benchmarks import write_report
 
     def forward(variant, batch, median, **info):
         return _bench(f"simple-cpu-{variant}-b{batch}", f"forward-simple-cpu-b{batch}", median, suite="forward", model="simple",
@@ -306,7 +306,7 @@ def test_the_benchmark_report_draws_speedups_and_images_per_batch(tmp_path):
 
 def test_a_child_process_is_not_counted_as_contention():
     """The scaling suite's torchrun jobs are the bench session's own work, not a neighbour's."""
-    from mnist_models.machine import CpuContention
+    from mnist_models.system.machine import CpuContention
 
     probe = CpuContention()
     subprocess.run(

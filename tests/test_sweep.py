@@ -3,10 +3,10 @@ import json
 import pytest
 
 from mnist_models import sweep as sweep_mod
-from mnist_models.config import TrainConfig
-from mnist_models.errors import UsageError
-from mnist_models.records import RunStore
-from mnist_models.sweep import parse_variant_spec, run_sweep, sweep_configs
+from mnist_models.runs.config import TrainConfig
+from mnist_models.runs.records import RunStore
+from mnist_models.runs.sweep import parse_variant_spec, run_sweep, sweep_configs
+from mnist_models.system.errors import UsageError
 
 
 def load_runs(folder):

@@ -2,13 +2,13 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_models.config import TrainConfig
-from mnist_models.data import Split
-from mnist_models.errors import CheckpointError, DeviceError, TrainingDiverged, UsageError
-from mnist_models.harness import build, real_batch
-from mnist_models.records import load_weights, save_weights
-from mnist_models.train import SEED_EPOCH_LINE, evaluate, train
-from mnist_models.variants import Variant
+from mnist_models.core.data import Split
+from mnist_models.core.harness import build, real_batch
+from mnist_models.core.variants import Variant
+from mnist_models.runs.config import TrainConfig
+from mnist_models.runs.records import load_weights, save_weights
+from mnist_models.runs.train import SEED_EPOCH_LINE, evaluate, train
+from mnist_models.system.errors import CheckpointError, DeviceError, TrainingDiverged, UsageError
 
 FAST = dict(dataset="mnist-5k", loader="tensor", epochs=1, measure_latency=False)
 
@@ -152,7 +152,7 @@ def test_bad_checkpoint_is_a_checkpoint_error(tmp_path, small5k):
 
 
 def test_half_precision_without_native_bf16_warns_before_training(small5k, monkeypatch, capsys):
-    from mnist_models import machine
+    from mnist_models.system import machine
 
     monkeypatch.setattr(machine, "cpu_isa", lambda: ["avx2", "fma"])  # a Zen 3: no AVX-512 BF16, no AMX
     train(TrainConfig(model="simple", precision="bf16", **FAST), small5k, log=quiet)

@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from mnist_models import cli, tune
-from mnist_models.config import TrainConfig
-from mnist_models.errors import UsageError
-from mnist_models.sweep import sweep_configs
+from mnist_models import cli
+from mnist_models.runs import tune
+from mnist_models.runs.config import TrainConfig
+from mnist_models.runs.sweep import sweep_configs
+from mnist_models.system.errors import UsageError
 
 
 # A timing table: per candidate, seconds as if measured. cl + fast is fastest per step; through the

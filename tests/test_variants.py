@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mnist_models.config import RunKey, TrainConfig
-from mnist_models.errors import UsageError
-from mnist_models.sweep import parse_variant_spec
-from mnist_models.variants import COMPILE_MODES, PRECISIONS, Variant, parse_tag, render_tag
+from mnist_models.core.variants import COMPILE_MODES, PRECISIONS, Variant, parse_tag, render_tag
+from mnist_models.runs.config import RunKey, TrainConfig
+from mnist_models.runs.sweep import parse_variant_spec
+from mnist_models.system.errors import UsageError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import grid  # noqa: E402  (the benchmark grid: its ids must parse too)

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-import mnist_models.train as training
+import mnist_models.runs.train as training
 from mnist_models import cli
 
 out, args = sys.argv[1], sys.argv[2:]

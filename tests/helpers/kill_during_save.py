@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 
-from mnist_models import atomic, cli
+from mnist_models import cli
+from mnist_models.system import atomic
 
 where, nth, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 real_stage, real_commit = atomic.stage, atomic.commit

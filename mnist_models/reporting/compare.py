@@ -18,11 +18,11 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic
-from .bench_report import achieved_gflops, bench_machine, bench_rows, ceiling_for, ceilings, is_baseline, load_bench_json
-from .errors import UsageError
-from .machine import BUSY_CORES, machine_key, machine_slug
-from .report import code, fmt_time, header, md, table
+from ..system import atomic
+from ..system.errors import UsageError
+from ..system.machine import BUSY_CORES, machine_key, machine_slug
+from .benchmarks import achieved_gflops, bench_machine, bench_rows, ceiling_for, ceilings, is_baseline, load_bench_json
+from .markdown import code, fmt_time, header, md, table
 
 
 @dataclass

@@ -22,17 +22,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import distributed
-from .atomic import check_writable_dir
+from ..core.data import Dataset, Split, check_batch_size, load_dataset, make_loader
+from ..core.harness import Workload, build, make_forward
+from ..core.nets import NUM_CLASSES
+from ..core.variants import Variant, device_name
+from ..scale import distributed
+from ..scale.distributed import Rank
+from ..system.atomic import check_writable_dir
+from ..system.errors import RunExists, TrainingDiverged, UsageError
+from ..system.machine import CpuContention, busy_check, emulated_half_warning, machine_info, peak_memory_mb, reset_peak_memory
 from .config import TrainConfig
-from .data import Dataset, Split, check_batch_size, load_dataset, make_loader
-from .distributed import Rank
-from .errors import RunExists, TrainingDiverged, UsageError
-from .harness import Workload, build, make_forward
-from .machine import CpuContention, busy_check, emulated_half_warning, machine_info, peak_memory_mb, reset_peak_memory
-from .nets import NUM_CLASSES
 from .records import DatasetInfo, EpochStats, ModelInfo, RunRecord, RunStore
-from .variants import Variant, device_name
 
 SEED_EPOCH_LINE = "[Epoch: {:>4}] cost = {:>.9}"  # the seed's print format, byte for byte
 # Divergence, beyond a NaN or infinite loss: an epoch's mean loss above 10x that of a uniform guess

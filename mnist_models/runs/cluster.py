@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
+from ..core.data import load_dataset
+from ..system.errors import CheckpointError, MnistBenchError, UsageError
 from .config import TrainConfig
-from .data import load_dataset
-from .errors import CheckpointError, MnistBenchError, UsageError
 from .records import RunRecord, RunStore, weights_state
 from .sweep import new_counts, plan_sweep, started_line, store_result, take
 from .train import train

@@ -29,15 +29,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import atomic
+from ..core.data import DATASETS
+from ..core.nets import MODELS, build_model
+from ..core.variants import Variant
+from ..system import atomic
+from ..system.errors import CheckpointError, MnistBenchError, RecordError, RunExists, UsageError
+from ..system.machine import BUSY_CORES, machine_key
+from ..system.paths import REPORTS_DIR, shown
 from .config import RunKey, TrainConfig
-from .data import DATASETS
-from .errors import CheckpointError, MnistBenchError, RecordError, RunExists, UsageError
-from .machine import BUSY_CORES, machine_key
-from .nets import MODELS, build_model
-from .paths import shown
-from .report import REPORTS_DIR
-from .variants import Variant
 
 SCHEMA_VERSION = 3
 KIND = "mnist-bench train run"

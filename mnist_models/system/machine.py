@@ -212,7 +212,9 @@ def git_commit() -> str | None:
     """The commit of the code that made a number (with '+dirty' when that code has uncommitted edits), if known."""
     import subprocess
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from .paths import SOURCE_ROOT
+
+    root = SOURCE_ROOT
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS],

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import DATASETS, LOADERS
-from .errors import UsageError
-from .nets import MODELS
-from .variants import COMPILE_MODES, DEVICES, PRECISIONS, Variant, parse_tag, render_tag, resolve_device
+from ..core.data import DATASETS, LOADERS
+from ..core.nets import MODELS
+from ..core.variants import COMPILE_MODES, DEVICES, PRECISIONS, Variant, parse_tag, render_tag, resolve_device
+from ..system.errors import UsageError
 
 # The seed's recipe: what a run name leaves out when a run follows it.
 SEED_EPOCHS, SEED_BATCH_SIZE, SEED_LR, SEED = 15, 100, 1e-3, 777

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import atomic
-from .bench_report import bench_machine, bench_rows, bench_variant
-from .config import SEED_BATCH_SIZE, SEED_LR
-from .machine import machine_key, mixed_machines_warning
-from .records import RunRecord
-from .report import fmt_num, header, md, table
-from .variants import Variant
+from ..core.variants import Variant
+from ..runs.config import SEED_BATCH_SIZE, SEED_LR
+from ..runs.records import RunRecord
+from ..system import atomic
+from ..system.machine import machine_key, mixed_machines_warning
+from .benchmarks import bench_machine, bench_rows, bench_variant
+from .markdown import fmt_num, header, md, table
 
 # The seed's printed per-epoch costs (MNIST, its unnamed machine) and accuracies (raw-pixel evaluation).
 SEED_COSTS = {

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic
-from .errors import DataError, UsageError
+from ..system import atomic
+from ..system.errors import DataError, UsageError
+from ..system.paths import home
 from .nets import IMAGE_SIZE, NUM_CLASSES
-from .paths import home
 
 DATASETS = ("mnist", "fashion-mnist", "mnist-5k", "synthetic")
 LOADERS = ("seed", "tensor")

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
-from . import atomic
-from .data import load_dataset, make_loader
-from .errors import UsageError
-from .harness import build, real_batch, warm_up
-from .machine import EMULATED_BF16_SLOWDOWN, machine_info, machine_slug, native_bf16
-from .report import REPORTS_DIR
-from .variants import Variant, parse_tag, render_tag
+from ..core.data import load_dataset, make_loader
+from ..core.harness import build, real_batch, warm_up
+from ..core.variants import Variant, parse_tag, render_tag
+from ..system import atomic
+from ..system.errors import UsageError
+from ..system.machine import EMULATED_BF16_SLOWDOWN, machine_info, machine_slug, native_bf16
+from ..system.paths import REPORTS_DIR
 
 DEFAULT_BUDGET_S = 180
 DEFAULT_TUNE_DIR = REPORTS_DIR / "tune"

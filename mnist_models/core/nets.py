@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import UsageError
+from ..system.errors import UsageError
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10

@@ -14,12 +14,13 @@ import os
 from pathlib import Path
 
 HOME_ENV = "MNIST_BENCH_HOME"
+# The folder that holds the mnist_models package (this file is mnist_models/system/paths.py).
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _checkout() -> Path | None:
-    root = Path(__file__).resolve().parent.parent
-    if (root / "pyproject.toml").is_file() and (root / "mnist_models").is_dir():
-        return root
+    if (SOURCE_ROOT / "pyproject.toml").is_file() and (SOURCE_ROOT / "mnist_models").is_dir():
+        return SOURCE_ROOT
     return None
 
 
@@ -39,7 +40,5 @@ def shown(path: Path | str) -> str:
         return str(resolved)
 
 
-def resolve(path: Path | str) -> Path:
-    """A path read back from a record: relative ones are relative to the home."""
-    path = Path(path)
-    return path if path.is_absolute() else home() / path
+# Every generated file lives under this folder unless a flag names another place.
+REPORTS_DIR = home() / "reports"

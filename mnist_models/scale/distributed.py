@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import MnistBenchError, UsageError
+from ..system.errors import MnistBenchError, UsageError
 
 # How long a rank waits in a collective for the others (the job's bound when a rank hangs). A rank
 # that dies is noticed sooner: its peers' sockets close, and torchrun ends the other ranks.

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..system.errors import DeviceError, UsageError
 from .data import LOADERS
-from .errors import DeviceError, UsageError
 from .nets import MODELS
 
 MODES = ("train", "forward")  # a profile or a harness workload: a whole train step, or inference
@@ -169,7 +169,7 @@ def resolve_device(name: str) -> str:
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    from .machine import cpu_model
+    from ..system.machine import cpu_model
 
     return cpu_model()
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import atomic
-from .errors import MnistBenchError, UsageError
-from .machine import native_bf16
-from .report import code, fmt_num, fmt_time, header, md, table
-from .variants import Variant
+from ..core.variants import Variant
+from ..system import atomic
+from ..system.errors import MnistBenchError, UsageError
+from ..system.machine import native_bf16
+from .markdown import code, fmt_num, fmt_time, header, md, table
 
 SUITE_ORDER = ("ceiling", "forward", "train-step", "epoch", "scaling")
 SUITE_TITLES = {

@@ -1,6 +1,6 @@
 """What one data-parallel train step costs, timed by rank 0 inside a torchrun job.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 -m mnist_models.scaling \
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m mnist_models.scale.scaling \
         --model simple --per-rank-batch 50 --steps 30 --out step.json
 
 Every rank builds the net through the harness (DDP-wrapped when there is more than one rank),
@@ -21,10 +21,11 @@ import time
 
 import torch
 
-from . import atomic, distributed
-from .data import load_dataset
-from .harness import build, real_batch, warm_up
-from .variants import Variant
+from ..core.data import load_dataset
+from ..core.harness import build, real_batch, warm_up
+from ..core.variants import Variant
+from ..system import atomic
+from . import distributed
 
 
 def measure(
@@ -75,7 +76,7 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mnist_models.scaling", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mnist_models.scale.scaling", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("simple", "deep"), required=True, help="which net")
     parser.add_argument("--per-rank-batch", type=int, required=True, help="batch on each rank")
     parser.add_argument("--steps", type=int, default=30, help="timed steps, with and without the all-reduce (default: 30)")

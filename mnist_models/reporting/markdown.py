@@ -6,11 +6,6 @@ import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 
-from .paths import home
-
-# Every generated file lives under this folder unless a flag names another place (paths.py: the home).
-REPORTS_DIR = home() / "reports"
-
 # What lets text break out of a table cell or a line: pipes, HTML, links, headings, code spans.
 # Emphasis characters (_ *) are left alone: they cannot inject structure, and ISA names use _.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`\[\]<>|#])")
@@ -30,7 +25,7 @@ def code(value: object) -> str:
 
 
 def rendering_code() -> str:
-    from .machine import git_commit
+    from ..system.machine import git_commit
 
     return git_commit() or "unknown (not a git checkout)"
 

@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..core.data import load_dataset
+from ..core.variants import parse_tag
 from .config import TrainConfig
-from .data import load_dataset
 from .records import RunStore
 from .train import train
-from .variants import parse_tag
 
 # A sweep's variant spec names the axes it switches, e.g. "seed-eager-fp32", "tensor-eager-bf16-cl";
 # the device, threads and recipe come from the sweep's own flags.
