@@ -17,12 +17,19 @@ import pytest
 import torch
 
 from mnist_models.core.data import DATASETS, DEFAULT_ROOT, Split, load_dataset
-from mnist_models.core.harness import warm_up
 from mnist_models.core.variants import device_name
 from mnist_models.reporting.benchmarks import write_report
 from mnist_models.system import atomic
 from mnist_models.system.errors import DataError
-from mnist_models.system.machine import BUSY_CORES, CpuContention, busy_check, busy_warning, machine_info, machine_slug
+from mnist_models.system.machine import (
+    BUSY_CORES,
+    CpuContention,
+    busy_check,
+    busy_warning,
+    machine_info,
+    machine_slug,
+    set_threads,
+)
 from mnist_models.system.paths import REPORTS_DIR, home
 
 
@@ -65,7 +72,7 @@ def pytest_configure(config):
         config.option.benchmark_storage = f"{DEFAULT_STORAGE}/{machine_slug(machine_info())}"
     threads = config.getoption("--bench-threads")
     if threads:
-        torch.set_num_threads(threads)
+        set_threads(threads)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # autotuned in each benchmark's warm-up, outside the timed rounds
     config.stash[STATE] = BenchState(busy_check(), CpuContention(), time.perf_counter())
@@ -183,12 +190,11 @@ def case_threads(request):
     if not wanted:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(wanted)
+    before = set_threads(wanted)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        set_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -211,41 +217,3 @@ def epoch_dataset(request):
         return load_dataset("mnist", root)
     except DataError:
         return load_dataset("mnist-5k", root)
-
-
-def describe(benchmark, case, flops_per_call: float, images_per_call: int, **more) -> None:
-    """What a reader needs to interpret the number; rates are added by `rates` after timing."""
-    v = case.variant
-    benchmark.extra_info.update(
-        model=case.model, device=v.device, compile=v.compile, precision=v.precision, channels_last=v.channels_last, fast=v.fast,
-        batch=case.batch, flops_per_call=flops_per_call, images_per_call=images_per_call,
-        threads=torch.get_num_threads(), threads_pinned=bool(case.threads),
-        device_name=device_name(v.device), torch=torch.__version__, **more,
-    )  # fmt: skip
-
-
-def rates(benchmark) -> None:
-    """images/s and achieved GFLOP/s from the median (absent when timing is disabled)."""
-    stats = getattr(benchmark, "stats", None)
-    if not stats:
-        return
-    median = stats.stats.median
-    info = benchmark.extra_info
-    info["images_per_s"] = info["images_per_call"] / median
-    info["gflops_per_s"] = info["flops_per_call"] / median / 1e9
-
-
-def time_call(benchmark, case, call, suite: str, flops_per_call: float):
-    """The forward and train-step protocol: warm up the synchronised call, describe it, time it.
-
-    `call` comes from Workload.call_on, so it already ends with the device's synchronize.
-    Returns the call's result from the timed run, for the caller to check.
-    """
-    v = case.variant
-    compile_seconds = warm_up(call)
-    benchmark.group = f"{suite}-{case.model}-{v.device}-b{case.batch}"
-    describe(benchmark, case, flops_per_call, case.batch, suite=suite, dataset="mnist-5k",
-             compile_seconds=compile_seconds if v.compile != "off" else None)  # fmt: skip
-    result = benchmark(call)
-    rates(benchmark)
-    return result

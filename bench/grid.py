@@ -32,9 +32,7 @@ class Case:
     @property
     def id(self) -> str:
         """Rendered from the case's fields by the project's one vocabulary (mnist_models.core.variants)."""
-        v = self.variant
-        return render_tag(model=self.model, loader=self.loader or None, device=v.device, compile=v.compile,
-                          precision=v.precision, channels_last=v.channels_last, fast=v.fast, threads=self.threads,
+        return render_tag(model=self.model, loader=self.loader or None, **self.variant.fields(), threads=self.threads,
                           batch_size=self.batch)  # fmt: skip
 
 

@@ -5,12 +5,12 @@ the same seed (built in the untimed setup); afterwards the test set is evaluated
 """
 
 import pytest
-from conftest import describe, rates
 from grid import epoch_cases
 
 from mnist_models.core.data import make_loader
 from mnist_models.core.harness import build
 from mnist_models.core.nets import build_model
+from mnist_models.core.timing import describe, rates
 from mnist_models.runs.train import evaluate, train_epoch
 
 

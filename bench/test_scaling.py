@@ -22,9 +22,9 @@ import sys
 from dataclasses import dataclass
 
 import pytest
-from conftest import describe, rates
 
 from mnist_models.core.nets import build_model
+from mnist_models.core.timing import describe, rates
 from mnist_models.core.variants import Variant, render_tag
 
 CORES = os.cpu_count() or 1

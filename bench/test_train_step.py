@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import time_call
 from grid import train_step_cases
 
 from mnist_models.core.harness import build, real_batch
+from mnist_models.core.timing import time_call
 
 
 @pytest.mark.parametrize("case", train_step_cases())

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from .core.data import DATASETS, DEFAULT_ROOT, LOADERS
 from .core.nets import MODELS
-from .core.variants import COMPILE_MODES, DEVICES, PRECISIONS
+from .core.variants import COMPILE_MODES, DEVICES, PRECISIONS, Variant
 from .profiling.profiler import DEFAULT_KERNEL_REPORT, DEFAULT_SUMMARY_DIR, ProfileConfig
-from .runs.config import BACKENDS, MAX_SEED, MAX_THREADS_PER_CPU, TrainConfig
+from .runs.config import BACKENDS, MAX_SEED, MAX_THREADS_PER_CPU, SEED, TrainConfig
 from .runs.records import DEFAULT_RUNS_DIR
 from .runs.tune import DEFAULT_BUDGET_S, DEFAULT_TUNE_DIR
 from .system.errors import MnistBenchError, UsageError
@@ -59,29 +59,24 @@ def _default(cls, name: str):
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
-def _add_variant_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """The switches shared by train, sweep and profile (docs/DESIGN.md, Variants)."""
-    d = functools.partial(_default, cls)
-    parser.add_argument(
-        "--device", default=d("device"), choices=DEVICES, help=f"auto picks cuda when a GPU is visible (default: {d('device')})"
-    )
-    parser.add_argument(
-        "--compile",
-        default=d("compile"),
-        choices=COMPILE_MODES,
-        help=f"torch.compile mode, or off for eager (default: {d('compile')})",
-    )
-    parser.add_argument(
-        "--precision",
-        default=d("precision"),
-        choices=PRECISIONS,
-        help=f"fp32, bf16 autocast, or fp16 autocast + GradScaler (cuda only) (default: {d('precision')})",
-    )
+def _add_variant_flags(parser: argparse.ArgumentParser, threads_default: int | None = None) -> None:
+    """The switches shared by train, sweep and profile (docs/DESIGN.md, Variants); `_variant` reads them back."""
+    d = functools.partial(_default, Variant)
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda when a GPU is visible (default: auto)")
+    parser.add_argument("--compile", default=d("compile"), choices=COMPILE_MODES,
+                        help=f"torch.compile mode, or off for eager (default: {d('compile')})")  # fmt: skip
+    parser.add_argument("--precision", default=d("precision"), choices=PRECISIONS,
+                        help=f"fp32, bf16 autocast, or fp16 autocast + GradScaler (cuda only) (default: {d('precision')})")  # fmt: skip
     parser.add_argument("--channels-last", action="store_true", help="run the convolutions in NHWC (channels_last) memory format")
     parser.add_argument("--fast", action="store_true",
                         help="the fast training path: max-pool before ReLU, in-place ReLU, fused Adam (the same function and weights)")  # fmt: skip
-    parser.add_argument("--threads", type=_positive_int, default=d("threads"),
+    parser.add_argument("--threads", type=_positive_int, default=threads_default,
                         help=f"torch intra-op threads, at most {MAX_THREADS_PER_CPU}x the logical CPUs (default: torch's choice)")  # fmt: skip
+
+
+def _variant(args: argparse.Namespace) -> Variant:
+    """The variant the flags name (its device may still be 'auto': runs resolve it when they start)."""
+    return Variant(args.device, args.compile, args.precision, args.channels_last, args.fast)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, default_dataset: str = _default(TrainConfig, "dataset")) -> None:
@@ -130,8 +125,7 @@ def _train_config(args: argparse.Namespace, **overrides) -> TrainConfig:
     fields = dict(
         model=getattr(args, "model", _default(TrainConfig, "model")), dataset=args.dataset, data_root=args.data_root,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=getattr(args, "seed", _default(TrainConfig, "seed")),
-        device=args.device, loader=args.loader, compile=args.compile, precision=args.precision,
-        channels_last=args.channels_last, fast=args.fast, eval_batch_size=args.eval_batch_size, threads=args.threads,
+        variant=_variant(args), loader=args.loader, eval_batch_size=args.eval_batch_size, threads=args.threads,
         measure_latency=not args.no_latency,
     )  # fmt: skip
     return TrainConfig(**(fields | overrides))
@@ -141,34 +135,18 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
-def _without_nproc(argv: list[str]) -> list[str]:
-    """The command line again, minus --nproc N: what each rank runs."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            out.append(arg)
-    return out
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .runs.records import RunStore
     from .runs.train import train_and_store
     from .scale import distributed
     from .system.machine import busy_warning
 
-    rank = distributed.Rank.from_env()
-    if args.nproc is not None:
-        if rank is not None:
-            raise UsageError("--nproc starts the ranks itself; under torchrun leave it out")
-        distributed.launch(args.nproc, _without_nproc(args.argv))
+    launched, rank = distributed.launch_or_join(args.nproc, args.argv)
+    if launched:
         return 0
     world = rank.world_size if rank else 1
     batch = args.per_rank_batch * world if args.per_rank_batch else args.batch_size
-    config = _train_config(args, ranks=world, batch_size=batch, backend=args.backend, **_chosen_variant(args))
+    config = _train_config(args, ranks=world, batch_size=batch, backend=args.backend).with_choice(_chosen_variant(args))
     record, path = train_and_store(
         config, RunStore(args.runs_dir), overwrite=args.overwrite, progress=_show_progress(args), rank=rank,
         log=(lambda line: print(line, file=sys.stderr)) if args.json else print,  # --json: stdout holds the JSON alone
@@ -191,15 +169,15 @@ def _chosen_variant(args: argparse.Namespace) -> dict:
     """train --variant SPEC|best: the variant's switches (and, for best, the tuned thread count)."""
     if not args.variant:
         return {}
-    from .runs.sweep import variant_fields
+    from .runs.sweep import spec_choice
 
-    switches = {"--loader": args.loader != _default(TrainConfig, "loader"), "--compile": args.compile != _default(TrainConfig, "compile"),
-                "--precision": args.precision != _default(TrainConfig, "precision"), "--channels-last": args.channels_last,
+    switches = {"--loader": args.loader != _default(TrainConfig, "loader"), "--compile": args.compile != _default(Variant, "compile"),
+                "--precision": args.precision != _default(Variant, "precision"), "--channels-last": args.channels_last,
                 "--fast": args.fast}  # fmt: skip
     both = [flag for flag, given in switches.items() if given]
     if both:
         raise UsageError(f"--variant sets the variant; leave out {', '.join(both)} (or name it in the spec)")
-    return variant_fields(args.variant, args.model)
+    return spec_choice(args.variant, args.model)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -296,22 +274,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .scale import distributed
     from .system.atomic import write_text
 
-    rank = distributed.Rank.from_env()
-    if args.nproc is not None:
-        if rank is not None:
-            raise UsageError("--nproc starts the ranks itself; under torchrun leave it out")
-        distributed.launch(args.nproc, _without_nproc(args.argv))
+    launched, rank = distributed.launch_or_join(args.nproc, args.argv)
+    if launched:
         return 0
     config = ProfileConfig(
-        model=args.model, mode=args.mode, device=args.device, compile=args.compile, precision=args.precision,
-        channels_last=args.channels_last, fast=args.fast, batch_size=args.batch_size, wait=args.wait, warmup=args.warmup,
-        active=args.active, out_dir=args.out, threads=args.threads, ranks=rank.world_size if rank else 1,
+        model=args.model, mode=args.mode, variant=_variant(args), batch_size=args.batch_size, wait=args.wait,
+        warmup=args.warmup, active=args.active, out_dir=args.out, threads=args.threads, ranks=rank.world_size if rank else 1,
     )  # fmt: skip
     if rank and config.mode != "train":
         raise UsageError("profile --nproc profiles DDP train steps; --mode forward has nothing to distribute")
     try:
         if rank:
-            distributed.start(rank, "auto", config.variant().device)
+            distributed.start(rank, "auto", config.variant.resolved().device)
             distributed.agree("profile config", dataclasses.asdict(config))
         run_dir, summary = profile(config, rank=rank)
     finally:
@@ -390,70 +364,16 @@ def _percent(text: str) -> float:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Two runs side by side (or a trend over a folder); with --fail-above, a regression gate."""
-    from .reporting.compare import compare, load_run, pick_baseline, plot_ratios, render, trend
-    from .system.atomic import write_text
+    from .reporting.gate import compare_and_gate
 
-    paths = [Path(p) for p in args.files]
-    out = Path(args.out)
-    if len(paths) == 1 and paths[0].is_dir():
-        runs = [load_run(p) for p in sorted(paths[0].rglob("*.json"))]
-        if not runs:
-            raise UsageError(f"no benchmark JSON under {paths[0]}")
-        write_text(
-            out, f"# Benchmark trend\n\nGenerated by `mnist-bench compare {paths[0]}`; do not edit by hand.\n\n" + trend(runs)
-        )
-        print(f"trend of {len(runs)} runs written to {out}")
-        return 0
-    new = load_run(paths[-1])
-    if args.baselines:
-        if new.busy:
-            print(f"gate skipped: {new.busy}; timings from this run cannot be judged")
-            return 0
-        found = pick_baseline(Path(args.baselines), new)
-        if found is None:
-            print(f"gate skipped: no baseline for this machine ({new.key}) in {args.baselines}")
-            return 0
-        paths = [found, paths[-1]]
-    if len(paths) < 2:
-        raise UsageError("compare needs two benchmark JSON files (or --baselines DIR and one), or one folder for a trend")
-    base = load_run(paths[0])
-    failed = []
-    sections = []
-    for other in paths[1:]:
-        run = new if other == paths[-1] else load_run(other)
-        changes = compare(base, run)
-        if not changes:
-            raise UsageError(f"{base.path} and {run.path} have no benchmark in common")
-        png = out.with_name(f"{out.stem}-{len(sections) + 1}.png") if not args.no_plot else None
-        if png is not None:
-            plot_ratios(changes, png)
-        sections.append(render(base, run, changes, args.fail_above, f"mnist-bench compare {' '.join(map(str, paths))}", png))
-        if args.fail_above is not None:
-            failed += [c for c in changes if c.regression(args.fail_above)]
-    write_text(out, "\n\n".join(sections))
-    print(f"comparison written to {out}")
-    if failed:
-        worst = max(failed, key=lambda c: c.ratio)
-        print(f"mnist-bench: regression: {len(failed)} benchmark(s) slower beyond noise by more than {100 * args.fail_above:.0f}% "
-              f"(worst {worst.name}: {worst.ratio:.2f}x)", file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+    return compare_and_gate(
+        [Path(p) for p in args.files], Path(args.out), fail_above=args.fail_above,
+        baselines=Path(args.baselines) if args.baselines else None, plot=not args.no_plot,
+        warn=lambda line: print(line, file=sys.stderr),
+    )  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="mnist-bench",
-        description="Train, sweep, profile and report on the seed's two MNIST CNNs (simple, deep).",
-    )
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        own = version("mnist-cnn-bench")
-    except PackageNotFoundError:  # run from a checkout that was not installed
-        own = "unknown (not installed)"
-    parser.add_argument("--version", action="version", version=f"mnist-bench {own}", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-
+def _train_parser(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train one net with the seed's recipe (or a variant) and save its record and weights",
@@ -494,9 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"torch.distributed backend under DDP: auto is gloo on cpu, nccl on cuda (default: {d('backend')})")  # fmt: skip
     _add_data_flags(p)
     _add_recipe_flags(p)
-    _add_variant_flags(p, TrainConfig)
+    _add_variant_flags(p)
     p.set_defaults(func=cmd_train)
 
+
+def _sweep_parser(sub) -> None:
     p = sub.add_parser(
         "sweep",
         help="train a grid of model x variant x seed; resumes where it stopped",
@@ -508,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="nets to train (default: both)")
     p.add_argument("--variants", nargs="+", default=["seed-eager-fp32"],
                    help="variant specs, or best: what mnist-bench tune stored for this machine (default: seed-eager-fp32)")  # fmt: skip
-    p.add_argument("--seeds", nargs="+", type=_seed, default=[777, 778, 779], help="seeds (default: 777 778 779)")
+    p.add_argument("--seeds", nargs="+", type=_seed, default=[SEED, SEED + 1, SEED + 2],
+                   help=f"seeds (default: {SEED} {SEED + 1} {SEED + 2})")  # fmt: skip
     p.add_argument(
         "--cluster",
         choices=("none", "ray"),
@@ -541,9 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_flags(p)
     _add_recipe_flags(p)
-    _add_variant_flags(p, TrainConfig)
+    _add_variant_flags(p)
     p.set_defaults(func=cmd_sweep)
 
+
+def _profile_parser(sub) -> None:
     p = sub.add_parser(
         "profile",
         help="profile one net + variant with torch.profiler: TensorBoard trace and conv-kernel report",
@@ -591,9 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="profile a DDP train step on this many ranks (torchrun's launcher); one trace per rank (default: one process)",
     )
-    _add_variant_flags(p, ProfileConfig)  # fmt: skip
+    _add_variant_flags(p)
     p.set_defaults(func=cmd_profile)
 
+
+def _report_parser(sub) -> None:
     p = sub.add_parser(
         "report",
         help="build reports/accuracy-vs-cost.md from run records; rebuild a benchmark report from its JSON",
@@ -613,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-accuracy", action="store_true", help="only the benchmark report (with --bench-json and --bench-out)")
     p.set_defaults(func=cmd_report)
 
+
+def _compare_parser(sub) -> None:
     p = sub.add_parser(
         "compare",
         help="benchmark runs side by side with their noise; a regression gate; a trend over a folder",
@@ -644,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plot", action="store_true", help="no PNG, markdown only")
     p.set_defaults(func=cmd_compare)
 
+
+def _tune_parser(sub) -> None:
     p = sub.add_parser(
         "tune",
         help="find the fastest training variant on this machine, in bounded time; train --variant best uses it",
@@ -660,12 +591,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_tune)
 
+
+def _data_parser(sub) -> None:
     p = sub.add_parser("data", help="show which datasets are available here, and where from (exit 1 if a named one is not)")
     p.add_argument("names", nargs="*", metavar="DATASET", help=f"any of: {', '.join(DATASETS)} (default: all but synthetic)")
     p.add_argument("--data-root", default=str(DEFAULT_ROOT), help=f"data root (default: {DEFAULT_ROOT})")
     p.add_argument("--download", action="store_true", help="download mnist / fashion-mnist if missing (needs internet)")
     p.add_argument("--json", action="store_true", help="print one JSON object: {data_root, datasets: [{name, available, ...}]}")
     p.set_defaults(func=cmd_data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mnist-bench",
+        description="Train, sweep, profile and report on the seed's two MNIST CNNs (simple, deep).",
+    )
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("mnist-cnn-bench")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        own = "unknown (not installed)"
+    parser.add_argument("--version", action="version", version=f"mnist-bench {own}", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _train_parser(sub)
+    _sweep_parser(sub)
+    _profile_parser(sub)
+    _report_parser(sub)
+    _compare_parser(sub)
+    _tune_parser(sub)
+    _data_parser(sub)
     return parser
 
 

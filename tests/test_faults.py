@@ -279,7 +279,7 @@ def test_outputs_are_readable_like_any_other_file(capsys, tmp_path):
 def test_two_sweeps_split_the_work(capsys, tmp_path):
     config = TrainConfig(dataset="mnist-5k", loader="tensor", epochs=1, seed=1)
     store = RunStore(tmp_path)
-    assert store.claim(config.key())  # another live sweep (this process) holds seed 1
+    assert store.claim(config.resolve())  # another live sweep (this process) holds seed 1
     sweep = sweep_args(tmp_path, "1", "2")
     out = main_ok(capsys, sweep).out
     assert "1 trained" in out and "1 being trained by another sweep" in out
@@ -291,7 +291,7 @@ def test_a_dead_sweeps_claim_and_temp_files_are_cleaned(capsys, tmp_path):
     (folder / "weights").mkdir(parents=True)
     dead = dead_pid()
     config = TrainConfig(dataset="mnist-5k", loader="tensor", epochs=1, seed=1)
-    (folder / f".{config.run_name()}.claim").write_text(json.dumps({"pid": dead, "host": os.uname().nodename}))
+    (folder / f".{config.resolve().name}.claim").write_text(json.dumps({"pid": dead, "host": os.uname().nodename}))
     (folder / f".x.json.{dead}.abc123.tmp").write_text("half")
     (folder / "weights" / f".x.pt.{dead}.abc123.tmp").write_bytes(b"half")
     mine = folder / f".y.json.{os.getpid()}.abc123.tmp"  # a live writer's temp file stays

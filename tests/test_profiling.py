@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mnist_models import cli
+from mnist_models.core.variants import Variant
 from mnist_models.profiling.profiler import ProfileConfig, profile
 from mnist_models.reporting.kernels import render_kernel_report
 from mnist_models.system.errors import UsageError
@@ -24,7 +25,7 @@ PLUGIN = "/data/plugin/pytorch_profiler"
 def profiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("traces")
     config = ProfileConfig(
-        model="simple", mode="train", device="cpu", batch_size=32, wait=1, warmup=1, active=2, out_dir=str(out)
+        model="simple", mode="train", batch_size=32, wait=1, warmup=1, active=2, out_dir=str(out), variant=Variant(device="cpu")
     )
     run_dir, summary = profile(config, log=lambda line: None)
     return out, run_dir, summary

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mnist_models.core.variants import parse_tag
 from mnist_models.runs.config import TrainConfig
 from mnist_models.runs.records import SCHEMA_VERSION, RunRecord, RunStore, load_record
 from mnist_models.runs.train import train
@@ -44,13 +45,34 @@ def test_every_committed_record_loads():
     assert len(records) == len(list(COMMITTED.rglob("*.json")))
 
 
+def test_committed_records_migrate_to_a_stored_key_without_renaming(tmp_path):
+    """Schema 3 kept the variant's fields loose in the config and re-derived device and threads on
+    every read; schema 4 stores the resolved key. A migrated record keeps its name (so the file it is
+    in still finds it), its key round-trips, and a key that disagrees with its config is refused."""
+    shutil.copytree(COMMITTED, tmp_path / "runs")
+    paths = sorted((tmp_path / "runs").rglob("*.json"))
+    for path in paths:
+        raw = json.loads(path.read_text())
+        record = load_record(path)
+        assert record.schema == SCHEMA_VERSION and raw.get("schema", 1) < SCHEMA_VERSION
+        if "threads" in parse_tag(path.stem):  # named by the whole recipe (older files have shorter names)
+            assert record.name == path.stem  # the same identity as before the migration
+        assert record.variant.device == raw.get("device", "cpu") and record.threads >= 1
+        again = RunRecord.from_json(json.loads(json.dumps(record.to_json())))
+        assert again.key == record.key and again.to_json() == record.to_json()
+    data = load_record(paths[0]).to_json()
+    data["key"]["seed"] += 1
+    with pytest.raises(RecordError, match="disagrees with the config in: seed"):
+        RunRecord.from_json(data)
+
+
 def test_a_written_record_round_trips(trained, tmp_path):
     model, record = trained
     path = RunStore(tmp_path).save(record, model)
     loaded = load_record(path)
     assert loaded.to_json() == record.to_json()
     assert json.loads(path.read_text())["schema"] == SCHEMA_VERSION
-    assert loaded.key == TrainConfig(model="simple", **FAST).key()
+    assert loaded.key == TrainConfig(model="simple", **FAST).resolve()
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mnist_models import sweep as sweep_mod
+from mnist_models.runs import sweep as sweep_mod
 from mnist_models.runs.config import TrainConfig
 from mnist_models.runs.records import RunStore
 from mnist_models.runs.sweep import parse_variant_spec, run_sweep, sweep_configs
@@ -48,7 +48,7 @@ def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_sweep(configs, tmp_path, progress=False, log=lambda line: None)
     finished = sorted(p.name for p in (tmp_path / "mnist-5k").glob("*.json"))
-    assert finished == [f"{configs[0].run_name()}.json"]
+    assert finished == [f"{configs[0].resolve().name}.json"]
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 
     monkeypatch.setattr(sweep_mod, "train", real_train)
@@ -86,13 +86,13 @@ def test_missing_runs_dir(tmp_path):
 def test_redo_contended_retrains_only_runs_timed_on_a_shared_cpu(tmp_path):
     configs = sweep_configs(BASE, ["simple"], ["tensor-eager-fp32"], [1, 2])
     run_sweep(configs, tmp_path, progress=False, log=lambda line: None)
-    shared = tmp_path / "mnist-5k" / f"{configs[0].run_name()}.json"
+    shared = tmp_path / "mnist-5k" / f"{configs[0].resolve().name}.json"
     record = json.loads(shared.read_text())
     record["busy_before_start"]["busy"] = False
     record["cores_used_by_others_during_run"] = 1.0  # a neighbour ran beside it
     record["train_seconds"] = 12345.0
     shared.write_text(json.dumps(record))
-    quiet = tmp_path / "mnist-5k" / f"{configs[1].run_name()}.json"
+    quiet = tmp_path / "mnist-5k" / f"{configs[1].resolve().name}.json"
     quiet_record = json.loads(quiet.read_text())
     quiet_record["cores_used_by_others_during_run"] = 0.0
     quiet_record["busy_before_start"]["busy"] = False

@@ -6,8 +6,9 @@ from mnist_models.core.data import Split
 from mnist_models.core.harness import build, real_batch
 from mnist_models.core.variants import Variant
 from mnist_models.runs.config import TrainConfig
-from mnist_models.runs.records import load_weights, save_weights
+from mnist_models.runs.records import load_weights, weights_state
 from mnist_models.runs.train import SEED_EPOCH_LINE, evaluate, train
+from mnist_models.system.atomic import save_torch
 from mnist_models.system.errors import CheckpointError, DeviceError, TrainingDiverged, UsageError
 
 FAST = dict(dataset="mnist-5k", loader="tensor", epochs=1, measure_latency=False)
@@ -89,8 +90,6 @@ def test_nan_loss_raises_before_anything_is_written(small5k):
         (dict(lr=-1.0), "learning rate must be positive"),
         (dict(model="lenet"), "unknown model"),
         (dict(loader="ffcv"), "unknown loader"),
-        (dict(precision="fp8"), "unknown precision"),
-        (dict(precision="fp16", device="cpu"), "fp16 autocast"),
     ],
 )
 def test_bad_config_is_a_usage_error(small5k, fields, message):
@@ -98,17 +97,27 @@ def test_bad_config_is_a_usage_error(small5k, fields, message):
         train(TrainConfig(**{**FAST, **fields}), small5k, log=quiet)
 
 
+@pytest.mark.parametrize(
+    "fields, message", [(dict(precision="fp8"), "unknown precision"), (dict(precision="fp16", device="cpu"), "fp16 autocast")]
+)
+def test_bad_variant_is_a_usage_error(fields, message):
+    with pytest.raises(UsageError, match=message):
+        Variant(**fields)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_gpu_is_a_device_error(small5k):
     with pytest.raises(DeviceError, match="no CUDA GPU"):
-        train(TrainConfig(device="cuda", **FAST), small5k, log=quiet)
+        train(TrainConfig(**FAST, variant=Variant(device="cuda")), small5k, log=quiet)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_training_learns(mnist5k):
     _, record = train(
-        TrainConfig(model="simple", device="cuda", epochs=2, dataset="mnist-5k", loader="tensor"), mnist5k, log=quiet
+        TrainConfig(model="simple", epochs=2, dataset="mnist-5k", loader="tensor", variant=Variant(device="cuda")),
+        mnist5k,
+        log=quiet,
     )
     assert record.test_accuracy > 0.8
 
@@ -125,13 +134,17 @@ def test_bf16_autocast_runs_the_convolutions_in_bf16_and_learns(small5k):
     work.step(x, y)
     assert seen == [(torch.bfloat16, True)]  # autocast ran the conv in bf16, in NHWC
     assert work.model.layer1[0].weight.dtype == torch.float32  # master weights stay fp32
-    _, record = train(TrainConfig(model="simple", precision="bf16", channels_last=True, **FAST), small5k, log=quiet)
+    _, record = train(
+        TrainConfig(model="simple", **FAST, variant=Variant(device="cpu", precision="bf16", channels_last=True)),
+        small5k,
+        log=quiet,
+    )
     assert record.epochs[0].cost < 2.3  # below log(10), the loss of a uniform guess
 
 
 def test_weights_round_trip_with_weights_only(small5k, tmp_path):
     model, _ = train(TrainConfig(model="simple", **FAST), small5k, log=quiet)
-    path = save_weights(model, tmp_path / "w.pt")
+    path = save_torch(tmp_path / "w.pt", weights_state(model))
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
     state = torch.load(path, weights_only=True)
     assert torch.equal(state["fc.weight"], model.fc.weight.detach())
@@ -146,7 +159,9 @@ def test_bad_checkpoint_is_a_checkpoint_error(tmp_path, small5k):
         load_weights("simple", garbage)
     with pytest.raises(CheckpointError, match="no weights file"):
         load_weights("simple", tmp_path / "missing.pt")
-    deep_weights = save_weights(train(TrainConfig(model="deep", **FAST), small5k, log=quiet)[0], tmp_path / "deep.pt")
+    deep_weights = save_torch(
+        tmp_path / "deep.pt", weights_state(train(TrainConfig(model="deep", **FAST), small5k, log=quiet)[0])
+    )
     with pytest.raises(CheckpointError):
         load_weights("simple", deep_weights)
 
@@ -155,13 +170,13 @@ def test_half_precision_without_native_bf16_warns_before_training(small5k, monke
     from mnist_models.system import machine
 
     monkeypatch.setattr(machine, "cpu_isa", lambda: ["avx2", "fma"])  # a Zen 3: no AVX-512 BF16, no AMX
-    train(TrainConfig(model="simple", precision="bf16", **FAST), small5k, log=quiet)
+    train(TrainConfig(model="simple", **FAST, variant=Variant(device="cpu", precision="bf16")), small5k, log=quiet)
     err = capsys.readouterr().err
     assert "WARNING: bf16 on this CPU is emulated" in err and "7-20x slower than fp32" in err
     train(TrainConfig(model="simple", **FAST), small5k, log=quiet)
     assert "emulated" not in capsys.readouterr().err
     monkeypatch.setattr(machine, "cpu_isa", lambda: ["avx2", "avx512f", "avx512_bf16"])
-    train(TrainConfig(model="simple", precision="bf16", **FAST), small5k, log=quiet)
+    train(TrainConfig(model="simple", **FAST, variant=Variant(device="cpu", precision="bf16")), small5k, log=quiet)
     assert "emulated" not in capsys.readouterr().err
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from mnist_models import cli
+from mnist_models.core.variants import Variant
 from mnist_models.runs import tune
 from mnist_models.runs.config import TrainConfig
 from mnist_models.runs.sweep import sweep_configs
@@ -14,7 +15,8 @@ from mnist_models.system.errors import UsageError
 # A timing table: per candidate, seconds as if measured. cl + fast is fastest per step; through the
 # tensor loader it is also the fastest epoch, and the seed's DataLoader adds half a second.
 def step_table(c, dataset):
-    return 0.050 - 0.010 * c.channels_last - 0.005 * c.fast - 0.012 * (c.precision == "bf16") + 0.020 * (c.threads == 1)
+    v = c.variant
+    return 0.050 - 0.010 * v.channels_last - 0.005 * v.fast - 0.012 * (v.precision == "bf16") + 0.020 * (c.threads == 1)
 
 
 def epoch_table(c, dataset):
@@ -32,7 +34,7 @@ def test_tune_picks_the_fastest_epoch_of_the_table(tuned):
     result, _ = tuned
     for model in ("simple", "deep"):
         best = result.best[model]
-        assert (best.loader, best.precision, best.channels_last, best.fast, best.threads) == (
+        assert (best.loader, best.variant.precision, best.variant.channels_last, best.variant.fast, best.threads) == (
             "tensor",
             "bf16",
             True,
@@ -48,7 +50,7 @@ def test_tune_picks_the_fastest_epoch_of_the_table(tuned):
 def test_emulated_bf16_is_skipped_with_the_reason(monkeypatch):
     monkeypatch.setattr(tune, "native_bf16", lambda: False)
     grid, skipped = tune.candidates(["simple"], cores=2, with_compile=True)
-    assert {c.precision for c in grid} == {"fp32"} and {c.compile for c in grid} == {"off", "default"}
+    assert {c.variant.precision for c in grid} == {"fp32"} and {c.variant.compile for c in grid} == {"off", "default"}
     assert any(line.startswith("bf16: emulated") for line in skipped)
 
 
@@ -63,12 +65,12 @@ def test_train_and_sweep_use_the_stored_choice(tuned, monkeypatch):
     _, path = tuned
     monkeypatch.setattr(tune, "DEFAULT_TUNE_DIR", path.parent)
     stored = json.loads(path.read_text())
-    assert stored["best"]["simple"]["fast"] is True and stored["machine"]["cpu"]
-    fields = tune.best_fields("simple")  # from the default folder: the one the CLI reads
+    assert stored["best"]["simple"]["variant"]["fast"] is True and stored["machine"]["cpu"]
+    fields = tune.best_choice("simple")  # from the default folder: the one the CLI reads
     assert fields == {"loader": "tensor", "compile": "off", "precision": "bf16", "channels_last": True, "fast": True,
                       "threads": stored["best"]["simple"]["threads"]}  # fmt: skip
     [config] = sweep_configs(TrainConfig(dataset="mnist-5k"), ["simple"], ["best"], [1])
-    assert (config.loader, config.precision, config.channels_last, config.fast) == ("tensor", "bf16", True, True)
+    assert config.loader == "tensor" and config.variant == Variant("auto", "off", "bf16", True, True)
 
 
 def test_best_without_a_tune_result_is_one_line(tmp_path, monkeypatch, capsys):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mnist_models.core.variants import COMPILE_MODES, PRECISIONS, Variant, parse_tag, render_tag
-from mnist_models.runs.config import RunKey, TrainConfig
+from mnist_models.runs.config import TrainConfig
 from mnist_models.runs.sweep import parse_variant_spec
 from mnist_models.system.errors import UsageError
 
@@ -78,21 +78,32 @@ def test_every_benchmark_id_round_trips(maker):
     [
         TrainConfig(dataset="mnist-5k"),
         TrainConfig(
-            dataset="fashion-mnist", model="deep", loader="tensor", precision="bf16", channels_last=True, threads=1, seed=5
+            dataset="fashion-mnist",
+            model="deep",
+            loader="tensor",
+            threads=1,
+            seed=5,
+            variant=Variant(device="cpu", precision="bf16", channels_last=True),
         ),
-        TrainConfig(dataset="mnist-5k", epochs=2, batch_size=50, lr=3e-4, compile="max-autotune", seed=0),
-        TrainConfig(dataset="mnist-5k", loader="tensor", channels_last=True, fast=True, seed=1),
+        TrainConfig(
+            dataset="mnist-5k", epochs=2, batch_size=50, lr=3e-4, seed=0, variant=Variant(device="cpu", compile="max-autotune")
+        ),
+        TrainConfig(dataset="mnist-5k", loader="tensor", seed=1, variant=Variant(device="cpu", channels_last=True, fast=True)),
     ],
 )
-def test_run_names_carry_the_whole_recipe_and_round_trip(config):
-    key = config.key()
-    assert RunKey.from_name(config.dataset, key.name) == key
+def test_run_names_carry_the_whole_recipe(config):
+    key = config.resolve()
+    named = parse_tag(key.name)
+    assert named["model"] == key.model and named["loader"] == key.loader and named["threads"] == key.threads
+    assert Variant(**{f: named.get(f, getattr(Variant(), f)) for f in Variant.VARIANT_FIELDS}) == key.variant
+    assert (named.get("epochs", 15), named.get("batch_size", 100), named.get("lr", 1e-3), named["seed"]) == (
+        key.epochs, key.batch_size, key.lr, key.seed)  # fmt: skip
 
 
 def test_names_differ_whenever_the_recipe_does():
     base = TrainConfig(dataset="mnist-5k", threads=2)
     variants = [base] + [
-        TrainConfig(**{**base.__dict__, **change})
+        base.with_choice(change)
         for change in (
             {"epochs": 2},
             {"lr": 2e-3},
@@ -103,7 +114,7 @@ def test_names_differ_whenever_the_recipe_does():
             {"fast": True},
         )
     ]
-    assert len({c.run_name() for c in variants}) == len(variants)
+    assert len({c.resolve().name for c in variants}) == len(variants)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -98,7 +98,7 @@ def _parse_token(token: str) -> tuple[str, object] | None:
         return "loader", token
     if token in MODES:
         return "mode", token
-    if token in ("cpu", "cuda"):
+    if token in DEVICES:
         return "device", token
     if token in _COMPILE_FROM_TOKEN:
         return "compile", _COMPILE_FROM_TOKEN[token]
@@ -140,7 +140,7 @@ def _vocabulary(allowed: tuple[str, ...]) -> str:
         "model": "|".join(MODELS),
         "mode": "|".join(MODES),
         "loader": "|".join(LOADERS),
-        "device": "cpu|cuda",
+        "device": "|".join(DEVICES),
         "compile": "|".join(COMPILE_TOKENS.values()),
         "precision": "|".join(PRECISIONS),
         "channels_last": "cl",
@@ -176,6 +176,12 @@ def device_name(device: str) -> str:
 
 @dataclass(frozen=True)
 class Variant:
+    """How a net runs: the one value that every mode (train, profile, tune, benchmarks, sweeps) carries.
+
+    `device` may be the request 'auto' until a run starts (a config's default); `resolved()` turns it
+    into cpu or cuda, once, and only a resolved variant places models or inputs.
+    """
+
     device: str = "cpu"
     compile: str = "off"
     precision: str = "fp32"
@@ -185,28 +191,59 @@ class Variant:
     VARIANT_FIELDS = ("device", "compile", "precision", "channels_last", "fast")
 
     def __post_init__(self) -> None:
-        if self.device not in ("cpu", "cuda"):
-            raise UsageError(f"a variant needs a resolved device (cpu or cuda), got {self.device!r}")
+        if self.device not in DEVICES:
+            raise UsageError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
         if self.compile not in COMPILE_MODES:
             raise UsageError(f"unknown compile mode {self.compile!r}; choose one of: {', '.join(COMPILE_MODES)}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
-        if self.precision == "fp16" and self.device != "cuda":
+        if not isinstance(self.channels_last, bool) or not isinstance(self.fast, bool):
+            raise UsageError("channels_last and fast are true or false")
+        if self.precision == "fp16" and self.device == "cpu":
             raise UsageError("fp16 autocast with GradScaler is a CUDA variant; on cpu use --precision bf16")
         if self.device == "cpu" and self.compile == "max-autotune-no-cudagraphs":
             object.__setattr__(self, "compile", "max-autotune")  # the same compile on a CPU: one name for it
 
+    def resolved(self) -> Variant:
+        """'auto' -> cuda when a GPU is visible, else cpu; 'cuda' without a GPU is a DeviceError."""
+        return replace(self, device=resolve_device(self.device))
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.device != "auto"
+
+    def fields(self) -> dict:
+        """The variant's fields by name, as render_tag and JSON documents take them."""
+        return {name: getattr(self, name) for name in self.VARIANT_FIELDS}
+
+    @property
+    def is_plain(self) -> bool:
+        """The seed's own way to run: eager, fp32, contiguous, the seed layer order."""
+        return self.compile == "off" and self.precision == "fp32" and not self.channels_last and not self.fast
+
     @property
     def tag(self) -> str:
         """e.g. 'cpu-compile-bf16-cl': the part of a benchmark id after the model name."""
-        return render_tag(
-            device=self.device, compile=self.compile, precision=self.precision, channels_last=self.channels_last, fast=self.fast
-        )
+        return render_tag(**self.fields())
 
     @classmethod
     def parse(cls, tag: str) -> Variant:
         """The inverse of `tag`: 'cpu-eager-bf16-cl' -> Variant('cpu', 'off', 'bf16', True, False)."""
         return cls(**parse_tag(tag, cls.VARIANT_FIELDS))
+
+    @classmethod
+    def from_json(cls, data: object) -> Variant:
+        if not isinstance(data, dict):
+            raise ValueError("variant must be an object")
+        unknown = set(data) - set(cls.VARIANT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown variant field(s) {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def _placed_on(self) -> str:
+        if not self.is_resolved:
+            raise UsageError("this variant's device is still 'auto': resolve it when the run starts (Variant.resolved)")
+        return self.device
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -216,14 +253,14 @@ class Variant:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device, dtype=dtype)
+        return torch.autocast(device_type=self._placed_on(), dtype=dtype)
 
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return x.to(self._placed_on(), non_blocking=True).contiguous(memory_format=self.memory_format)
 
     def place(self, model: nn.Module) -> nn.Module:
         """Move the model to the device and memory format; the weights stay fp32 (autocast casts)."""
-        return model.to(device=self.device, memory_format=self.memory_format)
+        return model.to(device=self._placed_on(), memory_format=self.memory_format)
 
     def compiled(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """The callable to run: the model itself, or torch.compile of it (compiled lazily on first call)."""

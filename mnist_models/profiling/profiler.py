@@ -28,12 +28,12 @@ import torch
 from ..core.data import load_dataset
 from ..core.harness import build, real_batch, warm_up
 from ..core.nets import MODELS
-from ..core.variants import MODES, Variant, device_name, render_tag, resolve_device
-from ..runs.config import check_choice, check_threads, check_variant_names
+from ..core.variants import MODES, Variant, device_name, render_tag
+from ..runs.config import check_choice, check_threads
 from ..scale import distributed
 from ..system import atomic
 from ..system.errors import UsageError
-from ..system.machine import busy_check, machine_info
+from ..system.machine import busy_check, machine_info, set_threads
 from ..system.paths import REPORTS_DIR, shown
 
 DEFAULT_TRACE_DIR = REPORTS_DIR / "traces"
@@ -54,11 +54,7 @@ _COMM = re.compile(r"all_?reduce|allreduce|gloo|nccl|c10d", re.IGNORECASE)
 class ProfileConfig:
     model: str = "simple"
     mode: str = "train"  # a whole train step, or forward only
-    device: str = "auto"
-    compile: str = "off"
-    precision: str = "fp32"
-    channels_last: bool = False
-    fast: bool = False
+    variant: Variant = Variant("auto")  # device 'auto' resolves when the profile starts
     batch_size: int = 100
     wait: int = 1
     warmup: int = 2
@@ -70,7 +66,8 @@ class ProfileConfig:
     def __post_init__(self) -> None:
         check_choice("model", self.model, MODELS)
         check_choice("mode", self.mode, MODES)
-        check_variant_names(self.device, self.compile, self.precision)
+        if not isinstance(self.variant, Variant):
+            raise UsageError(f"a profile's variant is a Variant, got {type(self.variant).__name__}")
         for name in ("batch_size", "active"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', ' ')} must be positive")
@@ -80,14 +77,9 @@ class ProfileConfig:
         if self.ranks < 1:
             raise UsageError(f"ranks must be positive, got {self.ranks}")
 
-    def variant(self) -> Variant:
-        return Variant(resolve_device(self.device), self.compile, self.precision, self.channels_last, self.fast)
-
-    def run_name(self) -> str:
-        """One TensorBoard run per model + variant, readable in its run picker: simple-train-cpu-eager-fp32-b100."""
-        v = self.variant()
-        return render_tag(model=self.model, mode=self.mode, device=v.device, compile=v.compile, precision=v.precision,
-                          channels_last=v.channels_last, fast=v.fast, ranks=self.ranks if self.ranks > 1 else None,
+    def run_name(self, variant: Variant) -> str:
+        """One TensorBoard run per model + (resolved) variant, readable in its run picker: simple-train-cpu-eager-fp32-b100."""
+        return render_tag(model=self.model, mode=self.mode, **variant.fields(), ranks=self.ranks if self.ranks > 1 else None,
                           batch_size=self.batch_size)  # fmt: skip
 
 
@@ -114,9 +106,8 @@ def _row_flops(name: str, shapes: list, conv_flops: dict) -> tuple[int | None, s
     return None, None
 
 
-def summarise(prof, config: ProfileConfig, model) -> dict:
+def summarise(prof, config: ProfileConfig, variant: Variant, model) -> dict:
     """Per-row tables from a finished profiler: convolution rows and the top other rows."""
-    variant = config.variant()
     on_cuda = variant.device == "cuda"
     events = prof.key_averages(group_by_input_shape=True)
 
@@ -160,10 +151,10 @@ def summarise(prof, config: ProfileConfig, model) -> dict:
     conv_share = sum(r["share"] for r in convs)
     return {
         "kind": "mnist-bench profile",
-        "run": config.run_name(),
+        "run": config.run_name(variant),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": asdict(config),
-        "variant": asdict(variant) | {"tag": variant.tag},
+        "variant": variant.fields() | {"tag": variant.tag},
         "device_name": device_name(variant.device),
         "timeline": "CUDA device time" if on_cuda else "CPU self time",
         "step_ms": step_us / 1e3,
@@ -213,12 +204,13 @@ def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = No
     """
     from torch.profiler import ProfilerActivity, schedule, tensorboard_trace_handler
 
-    variant = config.variant()
+    variant = config.variant.resolved()
     threads = config.threads or (distributed.threads_per_rank(rank) if rank else None)
     if threads is not None:
-        torch.set_num_threads(threads)
+        set_threads(threads)
     main = rank is None or rank.is_main
-    run_dir = Path(config.out_dir) / config.run_name()
+    run_name = config.run_name(variant)
+    run_dir = Path(config.out_dir) / run_name
     if main:
         atomic.ensure_writable_dir(run_dir)
         # Old trace files of the same run would show up as extra workers in TensorBoard.
@@ -234,10 +226,10 @@ def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = No
     run = work.call_on(x, y)
     seconds = warm_up(run)  # compile and first-call costs stay out of the trace
     if main:
-        log(f"warm-up (compile included) {seconds:.1f} s for the first call; profiling {config.run_name()}")
+        log(f"warm-up (compile included) {seconds:.1f} s for the first call; profiling {run_name}")
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if variant.device == "cuda" else [])
-    worker = config.run_name() + (f"-rank{rank.rank}" if rank else "")
+    worker = run_name + (f"-rank{rank.rank}" if rank else "")
     wall = []
     with (
         _without_profiler_noise(),
@@ -257,7 +249,7 @@ def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = No
             prof.step()
     if not main:
         return run_dir, None
-    summary = summarise(prof, config, work.model)
+    summary = summarise(prof, config, variant, work.model)
     summary["wall_ms_per_step_while_profiling"] = 1e3 * statistics.median(wall[-config.active :])
     summary["busy_before_start"] = busy
     summary["trace_dir"] = shown(run_dir)
@@ -305,8 +297,8 @@ def load_summaries(summary_dir: Path = DEFAULT_SUMMARY_DIR) -> list[dict]:
             order.get(s["config"]["model"], 2),
             s["config"]["mode"],
             s["variant"]["device"],
-            s["config"]["compile"] != "off",
-            s["config"]["precision"] != "fp32",
-            s["config"]["channels_last"],
+            s["variant"]["compile"] != "off",
+            s["variant"]["precision"] != "fp32",
+            s["variant"]["channels_last"],
         ),
     )

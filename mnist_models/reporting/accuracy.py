@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..core.seed_recipe import SEED, SEED_BATCH_SIZE, SEED_EPOCHS, SEED_LR
 from ..core.variants import Variant
-from ..runs.config import SEED_BATCH_SIZE, SEED_LR
 from ..runs.records import RunRecord
 from ..system import atomic
 from ..system.machine import machine_key, mixed_machines_warning
@@ -95,10 +95,12 @@ def _label(g: pd.Series | dict) -> str:
 
 
 def _is_seed_recipe(row) -> bool:
-    v = row["variant"]
-    plain = v.compile == "off" and v.precision == "fp32" and not v.channels_last and not v.fast
     return (
-        row["loader"] == "seed" and plain and row["batch_size"] == SEED_BATCH_SIZE and row["lr"] == SEED_LR and row["ranks"] == 1
+        row["loader"] == "seed"
+        and row["variant"].is_plain
+        and row["batch_size"] == SEED_BATCH_SIZE
+        and row["lr"] == SEED_LR
+        and row["ranks"] == 1
     )
 
 
@@ -441,12 +443,14 @@ def _cost_table(groups: pd.DataFrame, section_bench: dict | None, bench: dict | 
 
 def _seed_table(sub: pd.DataFrame) -> str:
     """The seed's own table beside ours: seed recipe, seed 777, per-epoch cost, both accuracies."""
-    ours = {r["model"]: r for _, r in sub.iterrows() if _is_seed_recipe(r) and r["seed"] == 777 and r["epochs_cfg"] == 15}
+    ours = {
+        r["model"]: r for _, r in sub.iterrows() if _is_seed_recipe(r) and r["seed"] == SEED and r["epochs_cfg"] == SEED_EPOCHS
+    }
     if not ours:
         return ""
     models = [m for m in ("simple", "deep") if m in ours]
     rows = []
-    for epoch in range(15):
+    for epoch in range(SEED_EPOCHS):
         row = [epoch + 1]
         for m in models:
             row += [f"{SEED_COSTS[m][epoch]:.9g}", f"{ours[m]['costs'][epoch]:.9g}", f"{ours[m]['curve'][epoch]:.4f}"]

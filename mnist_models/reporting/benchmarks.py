@@ -151,12 +151,8 @@ def achieved_gflops(bench: dict) -> float | None:
 
 def is_baseline(info: dict) -> bool:
     """Eager fp32 contiguous at the session's thread count (and, for epochs, the seed's DataLoader)."""
-    plain = (
-        info.get("compile") == "off"
-        and info.get("precision") == "fp32"
-        and not info.get("channels_last")
-        and not info.get("fast")
-    )
+    variant = bench_variant(info)
+    plain = variant is not None and variant.is_plain
     return plain and info.get("loader", "seed") == "seed" and not info.get("threads_pinned")
 
 
@@ -248,8 +244,8 @@ def _short(bench: dict) -> str:
 
 
 def headlines(groups: dict[str, list[dict]], peaks: dict) -> list[str]:
-    all_benchmarks = [b for benches in groups.values() for b in benches]
     """One line per group at the seed's batch (and per epoch group): baseline, best variant, speedup."""
+    all_benchmarks = [b for benches in groups.values() for b in benches]
     lines = []
     for name, benches in groups.items():
         info = benches[0].get("extra_info", {})
@@ -398,15 +394,17 @@ def _speedups_with_whiskers(benches: list[dict]) -> list[tuple[str, float, float
     base = next((b for b in benches if is_baseline(b["extra_info"])), None)
     if base is None:
         return []
-    bq1, bq3 = _quartiles(base["stats"])
+    bq1, bq3 = quartiles(base["stats"])
     out = []
     for b in sorted(benches, key=lambda b: b["stats"]["median"], reverse=True):
-        q1, q3 = _quartiles(b["stats"])
+        q1, q3 = quartiles(b["stats"])
         out.append((_short(b), base["stats"]["median"] / b["stats"]["median"], bq1 / q3, bq3 / q1))
     return out
 
 
-def _quartiles(stats: dict) -> tuple[float, float]:
+def quartiles(stats: dict) -> tuple[float, float]:
+    """A benchmark's first and third quartiles; files without them get an IQR around the median, never
+    below zero (a ratio divides by the lower quartile)."""
     q1, q3 = stats.get("q1"), stats.get("q3")
     if _is_number(q1) and _is_number(q3) and q1 > 0:
         return q1, q3

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..system import atomic
 from ..system.errors import UsageError
 from ..system.machine import BUSY_CORES, machine_key, machine_slug
-from .benchmarks import achieved_gflops, bench_machine, bench_rows, ceiling_for, ceilings, is_baseline, load_bench_json
+from .benchmarks import achieved_gflops, bench_machine, bench_rows, ceiling_for, ceilings, is_baseline, load_bench_json, quartiles
 from .markdown import code, fmt_time, header, md, table
 
 
@@ -75,17 +75,9 @@ def load_run(path: Path) -> Run:
     return Run(Path(path), data, rows)
 
 
-def _quartiles(stats: dict) -> tuple[float, float]:
-    q1, q3 = stats.get("q1"), stats.get("q3")
-    if isinstance(q1, (int, float)) and isinstance(q3, (int, float)):
-        return q1, q3
-    half = stats["iqr"] / 2  # files without quartiles: an IQR around the median
-    return stats["median"] - half, stats["median"] + half
-
-
 def beyond_noise(a: dict, b: dict) -> bool:
     """Do the interquartile ranges of two benchmarks' rounds miss each other?"""
-    (a1, a3), (b1, b3) = _quartiles(a), _quartiles(b)
+    (a1, a3), (b1, b3) = quartiles(a), quartiles(b)
     return a3 < b1 or b3 < a1
 
 
@@ -189,8 +181,8 @@ def plot_ratios(changes: list[Change], path: Path) -> Path:
     changes = sorted(changes, key=lambda c: c.ratio)
     fig, ax = plt.subplots(figsize=(9, max(3, 0.28 * len(changes) + 1)))
     ys = range(len(changes))
-    lows = [c.ratio - _quartiles(c.new["stats"])[0] / _quartiles(c.base["stats"])[1] for c in changes]
-    highs = [_quartiles(c.new["stats"])[1] / _quartiles(c.base["stats"])[0] - c.ratio for c in changes]
+    lows = [c.ratio - quartiles(c.new["stats"])[0] / quartiles(c.base["stats"])[1] for c in changes]
+    highs = [quartiles(c.new["stats"])[1] / quartiles(c.base["stats"])[0] - c.ratio for c in changes]
     colours = ["tab:red" if c.beyond_noise and c.ratio > 1 else "tab:green" if c.beyond_noise else "tab:grey" for c in changes]
     ax.barh(list(ys), [c.ratio - 1 for c in changes], left=1, color=colours, xerr=[lows, highs], capsize=2)
     ax.axvline(1, color="black", linewidth=0.8)

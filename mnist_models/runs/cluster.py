@@ -24,11 +24,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import torch
-
 from ..core.data import load_dataset
 from ..system.errors import CheckpointError, MnistBenchError, UsageError
-from .config import TrainConfig
+from .config import RunKey, TrainConfig
 from .records import RunRecord, RunStore, weights_state
 from .sweep import new_counts, plan_sweep, started_line, store_result, take
 from .train import train
@@ -101,12 +99,11 @@ def reservation(cpus: list[int], cpus_per_run: int | None, log) -> int:
     return cpus_per_run
 
 
-def train_on_node(config: TrainConfig, dataset, cpus: int) -> dict:
-    """A Ray task's body: train one run on this node with `cpus` threads (unless the config names its
-    own) and send back the record as JSON and the weights as a CPU state_dict."""
+def train_on_node(config: TrainConfig, key: RunKey, dataset, cpus: int) -> dict:
+    """A Ray task's body: train one run on this node under its key (threads: the config's own, else the
+    `cpus` reserved) and send back the record as JSON and the weights as a CPU state_dict."""
     ray = _ray()
-    torch.set_num_threads(cpus)
-    model, record = train(config, dataset, progress=False, log=lambda line: None)
+    model, record = train(config, dataset, progress=False, log=lambda line: None, key=key)
     node_id = ray.get_runtime_context().get_node_id()
     node = next((n for n in ray.nodes() if n["NodeID"] == node_id), {})
     total = int(node.get("Resources", {}).get("CPU", 0)) or None
@@ -157,12 +154,11 @@ def run_cluster_sweep(
     ray = _ray()
     store = RunStore(runs_dir)
     started = connect(address)
-    pending: dict = {}  # ObjectRef -> (config, plan)
-    bar, threads = None, None
+    pending: dict = {}  # ObjectRef -> (run, plan)
+    bar = None
     try:
         cpus = reservation(node_cpus(), cpus_per_run, log)
-        threads = None if configs and configs[0].threads else cpus  # the identity of runs that leave threads to the node
-        todo, skipped = plan_sweep(configs, store, redo_contended, log, threads)
+        todo, skipped = plan_sweep(configs, store, redo_contended, log, default_threads=cpus)
         if skipped:
             log(f"skipping {skipped} finished run(s) already in {runs_dir}")
         counts = new_counts(skipped)
@@ -173,20 +169,21 @@ def run_cluster_sweep(
 
             bar = tqdm(total=len(todo), desc="runs", unit="run", file=sys.stderr, dynamic_ncols=True)
         write = bar.write if bar is not None else log
-        datasets = {name: ray.put(load_dataset(name, todo[0].data_root)) for name in {c.dataset for c in todo}}
-        # A CUDA run reserves one GPU (and its CPUs as above): one timed run per GPU.
-        gpus = 1 if any(c.variant().device == "cuda" for c in todo) else 0
-        remote = ray.remote(task).options(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries, retry_exceptions=False)
-        for config in todo:
-            plan = take(store, config, redo_contended, counts, write, threads)
+        datasets = {name: ray.put(load_dataset(name, todo[0].config.data_root)) for name in {run.key.dataset for run in todo}}
+        remote = ray.remote(task).options(num_cpus=cpus, max_retries=max_retries, retry_exceptions=False)
+        for run in todo:
+            plan = take(store, run, redo_contended, counts, write)
             if plan is not None:
-                write(started_line(config, plan, threads) + f": queued ({cpus} CPUs per run)")
-                pending[remote.remote(config, datasets[config.dataset], cpus)] = (config, plan)
+                write(started_line(run, plan) + f": queued ({cpus} CPUs per run)")
+                # A CUDA run reserves one GPU (and its CPUs as above): one timed run per GPU; a CPU run none.
+                gpus = 1 if run.key.variant.device == "cuda" else 0
+                ref = remote.options(num_gpus=gpus).remote(run.config, run.key, datasets[run.key.dataset], cpus)
+                pending[ref] = (run, plan)
         per_node: Counter = Counter()
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
-            config, plan = pending.pop(ref)
-            name = config.key(threads=threads).name
+            run, plan = pending.pop(ref)
+            name = run.key.name
             try:
                 result = ray.get(ref)
                 record = RunRecord.from_json(result["record"], f"the record sent back for {name}")
@@ -200,15 +197,15 @@ def run_cluster_sweep(
                 counts["failed"].append((name, reason))
                 write(f"   FAILED {name}: {reason}")
             finally:
-                store.release(config.key(threads=threads))
+                store.release(run.key)
             if bar is not None:
                 bar.set_postfix_str(", ".join(f"{node} {n}" for node, n in sorted(per_node.items())))
                 bar.update(1)
         return counts
     finally:
-        for ref, (config, _) in pending.items():  # stopped early: end the queued work, free its claims
+        for ref, (run, _) in pending.items():  # stopped early: end the queued work, free its claims
             ray.cancel(ref, force=True)
-            store.release(config.key(threads=threads))
+            store.release(run.key)
         store.prune_empty()
         if bar is not None:
             bar.close()

@@ -7,23 +7,25 @@ name, so a finished record is never mistaken for, or replaced by, a run of anoth
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
 from ..core.data import DATASETS, LOADERS
 from ..core.nets import MODELS
-from ..core.variants import COMPILE_MODES, DEVICES, PRECISIONS, Variant, parse_tag, render_tag, resolve_device
+from ..core.seed_recipe import SEED, SEED_BATCH_SIZE, SEED_EPOCHS, SEED_LR
+from ..core.variants import Variant, render_tag
 from ..system.errors import UsageError
+from ..system.machine import usable_cpus
 
-# The seed's recipe: what a run name leaves out when a run follows it.
-SEED_EPOCHS, SEED_BATCH_SIZE, SEED_LR, SEED = 15, 100, 1e-3, 777
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
 # More torch threads than this many per logical CPU only oversubscribes the cores (a 2-core machine
 # given 10,000 threads reached a load average of 785).
 MAX_THREADS_PER_CPU = 2
 BACKENDS = ("auto", "gloo", "nccl")
+# A variant spec (`train --variant`, `sweep --variants`, tune's stored choice) names these axes, e.g.
+# "seed-eager-fp32", "tensor-eager-bf16-cl"; the device, threads and recipe come from their own flags.
+SPEC_FIELDS = ("loader", "compile", "precision", "channels_last", "fast")
 
 
 def check_choice(what: str, value, choices) -> None:
@@ -31,18 +33,11 @@ def check_choice(what: str, value, choices) -> None:
         raise UsageError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
 
 
-def check_variant_names(device: str, compile: str, precision: str) -> None:
-    """The variant's names, checked when a config is made; the device resolves (and may fail) later."""
-    check_choice("device", device, DEVICES)
-    check_choice("compile mode", compile, COMPILE_MODES)
-    check_choice("precision", precision, PRECISIONS)
-
-
 def check_threads(threads: int | None) -> None:
     if threads is None:
         return
-    cpus = os.cpu_count() or 1
-    if threads < 1:
+    cpus = usable_cpus()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise UsageError(f"threads must be positive, got {threads}")
     if threads > MAX_THREADS_PER_CPU * cpus:
         raise UsageError(
@@ -53,22 +48,26 @@ def check_threads(threads: int | None) -> None:
 
 @dataclass(frozen=True)
 class RunKey:
-    """Everything that decides what a run trains and how fast: its identity on disk."""
+    """Everything that decides what a run trains and how fast: its identity on disk.
+
+    Made once, when a run starts (`TrainConfig.resolve`): the device is resolved and the threads are
+    the ones the run will use; names, claims, skips and saves all come from it, and records store it.
+    """
 
     dataset: str
     model: str
     loader: str
-    device: str
-    compile: str
-    precision: str
-    channels_last: bool
-    fast: bool
-    threads: int  # the torch threads the run uses (per rank; a config that leaves them to torch is resolved)
+    variant: Variant  # resolved: cpu or cuda
+    threads: int  # the torch threads the run uses (per rank)
     ranks: int  # data-parallel processes (DDP); 1 for a plain run
     epochs: int
     batch_size: int
     lr: float
     seed: int
+
+    def __post_init__(self) -> None:
+        if not self.variant.is_resolved:
+            raise UsageError("a run key needs a resolved device (cpu or cuda)")
 
     @property
     def name(self) -> str:
@@ -76,11 +75,7 @@ class RunKey:
         return render_tag(
             model=self.model,
             loader=self.loader,
-            device=self.device,
-            compile=self.compile,
-            precision=self.precision,
-            channels_last=self.channels_last,
-            fast=self.fast,
+            **self.variant.fields(),
             threads=self.threads,
             ranks=None if self.ranks == 1 else self.ranks,
             epochs=None if self.epochs == SEED_EPOCHS else self.epochs,
@@ -89,16 +84,17 @@ class RunKey:
             seed=self.seed,
         )
 
+    def to_json(self) -> dict:
+        return asdict(self)
+
     @classmethod
-    def from_name(cls, dataset: str, name: str) -> RunKey:
-        """The inverse of `name` (fields a name leaves out take the seed's values)."""
-        parsed = parse_tag(name)
-        missing = {"model", "loader", "device", "threads", "seed"} - set(parsed)
-        if missing:
-            raise UsageError(f"run name {name!r} does not name the {', '.join(sorted(missing))}")
-        defaults = dict(compile="off", precision="fp32", channels_last=False, fast=False, ranks=1, epochs=SEED_EPOCHS,
-                        batch_size=SEED_BATCH_SIZE, lr=SEED_LR)  # fmt: skip
-        return cls(dataset=dataset, **(defaults | parsed))
+    def from_json(cls, data: object) -> RunKey:
+        if not isinstance(data, dict):
+            raise ValueError("key must be an object")
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"key fields differ from {', '.join(sorted(names))}")
+        return cls(**(data | {"variant": Variant.from_json(data["variant"]), "lr": float(data["lr"])}))
 
 
 @dataclass(frozen=True)
@@ -110,15 +106,11 @@ class TrainConfig:
     batch_size: int = SEED_BATCH_SIZE
     lr: float = SEED_LR
     seed: int = SEED
-    device: str = "auto"
+    variant: Variant = Variant("auto")  # device 'auto' resolves when the run starts (resolve)
     loader: str = "seed"  # the seed's DataLoader; "tensor" batches from device memory
-    compile: str = "off"
-    precision: str = "fp32"
-    channels_last: bool = False
-    fast: bool = False  # nets.make_fast + fused Adam (variants.py)
     eval_batch_size: int = 1000
     eval_every_epoch: bool = True  # test accuracy after each epoch, for accuracy-per-epoch curves
-    threads: int | None = None  # torch intra-op threads (per rank); None: torch's default, or cores / local ranks under DDP
+    threads: int | None = None  # torch intra-op threads (per rank); None: torch's default, or CPUs / local ranks under DDP
     measure_latency: bool = True  # forward latency at batch 1 and 1000 after training
     ranks: int = 1  # DDP world size; batch_size is the global batch, split evenly among the ranks
     backend: str = "auto"  # torch.distributed backend under DDP: gloo on cpu, nccl on cuda
@@ -131,7 +123,8 @@ class TrainConfig:
         check_choice("model", self.model, MODELS)
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("loader", self.loader, LOADERS)
-        check_variant_names(self.device, self.compile, self.precision)
+        if not isinstance(self.variant, Variant):
+            raise UsageError(f"a config's variant is a Variant, got {type(self.variant).__name__}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -150,23 +143,16 @@ class TrainConfig:
             )
         check_choice("backend", self.backend, BACKENDS)
 
-    def variant(self) -> Variant:
-        return Variant(resolve_device(self.device), self.compile, self.precision, self.channels_last, self.fast)
-
-    def key(self, device: str | None = None, threads: int | None = None) -> RunKey:
-        """The run's identity. `device` and `threads` are the resolved ones; by default 'auto' and a
-        thread count left to torch resolve on this machine, in this process, as training would."""
-        variant = Variant(device or resolve_device(self.device), self.compile, self.precision, self.channels_last, self.fast)
+    def resolve(self, default_threads: int | None = None) -> RunKey:
+        """The run's identity, resolved once when it starts: the device on this machine, and the threads
+        the run will use: the config's own, else `default_threads` (what the launcher gives each rank or
+        Ray task), else torch's default in this process."""
         return RunKey(
             dataset=self.dataset,
             model=self.model,
             loader=self.loader,
-            device=variant.device,
-            compile=variant.compile,
-            precision=variant.precision,
-            channels_last=variant.channels_last,
-            fast=variant.fast,
-            threads=threads or self.threads or torch.get_num_threads(),
+            variant=self.variant.resolved(),
+            threads=self.threads or default_threads or torch.get_num_threads(),
             ranks=self.ranks,
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -174,5 +160,15 @@ class TrainConfig:
             seed=self.seed,
         )
 
-    def run_name(self) -> str:
-        return self.key().name
+    def with_choice(self, choice: dict) -> TrainConfig:
+        """This config with a variant spec's choice applied: loader, threads and any variant field."""
+        variant_fields = {k: v for k, v in choice.items() if k in Variant.VARIANT_FIELDS}
+        rest = {k: v for k, v in choice.items() if k not in Variant.VARIANT_FIELDS}
+        return replace(self, variant=replace(self.variant, **variant_fields), **rest)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        return cls(**(data | {"variant": Variant.from_json(data["variant"])}))

@@ -22,7 +22,7 @@ import json
 import math
 import os
 import socket
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from ..system.machine import BUSY_CORES, machine_key
 from ..system.paths import REPORTS_DIR, shown
 from .config import RunKey, TrainConfig
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 KIND = "mnist-bench train run"
 DEFAULT_RUNS_DIR = REPORTS_DIR / "runs"
 BAD_SUFFIX = ".bad"  # a record that does not load is kept aside under this suffix, never deleted
@@ -71,7 +71,7 @@ class ModelInfo:
 @dataclass
 class RunRecord:
     config: TrainConfig
-    device: str  # the resolved device ('auto' in the config becomes cpu or cuda here)
+    key: RunKey  # the identity the run resolved when it started: device, threads and the whole recipe
     dataset: DatasetInfo
     model: ModelInfo
     epochs: list[EpochStats]
@@ -97,20 +97,20 @@ class RunRecord:
 
     @property
     def variant(self) -> Variant:
-        return Variant(self.device, self.config.compile, self.config.precision, self.config.channels_last, self.config.fast)
+        return self.key.variant
 
     @property
-    def key(self) -> RunKey:
-        return self.config.key(self.device, self.threads)
+    def device(self) -> str:
+        return self.key.variant.device
 
     @property
     def name(self) -> str:
         return self.key.name
 
     @property
-    def threads(self) -> int | None:
-        """The torch threads the run actually used (the config may have left the choice to torch)."""
-        return self.busy_before_start.get("torch_threads") or self.machine.get("torch_threads")
+    def threads(self) -> int:
+        """The torch threads the run used (the config may have left the choice to torch)."""
+        return self.key.threads
 
     @property
     def contended(self) -> bool:
@@ -143,10 +143,12 @@ class RunRecord:
         for f in fields(self):
             if f.name != "schema":
                 value = getattr(self, f.name)
-                data[f.name] = asdict(value) if f.name in ("config", "dataset", "model") else value
+                data[f.name] = value.to_json() if f.name in ("config", "key") else value
+                if f.name in ("dataset", "model"):
+                    data[f.name] = asdict(value)
         data["epochs"] = [asdict(e) for e in self.epochs]
         # Derived, for people reading the file; ignored on load.
-        data["variant"] = asdict(self.variant) | {"tag": self.variant.tag, "loader": self.config.loader}
+        data["variant"] = self.variant.fields() | {"tag": self.variant.tag, "loader": self.config.loader}
         return data
 
     @classmethod
@@ -158,11 +160,11 @@ class RunRecord:
             data = migrate(dict(data))
             record = cls(
                 config=_config(data["config"]),
-                device=_choice(data["device"], ("cpu", "cuda"), "device"),
+                key=RunKey.from_json(data["key"]),
                 dataset=DatasetInfo(**_only(data["dataset"], DatasetInfo)),
                 model=ModelInfo(**_only(data["model"], ModelInfo)),
                 epochs=[EpochStats(**_only(e, EpochStats)) for e in _list(data["epochs"], "epochs")],
-                **{f.name: data[f.name] for f in fields(cls) if f.name not in ("config", "device", "dataset", "model", "epochs")
+                **{f.name: data[f.name] for f in fields(cls) if f.name not in ("config", "key", "dataset", "model", "epochs")
                    and f.name in data},
             )  # fmt: skip
             record._validate()
@@ -173,11 +175,27 @@ class RunRecord:
             raise RecordError(f"{source}: {what}") from None
         return record
 
+    def _check_key(self) -> None:
+        """The stored key must be what the stored config resolves to (device and threads aside, which
+        the config may leave to the machine)."""
+        key, config = self.key, self.config
+        same = {name: getattr(key, name) == getattr(config, name) for name in ("dataset", "model", "loader", "ranks", "epochs",
+                                                                              "batch_size", "lr", "seed")}  # fmt: skip
+        same["variant"] = replace(config.variant, device=key.variant.device) == key.variant and config.variant.device in (
+            "auto",
+            key.variant.device,
+        )
+        same["threads"] = config.threads in (None, key.threads)
+        wrong = [name for name, ok in same.items() if not ok]
+        if wrong:
+            raise ValueError(f"the run key disagrees with the config in: {', '.join(wrong)}")
+
     def _validate(self) -> None:
         _choice(self.dataset.name, DATASETS, "dataset")
         _choice(self.model.name, MODELS, "model")
         if self.dataset.name != self.config.dataset or self.model.name != self.config.model:
             raise ValueError("dataset or model disagrees with the config")
+        self._check_key()
         if not self.epochs:
             raise ValueError("no epochs")
         for e in self.epochs:
@@ -215,24 +233,25 @@ def migrate(data: dict) -> dict:
         data["schema"] = schema = 2
     if schema == 2:
         data.setdefault("distributed", None)  # DDP runs came with schema 3
-        data["schema"] = 3
+        data["schema"] = schema = 3
+    if schema == 3:
+        # The five variant fields were loose in the config; the resolved device and threads were read
+        # back from "device" and the machine block. Schema 4 stores them once, in "key".
+        config = dict(data["config"])
+        variant = {name: config.pop(name) for name in ("device", "compile", "precision", "channels_last") if name in config}
+        variant["fast"] = config.pop("fast", False)  # fast arrived later: a record without it was not fast
+        config["variant"] = variant
+        data["config"] = config
+        threads = data.get("busy_before_start", {}).get("torch_threads") or data.get("machine", {}).get("torch_threads")
+        key = {name: config.get(name) for name in ("dataset", "model", "loader", "ranks", "epochs", "batch_size", "lr", "seed")}
+        key.setdefault("ranks", 1)
+        key["ranks"] = key["ranks"] or 1
+        data["key"] = key | {"variant": variant | {"device": data.pop("device")}, "threads": threads or config.get("threads")}
+        data["schema"] = 4
     return data
 
 
-_IDENTITY_FIELDS = (
-    "model",
-    "dataset",
-    "epochs",
-    "batch_size",
-    "lr",
-    "seed",
-    "device",
-    "loader",
-    "compile",
-    "precision",
-    "channels_last",
-    "threads",
-)  # fmt: skip  (fast arrived later: a record without it was not fast)
+_IDENTITY_FIELDS = ("model", "dataset", "epochs", "batch_size", "lr", "seed", "variant", "loader", "threads")
 
 
 def _config(data: object) -> TrainConfig:
@@ -246,7 +265,7 @@ def _config(data: object) -> TrainConfig:
     missing = [f for f in _IDENTITY_FIELDS if f not in data]
     if missing:
         raise ValueError(f"missing config field(s) {', '.join(missing)}")
-    return TrainConfig(**data)  # validates every name and number
+    return TrainConfig.from_json(data)  # validates every name and number
 
 
 def _only(data: object, cls) -> dict:
@@ -300,10 +319,6 @@ def checked_state(model_name: str, state: dict) -> dict:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"the weights sent back for a {model_name} run do not fit the net: {first}") from None
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
-
-
-def save_weights(model: nn.Module, path: Path) -> Path:
-    return atomic.save_torch(path, weights_state(model))
 
 
 def load_weights(model_name: str, path: Path) -> nn.Module:

@@ -17,13 +17,9 @@ from pathlib import Path
 
 from ..core.data import load_dataset
 from ..core.variants import parse_tag
-from .config import TrainConfig
+from .config import SPEC_FIELDS, RunKey, TrainConfig
 from .records import RunStore
 from .train import train
-
-# A sweep's variant spec names the axes it switches, e.g. "seed-eager-fp32", "tensor-eager-bf16-cl";
-# the device, threads and recipe come from the sweep's own flags.
-SPEC_FIELDS = ("loader", "compile", "precision", "channels_last", "fast")
 
 
 def parse_variant_spec(spec: str) -> dict:
@@ -34,20 +30,20 @@ def parse_variant_spec(spec: str) -> dict:
 BEST = "best"  # the variant `mnist-bench tune` stored for this machine, per net
 
 
-def variant_fields(spec: str, model: str) -> dict:
+def spec_choice(spec: str, model: str) -> dict:
     """A variant spec's TrainConfig fields; 'best' is this machine's tuned choice for the net (threads included)."""
     if spec == BEST:
-        from .tune import best_fields
+        from .tune import best_choice
 
-        return best_fields(model)
+        return best_choice(model)
     return parse_variant_spec(spec)
 
 
 def sweep_configs(base: TrainConfig, models: Iterable[str], variants: Iterable[str], seeds: Iterable[int]) -> list[TrainConfig]:
     """Seed-major order: every model and variant gets its first seed before any gets a second."""
     models, variants = list(models), list(variants)
-    fields = {(m, v): variant_fields(v, m) for m in models for v in variants}  # a bad spec fails before any training
-    return [replace(base, model=m, seed=seed, **fields[m, v]) for seed in seeds for m in models for v in variants]
+    choices = {(m, v): spec_choice(v, m) for m in models for v in variants}  # a bad spec fails before any training
+    return [replace(base, model=m, seed=seed).with_choice(choices[m, v]) for seed in seeds for m in models for v in variants]
 
 
 @dataclass
@@ -58,10 +54,17 @@ class _Plan:
     problem: str | None = None  # the stored record does not load
 
 
-def _plan(store: RunStore, config: TrainConfig, redo_contended: bool, threads: int | None = None) -> _Plan:
-    """Does this run need training? Reads the folder, changes nothing. `threads`: what the run will use
-    where that is not decided here (a Ray task's reserved CPUs)."""
-    found = store.find(config.key(threads=threads))
+@dataclass(frozen=True)
+class Run:
+    """One run of a sweep: its config and the key it resolved to when the sweep started."""
+
+    config: TrainConfig
+    key: RunKey
+
+
+def _plan(store: RunStore, key: RunKey, redo_contended: bool) -> _Plan:
+    """Does this run need training? Reads the folder, changes nothing."""
+    found = store.find(key)
     if found.problem:
         return _Plan(True, found.path, problem=found.problem)
     if found.record is None:
@@ -72,43 +75,42 @@ def _plan(store: RunStore, config: TrainConfig, redo_contended: bool, threads: i
 
 
 def plan_sweep(
-    configs: list[TrainConfig], store: RunStore, redo_contended: bool, log, threads: int | None = None
-) -> tuple[list[TrainConfig], int]:
-    """Clean what killed writers left, check every device, and return (runs still to train, finished runs)."""
+    configs: list[TrainConfig], store: RunStore, redo_contended: bool, log, default_threads: int | None = None
+) -> tuple[list[Run], int]:
+    """Clean what killed writers left, resolve every run's key (devices fail here, before hours of
+    training; threads are each config's own, else `default_threads`: a Ray task's reserved CPUs), and
+    return (runs still to train, finished runs)."""
     for dataset in sorted({c.dataset for c in configs}):
         for line in store.clean_leftovers(dataset):
             log(line)
-    for config in configs:  # resolve devices before hours of training: cuda without a GPU fails here
-        config.variant()
-    todo = [c for c in configs if _plan(store, c, redo_contended, threads).needed]
-    return todo, len(configs) - len(todo)
+    runs = [Run(c, c.resolve(default_threads)) for c in configs]
+    todo = [run for run in runs if _plan(store, run.key, redo_contended).needed]
+    return todo, len(runs) - len(todo)
 
 
-def take(
-    store: RunStore, config: TrainConfig, redo_contended: bool, counts: dict, write, threads: int | None = None
-) -> _Plan | None:
+def take(store: RunStore, run: Run, redo_contended: bool, counts: dict, write) -> _Plan | None:
     """Claim a run and plan it again under the claim (another sweep may have finished it since).
     Returns the plan when this sweep is to train it, holding the claim; None (claim released) otherwise."""
-    key = config.key(threads=threads)
+    key = run.key
     if not store.claim(key):
-        write(f"== {config.dataset} {key.name}: being trained by another sweep, skipped")
+        write(f"== {key.dataset} {key.name}: being trained by another sweep, skipped")
         counts["claimed_elsewhere"] += 1
         return None
-    plan = _plan(store, config, redo_contended, threads)
+    plan = _plan(store, key, redo_contended)
     if plan.problem:
         aside = store.set_aside(plan.path)
         write(f"   {plan.problem}; kept aside as {aside.name}, training the run again")
     if not plan.needed:
         store.release(key)
-        write(f"== {config.dataset} {key.name}: already finished, skipped")
+        write(f"== {key.dataset} {key.name}: already finished, skipped")
         counts["skipped"] += 1
         return None
     return plan
 
 
-def started_line(config: TrainConfig, plan: _Plan, threads: int | None = None) -> str:
+def started_line(run: Run, plan: _Plan) -> str:
     retrain = " (retraining: its record was timed on a shared CPU)" if plan.replaces else ""
-    return f"== {config.dataset} {config.key(threads=threads).name}{retrain}"
+    return f"== {run.key.dataset} {run.key.name}{retrain}"
 
 
 def store_result(store: RunStore, plan: _Plan, record, weights, counts: dict, write, where: str = "") -> Path:
@@ -138,7 +140,7 @@ def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True,
     counts = new_counts(skipped)
     if not todo:
         return counts
-    datasets = {name: load_dataset(name, todo[0].data_root) for name in {c.dataset for c in todo}}
+    datasets = {name: load_dataset(name, todo[0].config.data_root) for name in {run.key.dataset for run in todo}}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -146,16 +148,16 @@ def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True,
         bar = tqdm(total=len(todo), desc="runs", unit="run", file=sys.stderr, position=1, dynamic_ncols=True)
     write = bar.write if bar is not None else log
     try:
-        for config in todo:
-            plan = take(store, config, redo_contended, counts, write)
+        for run in todo:
+            plan = take(store, run, redo_contended, counts, write)
             if plan is None:
                 continue
             try:
-                write(started_line(config, plan))
-                model, record = train(config, datasets[config.dataset], progress=progress, log=write)
+                write(started_line(run, plan))
+                model, record = train(run.config, datasets[run.key.dataset], progress=progress, log=write, key=run.key)
                 store_result(store, plan, record, model, counts, write)
             finally:
-                store.release(config.key())
+                store.release(run.key)
             if bar is not None:
                 bar.update(1)
     finally:

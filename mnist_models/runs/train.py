@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,8 +30,16 @@ from ..scale import distributed
 from ..scale.distributed import Rank
 from ..system.atomic import check_writable_dir
 from ..system.errors import RunExists, TrainingDiverged, UsageError
-from ..system.machine import CpuContention, busy_check, emulated_half_warning, machine_info, peak_memory_mb, reset_peak_memory
-from .config import TrainConfig
+from ..system.machine import (
+    CpuContention,
+    busy_check,
+    emulated_half_warning,
+    machine_info,
+    peak_memory_mb,
+    reset_peak_memory,
+    set_threads,
+)
+from .config import RunKey, TrainConfig
 from .records import DatasetInfo, EpochStats, ModelInfo, RunRecord, RunStore
 
 SEED_EPOCH_LINE = "[Epoch: {:>4}] cost = {:>.9}"  # the seed's print format, byte for byte
@@ -135,6 +143,7 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 @dataclass
 class _Setup:
     config: TrainConfig
+    key: RunKey
     dataset: Dataset
     work: Workload
     batches: object
@@ -145,11 +154,15 @@ class _Setup:
     machine: dict  # taken when the run starts: the code id is the code that runs, not what the tree holds later
 
 
-def _set_up(config: TrainConfig, dataset: Dataset | None, rank: Rank | None) -> _Setup:
-    variant = config.variant()
-    threads = config.threads or (distributed.threads_per_rank(rank) if rank else None)
-    if threads is not None:
-        torch.set_num_threads(threads)  # torchrun's OMP_NUM_THREADS=1 is replaced by cores / local ranks
+def run_key(config: TrainConfig, rank: Rank | None = None) -> RunKey:
+    """A run's key as it starts: under DDP each rank gets the CPUs it may use / local ranks (torchrun's
+    OMP_NUM_THREADS=1 is replaced), unless the config names its threads."""
+    return config.resolve(distributed.threads_per_rank(rank) if rank else None)
+
+
+def _set_up(config: TrainConfig, key: RunKey, dataset: Dataset | None, rank: Rank | None) -> _Setup:
+    variant = key.variant
+    set_threads(key.threads)
     busy = busy_check()  # before any work of ours, so the busy share is somebody else's
     dataset = dataset or load_dataset(config.dataset, config.data_root)
     check_batch_size(config.batch_size, dataset.train)
@@ -165,7 +178,7 @@ def _set_up(config: TrainConfig, dataset: Dataset | None, rank: Rank | None) -> 
                            f"{busy['cores']} cores"}  # fmt: skip
     batches = make_loader(config.loader, dataset.train, config.per_rank_batch, variant.device,
                           rank=rank.rank if rank else 0, world=config.ranks, shuffle_seed=config.seed if rank else None)  # fmt: skip
-    return _Setup(config, dataset, work, batches, busy, CpuContention(), rank, job, machine_info())
+    return _Setup(config, key, dataset, work, batches, busy, CpuContention(), rank, job, machine_info())
 
 
 def dist_backend() -> str:
@@ -176,7 +189,8 @@ def dist_backend() -> str:
 
 def _diverged(config: TrainConfig, epoch: int, why: str) -> TrainingDiverged:
     return TrainingDiverged(
-        f"training diverged in epoch {epoch} of {config.model} ({why}; lr {config.lr}, {config.precision}); nothing was written"
+        f"training diverged in epoch {epoch} of {config.model} ({why}; lr {config.lr}, {config.variant.precision}); "
+        "nothing was written"
     )
 
 
@@ -221,6 +235,7 @@ def train(
     progress: bool = False,
     log: Callable[[str], None] = print,
     rank: Rank | None = None,
+    key: RunKey | None = None,
 ) -> tuple[nn.Module, RunRecord | None]:
     """Train one net with the seed's recipe (or the variant the config names).
 
@@ -229,8 +244,8 @@ def train(
     group started) every rank trains its shard; only rank 0 evaluates, logs and gets a record.
     """
     main = rank is None or rank.is_main
-    s = _set_up(config, dataset, rank)
-    emulated = emulated_half_warning(s.work.variant.device, config.precision)
+    s = _set_up(config, key or run_key(config, rank), dataset, rank)
+    emulated = emulated_half_warning(s.work.variant.device, s.work.variant.precision)
     if emulated and main:
         print(emulated, file=sys.stderr)  # before the epochs: this run will be slow, and why
     started = time.perf_counter()
@@ -249,7 +264,7 @@ def train(
 
     record = RunRecord(
         config=config,
-        device=variant.device,
+        key=s.key,
         dataset=DatasetInfo(s.dataset.name, s.dataset.source, **s.dataset.counts()),
         model=ModelInfo(config.model, model.num_params(), model.flops_per_image()),
         epochs=epochs,
@@ -284,12 +299,13 @@ def train_and_store(
     another rank died or hung becomes a one-line RankFailed."""
     main = rank is None or rank.is_main
     try:
+        key = run_key(config, rank)  # resolved once: the check below, the run and the save use this one key
         if rank:
-            distributed.start(rank, config.backend, config.variant().device)
-            distributed.agree("config", asdict(config))
+            distributed.start(rank, config.backend, key.variant.device)
+            distributed.agree("config", config.to_json())
         problem, found = None, None
         if main:
-            found = store.find(config.key())
+            found = store.find(key)
             if found.path is not None and not overwrite:
                 state = "a finished run of this recipe" if found.record else f"a record that does not load ({found.problem})"
                 problem = f"{state} is already stored at {found.path}; it is kept (pass --overwrite to train and replace it)"
@@ -299,7 +315,7 @@ def train_and_store(
             raise RunExists(problem)
         if main:
             check_writable_dir(store.folder(config.dataset))
-        model, record = train(config, progress=progress, rank=rank, log=log)
+        model, record = train(config, progress=progress, rank=rank, log=log, key=key)
         if rank:
             # Every rank waits here until rank 0 has evaluated: no rank tears the process group down (and
             # exits) while another still uses the rendezvous store (seen: a SIGABRT in a store read).

@@ -21,7 +21,7 @@ import itertools
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,37 +32,40 @@ from ..core.harness import build, real_batch, warm_up
 from ..core.variants import Variant, parse_tag, render_tag
 from ..system import atomic
 from ..system.errors import UsageError
-from ..system.machine import EMULATED_BF16_SLOWDOWN, machine_info, machine_slug, native_bf16
+from ..system.machine import EMULATED_BF16_SLOWDOWN, machine_info, machine_slug, native_bf16, set_threads
 from ..system.paths import REPORTS_DIR
+from .config import SEED, SPEC_FIELDS
 
 DEFAULT_BUDGET_S = 180
 DEFAULT_TUNE_DIR = REPORTS_DIR / "tune"
 STEP_REPEATS = 10
 EPOCH_FINALISTS = 3  # fastest step variants that go on to whole epochs
 BATCH = 100
-# What a stored choice sets: the spec of `train --variant` / `sweep --variants`, plus threads.
-CHOICE_FIELDS = ("loader", "compile", "precision", "channels_last", "fast")
 
 
 @dataclass(frozen=True)
 class Candidate:
+    """One way to train a net on this CPU: a variant, its thread count and its loader."""
+
     model: str
     threads: int
-    precision: str = "fp32"
-    channels_last: bool = False
-    fast: bool = False
-    compile: str = "off"
+    variant: Variant = Variant("cpu")
     loader: str = "tensor"
-
-    @property
-    def variant(self) -> Variant:
-        return Variant("cpu", self.compile, self.precision, self.channels_last, self.fast)
 
     @property
     def spec(self) -> str:
         """The sweep spec of this choice, e.g. 'tensor-eager-bf16-cl-fast'."""
-        return render_tag(loader=self.loader, compile=self.compile, precision=self.precision,
-                          channels_last=self.channels_last, fast=self.fast)  # fmt: skip
+        return render_tag(loader=self.loader, **{k: v for k, v in self.variant.fields().items() if k in SPEC_FIELDS})
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "threads": self.threads, "loader": self.loader, "variant": self.variant.fields()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Candidate:
+        if "variant" not in data:  # tune results written before the variant was one value: its fields were loose
+            loose = {k: data[k] for k in ("compile", "precision", "channels_last", "fast") if k in data}
+            data = {k: data[k] for k in ("model", "threads", "loader") if k in data} | {"variant": loose}
+        return cls(data["model"], data["threads"], Variant.from_json(data["variant"]), data.get("loader", "tensor"))
 
     @property
     def name(self) -> str:
@@ -85,7 +88,7 @@ def candidates(models: list[str], cores: int, with_compile: bool) -> tuple[list[
                        "step to 0.56-0.78x on this project's machines); --with-compile includes it")  # fmt: skip
     threads = sorted({cores, 1}, reverse=True)
     grid = [
-        Candidate(m, t, p, cl, fast, c)
+        Candidate(m, t, Variant("cpu", c, p, cl, fast))
         for m, t, p, cl, fast, c in itertools.product(models, threads, precisions, (False, True), (False, True), compiles)
     ]
     return grid, skipped
@@ -93,8 +96,8 @@ def candidates(models: list[str], cores: int, with_compile: bool) -> tuple[list[
 
 def time_step(c: Candidate, dataset) -> float:
     """Median seconds of one train step (batch 100, warmed up, compile outside the timing)."""
-    torch.set_num_threads(c.threads)
-    work = build(c.model, c.variant, "train", seed=777)
+    set_threads(c.threads)
+    work = build(c.model, c.variant, "train", seed=SEED)
     call = work.call_on(*real_batch(dataset.train, BATCH, c.variant))
     warm_up(call)
     times = []
@@ -109,8 +112,8 @@ def time_epoch(c: Candidate, dataset) -> float:
     """Seconds of one whole epoch of `dataset` through the candidate's loader, after one warm-up epoch."""
     from .train import train_epoch
 
-    torch.set_num_threads(c.threads)
-    work = build(c.model, c.variant, "train", seed=777)
+    set_threads(c.threads)
+    work = build(c.model, c.variant, "train", seed=SEED)
     batches = make_loader(c.loader, dataset.train, BATCH, "cpu")
     train_epoch(work.step, batches, c.variant)  # warm-up: allocations, oneDNN's kernel choice, compile
     return train_epoch(work.step, batches, c.variant).seconds
@@ -139,7 +142,7 @@ def tune(
     one step and one epoch timing) and pick the fastest epoch per net. The timers are parameters so
     that a test can give a timing table."""
     started = time.perf_counter()
-    threads_before = torch.get_num_threads()
+    threads_before = torch.get_num_threads()  # the process's own count: the seed pipeline's reference runs with it
     dataset = load_dataset("mnist-5k")
     grid, skipped = candidates(models, threads_before, with_compile)
     steps, epochs, unmeasured = {}, {}, []
@@ -170,7 +173,7 @@ def tune(
                 if model not in best or epochs[c.name] < epochs[best[model].name]:
                     best[model] = c
     finally:
-        torch.set_num_threads(threads_before)
+        set_threads(threads_before)
     if not best:
         raise UsageError(f"a budget of {budget_s:g} s measured nothing; give tune more time (--budget)")
     return Tuning(steps, epochs, best, reference, skipped, unmeasured, time.perf_counter() - started)
@@ -188,7 +191,7 @@ def save_tuning(result: Tuning, tune_dir: Path | None = None) -> Path:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine,
         "seconds": result.seconds,
-        "best": {model: asdict(c) for model, c in result.best.items()},
+        "best": {model: c.to_json() for model, c in result.best.items()},
         "step_ms": {name: 1e3 * s for name, s in sorted(result.steps.items(), key=lambda kv: kv[1])},
         "epoch_s": dict(sorted(result.epochs.items(), key=lambda kv: kv[1])),
         "seed_pipeline_epoch_s": result.reference,
@@ -205,7 +208,7 @@ def load_best(model: str, tune_dir: Path | None = None) -> Candidate:
     path = tune_path(tune_dir)
     try:
         data = json.loads(path.read_text())
-        return Candidate(**data["best"][model])
+        return Candidate.from_json(data["best"][model])
     except FileNotFoundError:
         raise UsageError(f"no tuned variant for this machine ({path.name}): run mnist-bench tune first") from None
     except KeyError:
@@ -214,7 +217,7 @@ def load_best(model: str, tune_dir: Path | None = None) -> Candidate:
         raise UsageError(f"{path} is not a tune result ({exc}); run mnist-bench tune again") from None
 
 
-def best_fields(model: str, tune_dir: Path | None = None) -> dict:
-    """TrainConfig fields of the tuned choice: the variant's switches and its thread count."""
+def best_choice(model: str, tune_dir: Path | None = None) -> dict:
+    """The tuned choice as a variant spec's choice (TrainConfig.with_choice): its switches, loader and threads."""
     best = load_best(model, tune_dir)
-    return {**parse_tag(best.spec, CHOICE_FIELDS), "threads": best.threads}
+    return {**parse_tag(best.spec, SPEC_FIELDS), "threads": best.threads}

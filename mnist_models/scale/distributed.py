@@ -8,8 +8,8 @@ differently from a plain run:
 - `start()` joins the process group (gloo on CPU, nccl on CUDA, one GPU per local rank) with a
   timeout of PG_TIMEOUT, so a rank that dies cannot leave the others waiting for ever;
 - `agree()` checks that every rank was started with the same config;
-- `threads_per_rank()`: the node's cores divided by its local ranks (torchrun sets OMP_NUM_THREADS=1);
-- `launch()` runs torchrun's launcher (single node, `--standalone`: a free port is picked) and turns
+- `threads_per_rank()`: the CPUs this process may use divided by its local ranks (torchrun sets OMP_NUM_THREADS=1);
+- `launch_or_join()` / `launch()` run torchrun's launcher (single node, `--standalone`: a free port is picked) and turns
   a failed job into one line naming the rank and its reason.
 
 Rank 0 evaluates, prints and writes the one record and weights; the others only train.
@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..system.errors import MnistBenchError, UsageError
+from ..system.machine import usable_cpus
 
 # How long a rank waits in a collective for the others (the job's bound when a rank hangs). A rank
 # that dies is noticed sooner: its peers' sockets close, and torchrun ends the other ranks.
@@ -75,7 +76,8 @@ def resolve_backend(backend: str, device: str) -> str:
 
 
 def threads_per_rank(rank: Rank) -> int:
-    return max(1, (os.cpu_count() or 1) // rank.local_world_size)
+    """The CPUs this process may use (affinity mask, cgroup quota) shared among the node's ranks."""
+    return max(1, usable_cpus() // rank.local_world_size)
 
 
 def start(rank: Rank, backend: str, device: str) -> str:
@@ -172,7 +174,7 @@ def launch(nproc: int, module_args: list[str]) -> None:
     if nproc < 1:
         raise UsageError(f"--nproc must be positive, got {nproc}")
     # Each rank sets cores / local ranks itself; saying so here keeps torchrun from warning about its default of 1.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // nproc)))
     # The agent logs every failure at length; the one line raised below says it, and each rank says its own.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "--monitor-interval", "0.5",
@@ -185,6 +187,34 @@ def launch(nproc: int, module_args: list[str]) -> None:
         if not reason.startswith("rank "):
             reason = f"rank {rank}: {reason}"
         raise RankFailed(f"the distributed job failed: {reason}") from None
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """A command line again, minus --nproc N: what each rank runs."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def launch_or_join(nproc: int | None, argv: list[str]) -> tuple[bool, Rank | None]:
+    """The one entry of a command that can run on N ranks (train, profile).
+
+    With `nproc` (--nproc N), start the ranks with torchrun's launcher, each running `argv` without
+    --nproc, and return (True, None) when the job has ended. Otherwise return (False, this process's
+    Rank under torchrun, or None for a plain process)."""
+    rank = Rank.from_env()
+    if nproc is None:
+        return False, rank
+    if rank is not None:
+        raise UsageError("--nproc starts the ranks itself; under torchrun leave it out")
+    launch(nproc, without_nproc(argv))
+    return True, None
 
 
 def _exit_reason(failure) -> str:
@@ -201,7 +231,7 @@ def collective_error(exc: BaseException) -> str:
 
 def describe(rank: Rank, backend: str, per_rank_batch: int, threads: int) -> dict:
     """What a record says of the job that made it."""
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     return {
         "world_size": rank.world_size,
         "local_world_size": rank.local_world_size,

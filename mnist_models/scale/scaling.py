@@ -25,6 +25,7 @@ from ..core.data import load_dataset
 from ..core.harness import build, real_batch, warm_up
 from ..core.variants import Variant
 from ..system import atomic
+from ..system.machine import set_threads
 from . import distributed
 
 
@@ -33,7 +34,7 @@ def measure(
 ) -> dict:
     variant = Variant(device)
     threads = threads or distributed.threads_per_rank(rank)
-    torch.set_num_threads(threads)
+    set_threads(threads)
     ddp = rank.world_size > 1
     if ddp:
         distributed.start(rank, "auto", device)

@@ -12,6 +12,7 @@ import re
 import time
 from collections import Counter
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -107,6 +108,30 @@ def _cpu_times() -> tuple[int, int] | None:
 # Other processes using more than this many cores make a timing an upper bound (on these 2-core
 # machines a 27 ms train step was seen at 283 ms beside another torch run).
 BUSY_CORES = 0.25
+
+
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: its affinity mask (taskset, SLURM), capped by a cgroup v2 CPU
+    quota (a container's --cpus), never the machine's whole count when either is narrower."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def set_threads(threads: int) -> int:
+    """The one place torch's intra-op thread count is set; returns the count it replaced."""
+    before = torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(threads)
+    return before
 
 
 def busy_check(sample_seconds: float = 0.5) -> dict:

@@ -1,0 +1,50 @@
+"""What the benchmark suites do around pytest-benchmark's timer: warm up, describe, time, add rates.
+
+`benchmark` is pytest-benchmark's fixture and `case` a bench grid case (model, variant, batch,
+threads); this module needs neither package, only their attributes, so the library stays free of
+pytest while every suite times the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .harness import warm_up
+from .variants import device_name
+
+
+def describe(benchmark, case, flops_per_call: float, images_per_call: int, **more) -> None:
+    """What a reader needs to interpret the number; rates are added by `rates` after timing."""
+    v = case.variant
+    benchmark.extra_info.update(
+        model=case.model, **v.fields(), batch=case.batch, flops_per_call=flops_per_call, images_per_call=images_per_call,
+        threads=torch.get_num_threads(), threads_pinned=bool(case.threads),
+        device_name=device_name(v.device), torch=torch.__version__, **more,
+    )  # fmt: skip
+
+
+def rates(benchmark) -> None:
+    """images/s and achieved GFLOP/s from the median (absent when timing is disabled)."""
+    stats = getattr(benchmark, "stats", None)
+    if not stats:
+        return
+    median = stats.stats.median
+    info = benchmark.extra_info
+    info["images_per_s"] = info["images_per_call"] / median
+    info["gflops_per_s"] = info["flops_per_call"] / median / 1e9
+
+
+def time_call(benchmark, case, call, suite: str, flops_per_call: float):
+    """The forward and train-step protocol: warm up the synchronised call, describe it, time it.
+
+    `call` comes from Workload.call_on, so it already ends with the device's synchronize.
+    Returns the call's result from the timed run, for the caller to check.
+    """
+    v = case.variant
+    compile_seconds = warm_up(call)
+    benchmark.group = f"{suite}-{case.model}-{v.device}-b{case.batch}"
+    describe(benchmark, case, flops_per_call, case.batch, suite=suite, dataset="mnist-5k",
+             compile_seconds=compile_seconds if v.compile != "off" else None)  # fmt: skip
+    result = benchmark(call)
+    rates(benchmark)
+    return result
