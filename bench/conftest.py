@@ -58,8 +58,11 @@ def pytest_addoption(parser):
     group.addoption("--bench-data-root", default=str(DEFAULT_ROOT), help=f"data root (default: {DEFAULT_ROOT})")
     group.addoption("--bench-threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     group.addoption("--bench-epoch-rounds", type=int, default=3, help="rounds of each full-epoch benchmark (default: 3)")
-    group.addoption("--bench-report", default=None,
-                    help=f"markdown report path (default: {REPORTS_DIR}/benchmarks-cpu.md, or -cuda.md with a GPU); JSON beside it")  # fmt: skip
+    group.addoption(
+        "--bench-report",
+        default=None,
+        help=f"markdown report path (default: {REPORTS_DIR}/benchmarks-cpu.md, or -cuda.md with a GPU); JSON beside it",
+    )
 
 
 DEFAULT_STORAGE = f"file://{home() / '.benchmarks'}"  # autosaves beside the reports, wherever pytest runs
@@ -144,9 +147,12 @@ def pytest_sessionfinish(session, exitstatus):
     machine = config.hook.pytest_benchmark_generate_machine_info(config=config)
     config.hook.pytest_benchmark_update_machine_info(config=config, machine_info=machine)
     output = config.hook.pytest_benchmark_generate_json(
-        config=config, benchmarks=state.timed, include_data=False, machine_info=machine,
+        config=config,
+        benchmarks=state.timed,
+        include_data=False,
+        machine_info=machine,
         commit_info=config.hook.pytest_benchmark_generate_commit_info(config=config),
-    )  # fmt: skip
+    )
     config.hook.pytest_benchmark_update_json(config=config, benchmarks=state.timed, output_json=output)
     report = _report_path(config)
     state.partial = exitstatus != 0

@@ -32,8 +32,9 @@ class Case:
     @property
     def id(self) -> str:
         """Rendered from the case's fields by the project's one vocabulary (mnist_models.core.variants)."""
-        return render_tag(model=self.model, loader=self.loader or None, **self.variant.fields(), threads=self.threads,
-                          batch_size=self.batch)  # fmt: skip
+        return render_tag(
+            model=self.model, loader=self.loader or None, **self.variant.fields(), threads=self.threads, batch_size=self.batch
+        )
 
 
 def case(

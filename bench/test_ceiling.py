@@ -97,8 +97,9 @@ def test_conv_ceiling(benchmark, device, precision):
 
     convolve()  # oneDNN / cuDNN pick and prepare their kernel on the first call
     benchmark.group = "ceiling"
-    benchmark.extra_info.update(suite="ceiling", op="conv", device=device, precision=precision, batch=batch,
-                                threads=torch.get_num_threads())  # fmt: skip
+    benchmark.extra_info.update(
+        suite="ceiling", op="conv", device=device, precision=precision, batch=batch, threads=torch.get_num_threads()
+    )
     out = benchmark(convolve)
     assert out.shape == x.shape and torch.isfinite(out[:1, :4].float()).all()
     if getattr(benchmark, "stats", None):

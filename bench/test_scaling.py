@@ -64,8 +64,15 @@ class ScalingCase:
 
     @property
     def id(self) -> str:
-        return render_tag(model=self.model, device="cpu", compile="off", precision="fp32", threads=self.threads,
-                          ranks=self.ranks if self.ranks > 1 else None, batch_size=self.batch)  # fmt: skip
+        return render_tag(
+            model=self.model,
+            device="cpu",
+            compile="off",
+            precision="fp32",
+            threads=self.threads,
+            ranks=self.ranks if self.ranks > 1 else None,
+            batch_size=self.batch,
+        )
 
     def __str__(self) -> str:
         return self.id
@@ -84,9 +91,28 @@ def cases() -> list:
 
 def run_job(case: ScalingCase, steps: int, out) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(case.threads)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(case.ranks), "--monitor-interval", "0.5",
-           "-m", "mnist_models.scale.scaling", "--model", case.model, "--per-rank-batch", str(case.per_rank_batch), "--steps", str(steps),
-           "--threads", str(case.threads), "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(case.ranks),
+        "--monitor-interval",
+        "0.5",
+        "-m",
+        "mnist_models.scale.scaling",
+        "--model",
+        case.model,
+        "--per-rank-batch",
+        str(case.per_rank_batch),
+        "--steps",
+        str(steps),
+        "--threads",
+        str(case.threads),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text())
@@ -100,9 +126,19 @@ def test_ddp_step(benchmark, case, tmp_path, request):
     assert job["world_size"] == case.ranks and job["threads_per_rank"] == case.threads
     assert len(job["step_s"]) == steps and min(job["step_s"]) > 0
     benchmark.group = f"scaling-{case.model}-cpu"
-    describe(benchmark, case, build_model(case.model).train_flops_per_image() * case.batch, case.batch, suite="scaling",
-             world_size=case.ranks, threads_per_rank=case.threads, per_rank_batch=case.per_rank_batch, scaling=case.kind,
-             allreduce_share=job["allreduce_share"], dataset="mnist-5k")  # fmt: skip
+    describe(
+        benchmark,
+        case,
+        build_model(case.model).train_flops_per_image() * case.batch,
+        case.batch,
+        suite="scaling",
+        world_size=case.ranks,
+        threads_per_rank=case.threads,
+        per_rank_batch=case.per_rank_batch,
+        scaling=case.kind,
+        allreduce_share=job["allreduce_share"],
+        dataset="mnist-5k",
+    )
     benchmark.extra_info.update(threads=case.threads, threads_pinned=True)  # per rank; no case is the session's baseline
     CLOCK.pending = list(job["step_s"])
     benchmark.pedantic(CLOCK.replay, rounds=len(job["step_s"]), iterations=1)

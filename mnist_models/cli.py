@@ -63,15 +63,30 @@ def _add_variant_flags(parser: argparse.ArgumentParser, threads_default: int | N
     """The switches shared by train, sweep and profile (docs/DESIGN.md, Variants); `_variant` reads them back."""
     d = functools.partial(_default, Variant)
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda when a GPU is visible (default: auto)")
-    parser.add_argument("--compile", default=d("compile"), choices=COMPILE_MODES,
-                        help=f"torch.compile mode, or off for eager (default: {d('compile')})")  # fmt: skip
-    parser.add_argument("--precision", default=d("precision"), choices=PRECISIONS,
-                        help=f"fp32, bf16 autocast, or fp16 autocast + GradScaler (cuda only) (default: {d('precision')})")  # fmt: skip
+    parser.add_argument(
+        "--compile",
+        default=d("compile"),
+        choices=COMPILE_MODES,
+        help=f"torch.compile mode, or off for eager (default: {d('compile')})",
+    )
+    parser.add_argument(
+        "--precision",
+        default=d("precision"),
+        choices=PRECISIONS,
+        help=f"fp32, bf16 autocast, or fp16 autocast + GradScaler (cuda only) (default: {d('precision')})",
+    )
     parser.add_argument("--channels-last", action="store_true", help="run the convolutions in NHWC (channels_last) memory format")
-    parser.add_argument("--fast", action="store_true",
-                        help="the fast training path: max-pool before ReLU, in-place ReLU, fused Adam (the same function and weights)")  # fmt: skip
-    parser.add_argument("--threads", type=_positive_int, default=threads_default,
-                        help=f"torch intra-op threads, at most {MAX_THREADS_PER_CPU}x the logical CPUs (default: torch's choice)")  # fmt: skip
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="the fast training path: max-pool before ReLU, in-place ReLU, fused Adam (the same function and weights)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=threads_default,
+        help=f"torch intra-op threads, at most {MAX_THREADS_PER_CPU}x the logical CPUs (default: torch's choice)",
+    )
 
 
 def _variant(args: argparse.Namespace) -> Variant:
@@ -86,7 +101,11 @@ def _add_data_flags(parser: argparse.ArgumentParser, default_dataset: str = _def
         choices=DATASETS,
         help=f"mnist needs internet or files in the data root; mnist-5k and fashion-mnist work offline (default: {default_dataset})",
     )
-    parser.add_argument("--data-root", default=str(DEFAULT_ROOT), help=f"where torchvision-layout datasets live or are downloaded (default: {DEFAULT_ROOT})")  # fmt: skip
+    parser.add_argument(
+        "--data-root",
+        default=str(DEFAULT_ROOT),
+        help=f"where torchvision-layout datasets live or are downloaded (default: {DEFAULT_ROOT})",
+    )
 
 
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
@@ -117,17 +136,28 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         "--runs-dir", default=str(DEFAULT_RUNS_DIR), help=f"where run records (JSON) and weights go (default: {DEFAULT_RUNS_DIR})"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
-    parser.add_argument("--no-latency", action="store_true",
-                        help="skip the forward-latency measurement after training (a few seconds; reports then show '-')")  # fmt: skip
+    parser.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="skip the forward-latency measurement after training (a few seconds; reports then show '-')",
+    )
 
 
 def _train_config(args: argparse.Namespace, **overrides) -> TrainConfig:
     fields = dict(
-        model=getattr(args, "model", _default(TrainConfig, "model")), dataset=args.dataset, data_root=args.data_root,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=getattr(args, "seed", _default(TrainConfig, "seed")),
-        variant=_variant(args), loader=args.loader, eval_batch_size=args.eval_batch_size, threads=args.threads,
+        model=getattr(args, "model", _default(TrainConfig, "model")),
+        dataset=args.dataset,
+        data_root=args.data_root,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=getattr(args, "seed", _default(TrainConfig, "seed")),
+        variant=_variant(args),
+        loader=args.loader,
+        eval_batch_size=args.eval_batch_size,
+        threads=args.threads,
         measure_latency=not args.no_latency,
-    )  # fmt: skip
+    )
     return TrainConfig(**(fields | overrides))
 
 
@@ -148,9 +178,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     batch = args.per_rank_batch * world if args.per_rank_batch else args.batch_size
     config = _train_config(args, ranks=world, batch_size=batch, backend=args.backend).with_choice(_chosen_variant(args))
     record, path = train_and_store(
-        config, RunStore(args.runs_dir), overwrite=args.overwrite, progress=_show_progress(args), rank=rank,
+        config,
+        RunStore(args.runs_dir),
+        overwrite=args.overwrite,
+        progress=_show_progress(args),
+        rank=rank,
         log=(lambda line: print(line, file=sys.stderr)) if args.json else print,  # --json: stdout holds the JSON alone
-    )  # fmt: skip
+    )
     if record is None:
         return 0  # not rank 0: rank 0 writes the record
     warning = busy_warning(record.busy_before_start)
@@ -171,9 +205,13 @@ def _chosen_variant(args: argparse.Namespace) -> dict:
         return {}
     from .runs.sweep import spec_choice
 
-    switches = {"--loader": args.loader != _default(TrainConfig, "loader"), "--compile": args.compile != _default(Variant, "compile"),
-                "--precision": args.precision != _default(Variant, "precision"), "--channels-last": args.channels_last,
-                "--fast": args.fast}  # fmt: skip
+    switches = {
+        "--loader": args.loader != _default(TrainConfig, "loader"),
+        "--compile": args.compile != _default(Variant, "compile"),
+        "--precision": args.precision != _default(Variant, "precision"),
+        "--channels-last": args.channels_last,
+        "--fast": args.fast,
+    }
     both = [flag for flag, given in switches.items() if given]
     if both:
         raise UsageError(f"--variant sets the variant; leave out {', '.join(both)} (or name it in the spec)")
@@ -197,8 +235,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
             print(f"  {name:45s} {result.epochs[name]:6.2f} s")
         print(f"  {'the seed pipeline (seed-eager-fp32)':45s} {result.reference[model]:6.2f} s")
         speedup = result.reference[model] / result.epochs[best.name]
-        print(f"best for {model}: {best.spec} with {best.threads} thread(s), {speedup:.2f}x the seed pipeline's epoch "
-              f"(mnist-bench train --model {model} --variant best)")  # fmt: skip
+        print(
+            f"best for {model}: {best.spec} with {best.threads} thread(s), {speedup:.2f}x the seed pipeline's epoch "
+            f"(mnist-bench train --model {model} --variant best)"
+        )
     print(f"\nstored in {path}")
     return 0
 
@@ -213,8 +253,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     from .runs.sweep import run_sweep, sweep_configs
 
-    cluster_flags = [flag for flag, value in (("--address", args.address), ("--cpus-per-run", args.cpus_per_run),
-                                              ("--max-retries", args.max_retries)) if value is not None]  # fmt: skip
+    cluster_flags = [
+        flag
+        for flag, value in (
+            ("--address", args.address),
+            ("--cpus-per-run", args.cpus_per_run),
+            ("--max-retries", args.max_retries),
+        )
+        if value is not None
+    ]
     if args.cluster == "none" and cluster_flags:
         raise UsageError(
             f"{', '.join(cluster_flags)}: for a sweep on a cluster, which --cluster none (the default) is not; add --cluster ray"
@@ -225,16 +272,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from .runs.cluster import DEFAULT_ADDRESS, DEFAULT_MAX_RETRIES, run_cluster_sweep
 
         result = run_cluster_sweep(
-            configs, Path(args.runs_dir), address=args.address or DEFAULT_ADDRESS, cpus_per_run=args.cpus_per_run,
+            configs,
+            Path(args.runs_dir),
+            address=args.address or DEFAULT_ADDRESS,
+            cpus_per_run=args.cpus_per_run,
             max_retries=DEFAULT_MAX_RETRIES if args.max_retries is None else args.max_retries,
-            progress=_show_progress(args), redo_contended=args.redo_contended,
-        )  # fmt: skip
+            progress=_show_progress(args),
+            redo_contended=args.redo_contended,
+        )
     else:
         result = run_sweep(configs, Path(args.runs_dir), progress=_show_progress(args), redo_contended=args.redo_contended)
     elsewhere = f", {result['claimed_elsewhere']} being trained by another sweep" if result["claimed_elsewhere"] else ""
     failed = f", {len(result['failed'])} FAILED" if result["failed"] else ""
-    print(f"sweep done: {result['trained']} trained, {result['skipped']} already finished{elsewhere}{failed}; "
-          f"records in {args.runs_dir}/{args.dataset}")  # fmt: skip
+    print(
+        f"sweep done: {result['trained']} trained, {result['skipped']} already finished{elsewhere}{failed}; "
+        f"records in {args.runs_dir}/{args.dataset}"
+    )
     for name, reason in result["failed"]:
         print(f"mnist-bench: error: run {name} failed: {reason}", file=sys.stderr)
     return 1 if result["failed"] else 0
@@ -278,9 +331,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if launched:
         return 0
     config = ProfileConfig(
-        model=args.model, mode=args.mode, variant=_variant(args), batch_size=args.batch_size, wait=args.wait,
-        warmup=args.warmup, active=args.active, out_dir=args.out, threads=args.threads, ranks=rank.world_size if rank else 1,
-    )  # fmt: skip
+        model=args.model,
+        mode=args.mode,
+        variant=_variant(args),
+        batch_size=args.batch_size,
+        wait=args.wait,
+        warmup=args.warmup,
+        active=args.active,
+        out_dir=args.out,
+        threads=args.threads,
+        ranks=rank.world_size if rank else 1,
+    )
     if rank and config.mode != "train":
         raise UsageError("profile --nproc profiles DDP train steps; --mode forward has nothing to distribute")
     try:
@@ -367,10 +428,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .reporting.gate import compare_and_gate
 
     return compare_and_gate(
-        [Path(p) for p in args.files], Path(args.out), fail_above=args.fail_above,
-        baselines=Path(args.baselines) if args.baselines else None, plot=not args.no_plot,
+        [Path(p) for p in args.files],
+        Path(args.out),
+        fail_above=args.fail_above,
+        baselines=Path(args.baselines) if args.baselines else None,
+        plot=not args.no_plot,
         warn=lambda line: print(line, file=sys.stderr),
-    )  # fmt: skip
+    )
 
 
 def _train_parser(sub) -> None:
@@ -410,8 +474,12 @@ def _train_parser(sub) -> None:
         default=None,
         help="weak scaling: this batch on every rank (default: the global --batch-size split among the ranks)",
     )
-    p.add_argument("--backend", default=d("backend"), choices=BACKENDS,
-                   help=f"torch.distributed backend under DDP: auto is gloo on cpu, nccl on cuda (default: {d('backend')})")  # fmt: skip
+    p.add_argument(
+        "--backend",
+        default=d("backend"),
+        choices=BACKENDS,
+        help=f"torch.distributed backend under DDP: auto is gloo on cpu, nccl on cuda (default: {d('backend')})",
+    )
     _add_data_flags(p)
     _add_recipe_flags(p)
     _add_variant_flags(p)
@@ -428,10 +496,19 @@ def _sweep_parser(sub) -> None:
         "e.g. seed-eager-fp32 (the seed's pipeline) or tensor-eager-fp32-cl.",
     )
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="nets to train (default: both)")
-    p.add_argument("--variants", nargs="+", default=["seed-eager-fp32"],
-                   help="variant specs, or best: what mnist-bench tune stored for this machine (default: seed-eager-fp32)")  # fmt: skip
-    p.add_argument("--seeds", nargs="+", type=_seed, default=[SEED, SEED + 1, SEED + 2],
-                   help=f"seeds (default: {SEED} {SEED + 1} {SEED + 2})")  # fmt: skip
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["seed-eager-fp32"],
+        help="variant specs, or best: what mnist-bench tune stored for this machine (default: seed-eager-fp32)",
+    )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=_seed,
+        default=[SEED, SEED + 1, SEED + 2],
+        help=f"seeds (default: {SEED} {SEED + 1} {SEED + 2})",
+    )
     p.add_argument(
         "--cluster",
         choices=("none", "ray"),
@@ -535,7 +612,9 @@ def _report_parser(sub) -> None:
         default=None,
         help=f"accuracy-vs-cost markdown; PNG plots go beside it (default: {REPORTS_DIR / 'accuracy-vs-cost.md'})",
     )
-    p.add_argument("--bench-json", default=None, help=f"a pytest-benchmark JSON file (default: the newest {REPORTS_DIR}/benchmarks-*.json)")  # fmt: skip
+    p.add_argument(
+        "--bench-json", default=None, help=f"a pytest-benchmark JSON file (default: the newest {REPORTS_DIR}/benchmarks-*.json)"
+    )
     p.add_argument("--bench-out", default=None, help="also render the benchmark report from --bench-json to this markdown path")
     p.add_argument("--no-accuracy", action="store_true", help="only the benchmark report (with --bench-json and --bench-out)")
     p.set_defaults(func=cmd_report)
@@ -583,8 +662,12 @@ def _tune_parser(sub) -> None:
         "store the fastest per net for train --variant best and sweep --variants best. Run it alone on the machine.",
     )
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="nets to tune (default: both)")
-    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
-                   help=f"seconds to spend; a timing under way is finished (default: {DEFAULT_BUDGET_S})")  # fmt: skip
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=DEFAULT_BUDGET_S,
+        help=f"seconds to spend; a timing under way is finished (default: {DEFAULT_BUDGET_S})",
+    )
     p.add_argument("--with-compile", action="store_true", help="also time torch.compile candidates (tens of seconds each)")
     p.add_argument(
         "--out-dir", default=str(DEFAULT_TUNE_DIR), help=f"where the result goes, per machine (default: {DEFAULT_TUNE_DIR})"

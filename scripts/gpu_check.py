@@ -103,14 +103,31 @@ def plan(reports: Path, bench: dict | None, dataset: str) -> list[Step]:
                 str(reports / "benchmarks-cuda.md"),
             ),
             240,
-        ),  # fmt: skip
+        ),
     ]
     for model in MODELS:
         best = fastest(bench, "train-step", model, "cuda", 100) if bench else None
         for flags in {(): [], tuple(variant_flags(best)): variant_flags(best)}.values():
-            steps.append(Step(f"profile {model} {' '.join(flags) or 'eager fp32'}",
-                              mnist_bench("profile", "--model", model, "--device", "cuda", *flags, "--out", str(reports / "traces"),
-                                          "--summary-dir", str(kernels), "--report", str(reports / "conv-kernels-cuda.md")), 120))  # fmt: skip
+            steps.append(
+                Step(
+                    f"profile {model} {' '.join(flags) or 'eager fp32'}",
+                    mnist_bench(
+                        "profile",
+                        "--model",
+                        model,
+                        "--device",
+                        "cuda",
+                        *flags,
+                        "--out",
+                        str(reports / "traces"),
+                        "--summary-dir",
+                        str(kernels),
+                        "--report",
+                        str(reports / "conv-kernels-cuda.md"),
+                    ),
+                    120,
+                )
+            )
     for model in MODELS:
         best = fastest(bench, "train-step", model, "cuda", 100) if bench else None
         common = [
@@ -134,9 +151,31 @@ def plan(reports: Path, bench: dict | None, dataset: str) -> list[Step]:
             )
         )
     if has_ddp():
-        steps.append(Step("DDP, one GPU, nccl", mnist_bench("train", "--nproc", "1", "--backend", "nccl", "--model", "simple", "--dataset",
-                                                            dataset, "--epochs", "1", "--device", "cuda", "--runs-dir", str(runs / "ddp"),
-                                                            "--no-progress", "--overwrite"), 180))  # fmt: skip
+        steps.append(
+            Step(
+                "DDP, one GPU, nccl",
+                mnist_bench(
+                    "train",
+                    "--nproc",
+                    "1",
+                    "--backend",
+                    "nccl",
+                    "--model",
+                    "simple",
+                    "--dataset",
+                    dataset,
+                    "--epochs",
+                    "1",
+                    "--device",
+                    "cuda",
+                    "--runs-dir",
+                    str(runs / "ddp"),
+                    "--no-progress",
+                    "--overwrite",
+                ),
+                180,
+            )
+        )
     return steps
 
 
@@ -182,8 +221,14 @@ def summary(results: list[tuple[Step, str, float]], reports: Path, dataset: str)
     for r in (r for r in records if r.device == "cuda" and r.dataset.name == dataset):
         line = f"  {r.name}: {r.train_seconds / len(r.epochs):.2f} s/epoch, accuracy {r.test_accuracy:.4f}"
         for target in (0.9874, 0.9838):  # the seed's printed accuracies (MNIST, raw-pixel evaluation)
-            reached = next((sum(e.seconds for e in r.epochs[: i + 1]) for i, e in enumerate(r.epochs)
-                            if e.test_accuracy is not None and e.test_accuracy >= target), None)  # fmt: skip
+            reached = next(
+                (
+                    sum(e.seconds for e in r.epochs[: i + 1])
+                    for i, e in enumerate(r.epochs)
+                    if e.test_accuracy is not None and e.test_accuracy >= target
+                ),
+                None,
+            )
             line += f"; to {target}: " + (f"{reached:.1f} s" if reached is not None else "not reached")
         lines.append(line)
     return "\n".join(lines)

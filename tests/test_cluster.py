@@ -45,10 +45,29 @@ def cluster():
         nodes.shutdown()
 
 
-def sweep_cli(address, runs, *extra):
-    cmd = [sys.executable, "-m", "mnist_models", "sweep", "--cluster", "ray", "--address", address, "--dataset", "mnist-5k",
-           "--epochs", "1", "--seeds", "1", "--runs-dir", str(runs), "--no-latency", "--no-progress", *extra]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=SWEEP_TIMEOUT, env=os.environ | LOOPBACK)
+def sweep_cli(address, runs, *extra, env=None):
+    cmd = [
+        sys.executable,
+        "-m",
+        "mnist_models",
+        "sweep",
+        "--cluster",
+        "ray",
+        "--address",
+        address,
+        "--dataset",
+        "mnist-5k",
+        "--epochs",
+        "1",
+        "--seeds",
+        "1",
+        "--runs-dir",
+        str(runs),
+        "--no-latency",
+        "--no-progress",
+        *extra,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=SWEEP_TIMEOUT, env=os.environ | LOOPBACK | (env or {}))
 
 
 @pytest.mark.slow
@@ -76,6 +95,31 @@ def test_a_sweep_on_two_nodes_returns_complete_records_and_a_rerun_resumes(clust
 
 
 @pytest.mark.slow
+def test_a_sweep_mixing_best_and_a_plain_variant_skips_every_finished_run_on_a_rerun(cluster, tmp_path):
+    """The tuned choice names 2 threads, the plain variant takes the node's reserved CPU: the driver once
+    named every claim with the first config's threads only, so the plain run was saved as -t1- but
+    looked for as -t2- and trained again on every rerun."""
+    from mnist_models.core.variants import Variant
+    from mnist_models.runs import tune
+
+    home = tmp_path / "home"
+    best = tune.Candidate("simple", 2, Variant("cpu", "off", "fp32", True, True))
+    result = tune.Tuning({}, {}, {"simple": best}, {"simple": 1.0}, [], [], 0.0)
+    tune.save_tuning(result, home / "reports" / "tune")
+    env = {"MNIST_BENCH_HOME": str(home)}
+    runs = tmp_path / "runs"
+    args = ("--models", "simple", "--variants", "best", "seed-eager-fp32")
+    first = sweep_cli(cluster.address, runs, *args, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "sweep done: 2 trained, 0 already finished" in first.stdout
+    names = sorted(r.name for r in RunStore(runs).load_all()[0])
+    assert names == ["simple-seed-cpu-eager-fp32-t1-e1-s1", "simple-tensor-cpu-eager-fp32-cl-fast-t2-e1-s1"]
+    again = sweep_cli(cluster.address, runs, *args, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "sweep done: 0 trained, 2 already finished" in again.stdout
+
+
+@pytest.mark.slow
 def test_a_run_that_raises_fails_alone_and_the_sweep_says_so(cluster, tmp_path):
     [good] = sweep_configs(BASE, ["simple"], ["tensor-eager-fp32"], [1])
     bad = replace(good, lr=1e9, seed=2)  # diverges: a TrainingDiverged inside the task
@@ -93,15 +137,16 @@ def test_a_run_that_raises_fails_alone_and_the_sweep_says_so(cluster, tmp_path):
 def test_a_killed_worker_is_retried_and_the_sweep_completes(cluster, tmp_path):
     marker = tmp_path / "killed-once"
 
-    def dies_once(config, dataset, cpus):  # a worker process killed in the middle of its run, once
+    def dies_once(config, key, dataset, cpus):  # a worker process killed in the middle of its run, once
         if not marker.exists():
             marker.touch()
             os._exit(9)
-        return train_on_node(config, dataset, cpus)
+        return train_on_node(config, key, dataset, cpus)
 
     configs = sweep_configs(BASE, ["simple"], ["tensor-eager-fp32"], [1])
-    counts = run_cluster_sweep(configs, tmp_path / "runs", address=cluster.address, progress=False, log=lambda line: None,
-                               task=dies_once)  # fmt: skip
+    counts = run_cluster_sweep(
+        configs, tmp_path / "runs", address=cluster.address, progress=False, log=lambda line: None, task=dies_once
+    )
     assert marker.exists(), "the first attempt died"
     assert counts["trained"] == 1 and counts["failed"] == []
     assert len(RunStore(tmp_path / "runs").load_all()[0]) == 1
@@ -109,8 +154,9 @@ def test_a_killed_worker_is_retried_and_the_sweep_completes(cluster, tmp_path):
     # Without retries the same death is the run's failure, named, and nothing is written.
     marker.unlink()
     other = sweep_configs(BASE, ["simple"], ["tensor-eager-fp32"], [2])
-    counts = run_cluster_sweep(other, tmp_path / "runs", address=cluster.address, max_retries=0, progress=False,
-                               log=lambda line: None, task=dies_once)  # fmt: skip
+    counts = run_cluster_sweep(
+        other, tmp_path / "runs", address=cluster.address, max_retries=0, progress=False, log=lambda line: None, task=dies_once
+    )
     [(name, reason)] = counts["failed"]
     assert name.endswith("-s2") and "died" in reason.lower()
     assert len(RunStore(tmp_path / "runs").load_all()[0]) == 1

@@ -18,17 +18,33 @@ OTHER = {**MACHINE, "cpu": "Other CPU (family 9, model 9)", "cpu_isa": ["avx2", 
 
 
 def bench(name, median, spread, **info):
-    info = {"suite": "train-step", "model": "simple", "device": "cpu", "batch": 100, "compile": "off", "precision": "fp32",
-            "channels_last": False, "flops_per_call": 2e9, "images_per_call": 100, **info}  # fmt: skip
+    info = {
+        "suite": "train-step",
+        "model": "simple",
+        "device": "cpu",
+        "batch": 100,
+        "compile": "off",
+        "precision": "fp32",
+        "channels_last": False,
+        "flops_per_call": 2e9,
+        "images_per_call": 100,
+        **info,
+    }
     stats = {"median": median, "q1": median - spread, "q3": median + spread, "iqr": 2 * spread, "rounds": 9}
     return {"name": f"test_train_step[{name}]", "group": "train-step-simple-cpu-b100", "stats": stats, "extra_info": info}
 
 
 def run_json(path: Path, medians: dict, machine=MACHINE, busy=False) -> Path:
-    rows = [bench("simple-cpu-eager-fp32-b100", medians["eager"], 0.001),
-            bench("simple-cpu-eager-fp32-cl-b100", medians["cl"], 0.001, channels_last=True)]  # fmt: skip
-    data = {"datetime": "2026-11-29T12:00:00", "benchmarks": rows, "machine_info": {"mnist_bench": machine},
-            "mnist_bench": {"busy": {"busy": busy, "reason": "a neighbour" if busy else ""}}}  # fmt: skip
+    rows = [
+        bench("simple-cpu-eager-fp32-b100", medians["eager"], 0.001),
+        bench("simple-cpu-eager-fp32-cl-b100", medians["cl"], 0.001, channels_last=True),
+    ]
+    data = {
+        "datetime": "2026-11-29T12:00:00",
+        "benchmarks": rows,
+        "machine_info": {"mnist_bench": machine},
+        "mnist_bench": {"busy": {"busy": busy, "reason": "a neighbour" if busy else ""}},
+    }
     path.write_text(json.dumps(data))
     return path
 
@@ -122,9 +138,27 @@ def test_a_subset_never_writes_over_the_full_report(tmp_path):
     full = reports / "benchmarks-cpu.md"
     full.write_text("the full report\n")
     # A subset with no --bench-report, with a home (paths.py) whose reports/ is the one above.
-    result = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "bench"), "-q", "--benchmark-only", "-k", "ceiling and cpu-fp32-n512",
-                             "-p", "no:cacheprovider", "--rootdir", str(ROOT)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                            env=os.environ | {"MNIST_BENCH_HOME": str(tmp_path)})  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(ROOT / "bench"),
+            "-q",
+            "--benchmark-only",
+            "-k",
+            "ceiling and cpu-fp32-n512",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=os.environ | {"MNIST_BENCH_HOME": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     assert full.read_text() == "the full report\n"
     assert (reports / "benchmarks-cpu.subset.md").exists() and (reports / "benchmarks-cpu.subset.json").exists()

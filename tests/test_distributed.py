@@ -54,8 +54,19 @@ def test_a_global_batch_that_does_not_divide_is_an_error():
 def two_ranks(tmp_path_factory):
     """A 2-rank job (strong scaling: 2 x 50) that keeps each rank's final weights."""
     out = tmp_path_factory.mktemp("ddp2")
-    result = run([*TORCHRUN, "--standalone", "--nproc-per-node", "2", str(HELPERS / "ddp_weights.py"), str(out),
-                  *TRAIN, "--runs-dir", str(out / "runs")])  # fmt: skip
+    result = run(
+        [
+            *TORCHRUN,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(HELPERS / "ddp_weights.py"),
+            str(out),
+            *TRAIN,
+            "--runs-dir",
+            str(out / "runs"),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -77,10 +88,51 @@ def test_two_ranks_end_with_identical_weights_and_one_record(two_ranks):
 
 
 @pytest.mark.slow
+def test_a_second_identical_torchrun_job_is_refused_before_it_trains(two_ranks):
+    """Under plain torchrun with OMP_NUM_THREADS exported, the 'already stored' check once built the run
+    key from that variable (-t2-) while the record was saved with the rank's own threads (-t1- here), so
+    the rerun trained to the end and then failed. The key is now resolved once, before the check."""
+    out, _ = two_ranks
+    env = os.environ | {"OMP_NUM_THREADS": "2"}  # not the CPUs / ranks that each rank uses (1 on 2 cores)
+    started = time.perf_counter()
+    result = run(
+        [
+            *TORCHRUN,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(HELPERS / "ddp_weights.py"),
+            str(out),
+            *TRAIN,
+            "--runs-dir",
+            str(out / "runs"),
+        ],
+        env=env,
+    )
+    assert result.returncode != 0
+    assert "already stored" in result.stderr and "[Epoch:" not in result.stdout  # refused, nothing trained
+    assert time.perf_counter() - started < 60
+    assert len(RunStore(out / "runs").load_all()[0]) == 1
+
+
+@pytest.mark.slow
 def test_two_ranks_of_50_follow_one_rank_of_100(two_ranks, tmp_path):
     out, _ = two_ranks
-    one = run([*TORCHRUN, "--standalone", "--nproc-per-node", "1", "-m", "mnist_models", *TRAIN, "--threads", "1",
-               "--runs-dir", str(tmp_path)])  # fmt: skip
+    one = run(
+        [
+            *TORCHRUN,
+            "--standalone",
+            "--nproc-per-node",
+            "1",
+            "-m",
+            "mnist_models",
+            *TRAIN,
+            "--threads",
+            "1",
+            "--runs-dir",
+            str(tmp_path),
+        ]
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     (single,), _ = RunStore(tmp_path).load_all()
     (pair,), _ = RunStore(out / "runs").load_all()
@@ -95,8 +147,13 @@ def test_two_ranks_of_50_follow_one_rank_of_100(two_ranks, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_rank_ends_the_job_cleanly(tmp_path):
-    job = subprocess.Popen([sys.executable, "-m", "mnist_models", *TRAIN, "--epochs", "100", "--nproc", "2", "--runs-dir",
-                            str(tmp_path / "runs")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    job = subprocess.Popen(
+        [sys.executable, "-m", "mnist_models", *TRAIN, "--epochs", "100", "--nproc", "2", "--runs-dir", str(tmp_path / "runs")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert job.stdout.readline().startswith("[Epoch:    1]")  # the ranks are training
         victims = [p for p in _children(job.pid) if _env(p).get("RANK") == "1"]
@@ -135,10 +192,30 @@ def _env(pid: int) -> dict:
 def _two_nodes(tmp_path, flags_a, flags_b):
     """Two torchrun launches of one rank each, meeting at a c10d rendezvous on 127.0.0.1."""
     port = free_port()
-    common = [*TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-              "--rdzv-id", f"test-{port}", "--monitor-interval", "0.5", "-m", "mnist_models", *TRAIN, "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
-    nodes = [subprocess.Popen([*common, *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for flags in (flags_a, flags_b)]  # fmt: skip
+    common = [
+        *TORCHRUN,
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        f"test-{port}",
+        "--monitor-interval",
+        "0.5",
+        "-m",
+        "mnist_models",
+        *TRAIN,
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
+    nodes = [
+        subprocess.Popen([*common, *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for flags in (flags_a, flags_b)
+    ]
     try:
         outputs = [node.communicate(timeout=LIMIT) for node in nodes]
         return [(node.returncode, out, err) for node, (out, err) in zip(nodes, outputs)]
@@ -174,9 +251,30 @@ def test_ranks_started_with_different_configs_fail_cleanly(tmp_path):
 
 @pytest.mark.slow
 def test_profile_on_two_ranks_writes_a_trace_per_rank_and_names_the_all_reduce(tmp_path):
-    result = run([sys.executable, "-m", "mnist_models", "profile", "--nproc", "2", "--batch-size", "32", "--wait", "1", "--warmup", "1",
-                  "--active", "2", "--out", str(tmp_path / "traces"), "--summary-dir", str(tmp_path / "kernels"), "--report",
-                  str(tmp_path / "kernels.md")])  # fmt: skip
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "mnist_models",
+            "profile",
+            "--nproc",
+            "2",
+            "--batch-size",
+            "32",
+            "--wait",
+            "1",
+            "--warmup",
+            "1",
+            "--active",
+            "2",
+            "--out",
+            str(tmp_path / "traces"),
+            "--summary-dir",
+            str(tmp_path / "kernels"),
+            "--report",
+            str(tmp_path / "kernels.md"),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "traces" / "simple-train-cpu-eager-fp32-r2-b32"
     traces = sorted(p.name for p in run_dir.glob("*.pt.trace.json"))

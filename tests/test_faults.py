@@ -44,8 +44,18 @@ def one_line_error(capsys, argv, code=2):
 
 def sweep_args(runs_dir: Path, *seeds: str) -> list[str]:
     """The one-model, one-variant sweep the tests run (seed 1 unless told)."""
-    return ["sweep", "--models", "simple", "--variants", "tensor-eager-fp32", "--seeds", *(seeds or ("1",)), *FAST,
-            "--runs-dir", str(runs_dir)]  # fmt: skip
+    return [
+        "sweep",
+        "--models",
+        "simple",
+        "--variants",
+        "tensor-eager-fp32",
+        "--seeds",
+        *(seeds or ("1",)),
+        *FAST,
+        "--runs-dir",
+        str(runs_dir),
+    ]
 
 
 def dead_pid() -> int:
@@ -65,6 +75,7 @@ def leftovers(folder: Path) -> list[str]:
 # --- 1. a finished run is never replaced by a different one ----------------------------------
 
 
+@pytest.mark.slow
 def test_runs_of_other_recipes_get_their_own_records(capsys, tmp_path):
     main_ok(capsys, ["train", *FAST, "--seed", "5", "--runs-dir", str(tmp_path)])
     main_ok(capsys, ["train", *FAST, "--seed", "5", "--epochs", "2", "--runs-dir", str(tmp_path)])
@@ -85,6 +96,7 @@ def test_the_same_recipe_again_is_refused_unless_overwrite(capsys, tmp_path):
     assert records_in(tmp_path)[name] != before[name]  # a new run (new timings), by request
 
 
+@pytest.mark.slow
 def test_a_sweep_of_another_recipe_trains_instead_of_skipping(capsys, tmp_path):
     sweep = sweep_args(tmp_path)
     assert "1 trained" in main_ok(capsys, sweep).out
@@ -92,6 +104,7 @@ def test_a_sweep_of_another_recipe_trains_instead_of_skipping(capsys, tmp_path):
     assert "0 trained, 1 already finished" in main_ok(capsys, [*sweep, "--epochs", "2"]).out
 
 
+@pytest.mark.slow
 def test_committed_evidence_is_not_replaced_by_the_readme_command(capsys, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(ROOT / "reports" / "runs" / "mnist-5k", runs / "mnist-5k", ignore=shutil.ignore_patterns("weights"))
@@ -118,10 +131,28 @@ def test_interrupted_benchmarks_write_a_partial_report_elsewhere(tmp_path):
     report.write_text("the complete report\n")
     env = {**os.environ, "PYTHONPATH": str(HELPERS)}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "bench", "-q", "--benchmark-only", "-k", "ceiling and cpu-fp32", "-p", "interrupt_after_first",
-         "--bench-report", str(report), "-p", "no:cacheprovider"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "bench",
+            "-q",
+            "--benchmark-only",
+            "-k",
+            "ceiling and cpu-fp32",
+            "-p",
+            "interrupt_after_first",
+            "--bench-report",
+            str(report),
+            "-p",
+            "no:cacheprovider",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
     assert result.returncode == 2, result.stdout[-2000:]  # pytest's "interrupted"
     assert report.read_text() == "the complete report\n"
     partial = tmp_path / "bench.partial.md"
@@ -225,8 +256,20 @@ def test_report_skips_wrong_shaped_records_and_reports_the_rest(capsys, tmp_path
 
 def test_report_reads_odd_benchmark_json(capsys, tmp_path):
     odd = tmp_path / "odd.json"
-    odd.write_text(json.dumps({"benchmarks": [{"name": "no stats"}, {"name": "x", "stats": {"median": 0.1, "iqr": 0.01, "rounds": 3},
-                                                                    "extra_info": {"suite": "forward", "batch": "many"}}]}))  # fmt: skip
+    odd.write_text(
+        json.dumps(
+            {
+                "benchmarks": [
+                    {"name": "no stats"},
+                    {
+                        "name": "x",
+                        "stats": {"median": 0.1, "iqr": 0.01, "rounds": 3},
+                        "extra_info": {"suite": "forward", "batch": "many"},
+                    },
+                ]
+            }
+        )
+    )
     out = tmp_path / "b.md"
     assert cli.main(["report", "--bench-json", str(odd), "--bench-out", str(out), "--no-accuracy"]) == 0
     assert "1 entries without a name and timings were left out" in out.read_text()
@@ -311,8 +354,13 @@ def test_a_dead_sweeps_claim_and_temp_files_are_cleaned(capsys, tmp_path):
 @pytest.mark.parametrize("where", ["weights", "record", "between"])
 def test_a_sweep_killed_while_saving_resumes_without_loss_or_repeat(tmp_path, where):
     sweep = sweep_args(tmp_path, "1", "2")
-    killed = subprocess.run([sys.executable, str(HELPERS / "kill_during_save.py"), where, "2", *sweep],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, str(HELPERS / "kill_during_save.py"), where, "2", *sweep],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     first = records_in(tmp_path)
     assert len(first) == 1  # the first run finished before the kill; the second did not

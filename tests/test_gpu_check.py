@@ -35,12 +35,14 @@ def _bench(name, median, **info):
 
 def test_the_fastest_measured_variant_becomes_the_training_flags():
     common = dict(suite="train-step", model="deep", device="cuda", batch=100)
-    data = {"benchmarks": [
-        _bench("eager", 0.004, compile="off", precision="fp32", channels_last=False, **common),
-        _bench("bf16-cl", 0.002, compile="off", precision="bf16", channels_last=True, **common),
-        _bench("bf16-cl-t1", 0.001, compile="off", precision="bf16", channels_last=True, threads_pinned=True, **common),
-        _bench("simple", 0.0005, compile="default", precision="fp16", channels_last=False, **{**common, "model": "simple"}),
-    ]}  # fmt: skip
+    data = {
+        "benchmarks": [
+            _bench("eager", 0.004, compile="off", precision="fp32", channels_last=False, **common),
+            _bench("bf16-cl", 0.002, compile="off", precision="bf16", channels_last=True, **common),
+            _bench("bf16-cl-t1", 0.001, compile="off", precision="bf16", channels_last=True, threads_pinned=True, **common),
+            _bench("simple", 0.0005, compile="default", precision="fp16", channels_last=False, **{**common, "model": "simple"}),
+        ]
+    }
     best = fastest(data, "train-step", "deep", "cuda", 100)
     assert (best["precision"], best["channels_last"]) == ("bf16", True)  # pinned-thread rows are not candidates
     flags = gpu_check.variant_flags(best)

@@ -214,14 +214,40 @@ def test_tensorboard_profiler_plugin_loads_the_trace(profiled):
 def test_profile_hides_kinetos_no_gpu_line_and_keeps_other_stderr(tmp_path):
     from mnist_models.profiling.profiler import KINETO_GPU_NOISE
 
-    bare = subprocess.run([sys.executable, "-c", "import torch\nwith torch.profiler.profile():\n    torch.ones(2) + 1"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    bare = subprocess.run(
+        [sys.executable, "-c", "import torch\nwith torch.profiler.profile():\n    torch.ones(2) + 1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if KINETO_GPU_NOISE not in bare.stderr:
         pytest.skip("this torch build does not print kineto's no-GPU line")
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_models", "profile", "--model", "simple", "--batch-size", "8", "--active", "1", "--warmup", "0",
-         "--out", str(tmp_path / "t"), "--summary-dir", str(tmp_path / "k"), "--report", str(tmp_path / "r.md"), "--threads", "1"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mnist_models",
+            "profile",
+            "--model",
+            "simple",
+            "--batch-size",
+            "8",
+            "--active",
+            "1",
+            "--warmup",
+            "0",
+            "--out",
+            str(tmp_path / "t"),
+            "--summary-dir",
+            str(tmp_path / "k"),
+            "--report",
+            str(tmp_path / "r.md"),
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert KINETO_GPU_NOISE not in result.stderr and "trace:" in result.stdout

@@ -270,12 +270,25 @@ def test_scaling_table_efficiencies_and_verdict():
     from mnist_models.reporting.benchmarks import scaling_rows
 
     def case(kind, ranks, threads, per_rank, median, share=0.0):
-        return _bench(f"simple-t{threads}-r{ranks}-b{per_rank * ranks}", "scaling-simple-cpu", median, suite="scaling", scaling=kind,
-                      world_size=ranks, threads_per_rank=threads, per_rank_batch=per_rank, batch=per_rank * ranks,
-                      allreduce_share=share)  # fmt: skip
+        return _bench(
+            f"simple-t{threads}-r{ranks}-b{per_rank * ranks}",
+            "scaling-simple-cpu",
+            median,
+            suite="scaling",
+            scaling=kind,
+            world_size=ranks,
+            threads_per_rank=threads,
+            per_rank_batch=per_rank,
+            batch=per_rank * ranks,
+            allreduce_share=share,
+        )
 
-    benches = [case("baseline", 1, 1, 100, 0.040), case("plain", 1, 2, 100, 0.025), case("strong", 2, 1, 50, 0.025, 0.2),
-               case("weak", 2, 1, 100, 0.050, 0.1)]  # fmt: skip
+    benches = [
+        case("baseline", 1, 1, 100, 0.040),
+        case("plain", 1, 2, 100, 0.025),
+        case("strong", 2, 1, 50, 0.025, 0.2),
+        case("weak", 2, 1, 100, 0.050, 0.1),
+    ]
     rows, verdict = scaling_rows(benches)
     by_kind = {row[1]: row for row in rows}
     assert by_kind["strong"][9] == "80% (strong)"  # 40 ms / (2 x 25 ms)
@@ -290,13 +303,26 @@ def test_the_benchmark_report_draws_speedups_and_images_per_batch(tmp_path):
     from mnist_models.reporting.benchmarks import write_report
 
     def forward(variant, batch, median, **info):
-        return _bench(f"simple-cpu-{variant}-b{batch}", f"forward-simple-cpu-b{batch}", median, suite="forward", model="simple",
-                      device="cpu", batch=batch, images_per_call=batch, **info)  # fmt: skip
+        return _bench(
+            f"simple-cpu-{variant}-b{batch}",
+            f"forward-simple-cpu-b{batch}",
+            median,
+            suite="forward",
+            model="simple",
+            device="cpu",
+            batch=batch,
+            images_per_call=batch,
+            **info,
+        )
 
     eager = dict(compile="off", precision="fp32", channels_last=False)
     cl = dict(eager, channels_last=True)
-    data = {"datetime": "2026-11-29T10:00:00", "benchmarks": [forward("eager-fp32", b, b * 1e-4, **eager) for b in (1, 100, 1000)]
-            + [forward("eager-fp32-cl", b, b * 5e-5, **cl) for b in (1, 100, 1000)], "mnist_bench": {}}  # fmt: skip
+    data = {
+        "datetime": "2026-11-29T10:00:00",
+        "benchmarks": [forward("eager-fp32", b, b * 1e-4, **eager) for b in (1, 100, 1000)]
+        + [forward("eager-fp32-cl", b, b * 5e-5, **cl) for b in (1, 100, 1000)],
+        "mnist_bench": {},
+    }
     report = write_report(data, tmp_path / "bench.md")
     text = report.read_text()
     assert "![bench-speedups](bench-speedups.png)" in text and "![bench-batch](bench-batch.png)" in text

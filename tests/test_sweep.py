@@ -33,6 +33,7 @@ def test_grid_is_seed_major():
     assert [(c.seed, c.model) for c in configs] == [(1, "simple"), (1, "deep"), (2, "simple"), (2, "deep")]
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_and_loses_nothing(tmp_path, monkeypatch):
     configs = sweep_configs(BASE, ["simple"], ["tensor-eager-fp32"], [1, 2, 3])
     real_train = sweep_mod.train
@@ -83,6 +84,7 @@ def test_missing_runs_dir(tmp_path):
         load_runs(tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_redo_contended_retrains_only_runs_timed_on_a_shared_cpu(tmp_path):
     configs = sweep_configs(BASE, ["simple"], ["tensor-eager-fp32"], [1, 2])
     run_sweep(configs, tmp_path, progress=False, log=lambda line: None)

@@ -67,8 +67,14 @@ def test_train_and_sweep_use_the_stored_choice(tuned, monkeypatch):
     stored = json.loads(path.read_text())
     assert stored["best"]["simple"]["variant"]["fast"] is True and stored["machine"]["cpu"]
     fields = tune.best_choice("simple")  # from the default folder: the one the CLI reads
-    assert fields == {"loader": "tensor", "compile": "off", "precision": "bf16", "channels_last": True, "fast": True,
-                      "threads": stored["best"]["simple"]["threads"]}  # fmt: skip
+    assert fields == {
+        "loader": "tensor",
+        "compile": "off",
+        "precision": "bf16",
+        "channels_last": True,
+        "fast": True,
+        "threads": stored["best"]["simple"]["threads"],
+    }
     [config] = sweep_configs(TrainConfig(dataset="mnist-5k"), ["simple"], ["best"], [1])
     assert config.loader == "tensor" and config.variant == Variant("auto", "off", "bf16", True, True)
 
@@ -81,3 +87,35 @@ def test_best_without_a_tune_result_is_one_line(tmp_path, monkeypatch, capsys):
     assert "run mnist-bench tune first" in capsys.readouterr().err
     assert cli.main(["train", "--variant", "tensor-eager-fp32", "--fast", "--runs-dir", str(tmp_path)]) == 2
     assert "leave out --fast" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_sweep_mixing_best_and_a_plain_variant_skips_every_finished_run_on_a_rerun(tuned, monkeypatch, tmp_path, capsys):
+    """The tuned choice names its threads, the plain variant leaves them to the process: each run's key
+    is resolved once, so the run that trains after the tuned one neither inherits its thread count nor
+    is saved under another name than the one the rerun looks for."""
+    _, path = tuned
+    monkeypatch.setattr(tune, "DEFAULT_TUNE_DIR", path.parent)
+    runs = tmp_path / "runs"
+    argv = [
+        "sweep",
+        "--models",
+        "simple",
+        "--variants",
+        "best",
+        "seed-eager-fp32",
+        "--seeds",
+        "1",
+        "--dataset",
+        "mnist-5k",
+        "--epochs",
+        "1",
+        "--no-latency",
+        "--no-progress",
+        "--runs-dir",
+        str(runs),
+    ]
+    assert cli.main(argv) == 0
+    assert "2 trained, 0 already finished" in capsys.readouterr().out
+    assert cli.main(argv) == 0
+    assert "0 trained, 2 already finished" in capsys.readouterr().out

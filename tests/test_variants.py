@@ -97,7 +97,11 @@ def test_run_names_carry_the_whole_recipe(config):
     assert named["model"] == key.model and named["loader"] == key.loader and named["threads"] == key.threads
     assert Variant(**{f: named.get(f, getattr(Variant(), f)) for f in Variant.VARIANT_FIELDS}) == key.variant
     assert (named.get("epochs", 15), named.get("batch_size", 100), named.get("lr", 1e-3), named["seed"]) == (
-        key.epochs, key.batch_size, key.lr, key.seed)  # fmt: skip
+        key.epochs,
+        key.batch_size,
+        key.lr,
+        key.seed,
+    )
 
 
 def test_names_differ_whenever_the_recipe_does():

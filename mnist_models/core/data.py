@@ -232,8 +232,16 @@ class TensorBatches:
     r-th slice of B. So W ranks x B see, step for step, the images one process x B*W would.
     """
 
-    def __init__(self, split: Split, batch_size: int, device: torch.device | str = "cpu", shuffle: bool = True,
-                 rank: int = 0, world: int = 1, generator: torch.Generator | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> None:
         self.images = split.images.to(device).unsqueeze(1)  # (N, 1, 28, 28) uint8
         self.labels = split.labels.to(device)
         self.batch_size = batch_size  # per rank
@@ -255,15 +263,23 @@ class TensorBatches:
             yield self.images[idx].float().div_(255), self.labels[idx]
 
 
-def make_loader(kind: str, split: Split, batch_size: int, device: torch.device | str = "cpu", rank: int = 0, world: int = 1,
-                shuffle_seed: int | None = None):  # fmt: skip
+def make_loader(
+    kind: str,
+    split: Split,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world: int = 1,
+    shuffle_seed: int | None = None,
+):
     """A loader of per-rank batches. `shuffle_seed` (under DDP) gives every rank the same shuffle
     each epoch from its own generator; without it the global RNG shuffles, as in the seed."""
     if kind == "seed":
         if shuffle_seed is None:
             return seed_loader(split, batch_size)
-        sampler = torch.utils.data.DistributedSampler(SeedStyleImages(split), num_replicas=world, rank=rank, shuffle=True,
-                                                      seed=shuffle_seed, drop_last=True)  # fmt: skip
+        sampler = torch.utils.data.DistributedSampler(
+            SeedStyleImages(split), num_replicas=world, rank=rank, shuffle=True, seed=shuffle_seed, drop_last=True
+        )
         return torch.utils.data.DataLoader(sampler.dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
     if kind == "tensor":
         generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)

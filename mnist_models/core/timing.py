@@ -17,10 +17,17 @@ def describe(benchmark, case, flops_per_call: float, images_per_call: int, **mor
     """What a reader needs to interpret the number; rates are added by `rates` after timing."""
     v = case.variant
     benchmark.extra_info.update(
-        model=case.model, **v.fields(), batch=case.batch, flops_per_call=flops_per_call, images_per_call=images_per_call,
-        threads=torch.get_num_threads(), threads_pinned=bool(case.threads),
-        device_name=device_name(v.device), torch=torch.__version__, **more,
-    )  # fmt: skip
+        model=case.model,
+        **v.fields(),
+        batch=case.batch,
+        flops_per_call=flops_per_call,
+        images_per_call=images_per_call,
+        threads=torch.get_num_threads(),
+        threads_pinned=bool(case.threads),
+        device_name=device_name(v.device),
+        torch=torch.__version__,
+        **more,
+    )
 
 
 def rates(benchmark) -> None:
@@ -43,8 +50,15 @@ def time_call(benchmark, case, call, suite: str, flops_per_call: float):
     v = case.variant
     compile_seconds = warm_up(call)
     benchmark.group = f"{suite}-{case.model}-{v.device}-b{case.batch}"
-    describe(benchmark, case, flops_per_call, case.batch, suite=suite, dataset="mnist-5k",
-             compile_seconds=compile_seconds if v.compile != "off" else None)  # fmt: skip
+    describe(
+        benchmark,
+        case,
+        flops_per_call,
+        case.batch,
+        suite=suite,
+        dataset="mnist-5k",
+        compile_seconds=compile_seconds if v.compile != "off" else None,
+    )
     result = benchmark(call)
     rates(benchmark)
     return result

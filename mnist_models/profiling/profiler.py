@@ -79,8 +79,13 @@ class ProfileConfig:
 
     def run_name(self, variant: Variant) -> str:
         """One TensorBoard run per model + (resolved) variant, readable in its run picker: simple-train-cpu-eager-fp32-b100."""
-        return render_tag(model=self.model, mode=self.mode, **variant.fields(), ranks=self.ranks if self.ranks > 1 else None,
-                          batch_size=self.batch_size)  # fmt: skip
+        return render_tag(
+            model=self.model,
+            mode=self.mode,
+            **variant.fields(),
+            ranks=self.ranks if self.ranks > 1 else None,
+            batch_size=self.batch_size,
+        )
 
 
 def _conv_flops_by_shape(model, batch: int, mode: str) -> dict[tuple, dict]:

@@ -93,9 +93,16 @@ def cross_check(summary: dict, trace: Path) -> dict:
             "self_ms_per_step": self_us / steps / 1e3,
         }
         diffs = {k: _relative(row[k], seen[k]) for k in seen}
-        rows.append({"name": row["name"], "input_shapes": row["input_shapes"], "report": {k: row[k] for k in seen},
-                     "trace": seen, "agree": all(d <= TOLERANCE for d in diffs.values()),
-                     "worst": max(diffs, key=diffs.get)})  # fmt: skip
+        rows.append(
+            {
+                "name": row["name"],
+                "input_shapes": row["input_shapes"],
+                "report": {k: row[k] for k in seen},
+                "trace": seen,
+                "agree": all(d <= TOLERANCE for d in diffs.values()),
+                "worst": max(diffs, key=diffs.get),
+            }
+        )
     return {"reader": "HolisticTraceAnalysis", "file": trace.name, "steps": steps, "tolerance": TOLERANCE, "rows": rows}
 
 
@@ -104,8 +111,14 @@ def _relative(a: float, b: float) -> float:
 
 
 # Allocation helpers: the memory they allocate is their caller's output or workspace.
-_ALLOCATORS = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::resize_", "aten::new_empty",
-               "aten::new_empty_strided"}  # fmt: skip
+_ALLOCATORS = {
+    "aten::empty",
+    "aten::empty_strided",
+    "aten::empty_like",
+    "aten::resize_",
+    "aten::new_empty",
+    "aten::new_empty_strided",
+}
 
 
 def step_memory(trace: Path, top: int = 5) -> dict | None:
@@ -117,8 +130,11 @@ def step_memory(trace: Path, top: int = 5) -> dict | None:
     steps = sorted(
         (e["ts"], e["ts"] + e["dur"]) for e in events if str(e.get("name", "")).startswith("ProfilerStep#") and "dur" in e
     )
-    memory = sorted((e["ts"], e["args"]["Total Allocated"], e["args"].get("Bytes", 0), e.get("tid")) for e in events
-                    if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {}))  # fmt: skip
+    memory = sorted(
+        (e["ts"], e["args"]["Total Allocated"], e["args"].get("Bytes", 0), e.get("tid"))
+        for e in events
+        if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {})
+    )
     if not steps or not memory:
         return None
     peaks, highest = [], 0

@@ -72,20 +72,40 @@ def runs_frame(runs: list[RunRecord]) -> pd.DataFrame:
         cfg = r.config
         replaced = r.replaces or {}
         replaced_machine = replaced.get("machine") if isinstance(replaced.get("machine"), dict) else None
-        rows.append({
-            "dataset": r.dataset.name, "train_images": r.dataset.train, "test_images": r.dataset.test,
-            "model": cfg.model, "loader": cfg.loader, "tag": r.variant.tag, "variant": r.variant,
-            "epochs_cfg": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "threads": r.threads, "ranks": cfg.ranks,
-            "accuracy": r.test_accuracy, "seed_style": r.seed_style_accuracy, "train_seconds": r.train_seconds,
-            "sec_per_epoch": r.train_seconds / len(r.epochs), "params": r.model.params, "flops": r.model.flops_per_image,
-            "peak_mb": r.peak_memory_mb, "lat1_ms": r.inference_ms.get("1"), "lat1000_ms": r.inference_ms.get("1000"),
-            "contended": r.contended, "machine_key": r.machine_key,
-            "replaced_accuracy": replaced.get("test_accuracy"),
-            "replaced_elsewhere": bool(replaced_machine) and machine_key(replaced_machine) != r.machine_key,
-            "curve": [e.test_accuracy for e in r.epochs], "costs": [e.cost for e in r.epochs],
-            "cum_seconds": list(pd.Series([e.seconds for e in r.epochs]).cumsum()),
-            "machine": r.machine,
-        })  # fmt: skip
+        rows.append(
+            {
+                "dataset": r.dataset.name,
+                "train_images": r.dataset.train,
+                "test_images": r.dataset.test,
+                "model": cfg.model,
+                "loader": cfg.loader,
+                "tag": r.variant.tag,
+                "variant": r.variant,
+                "epochs_cfg": cfg.epochs,
+                "batch_size": cfg.batch_size,
+                "lr": cfg.lr,
+                "seed": cfg.seed,
+                "threads": r.threads,
+                "ranks": cfg.ranks,
+                "accuracy": r.test_accuracy,
+                "seed_style": r.seed_style_accuracy,
+                "train_seconds": r.train_seconds,
+                "sec_per_epoch": r.train_seconds / len(r.epochs),
+                "params": r.model.params,
+                "flops": r.model.flops_per_image,
+                "peak_mb": r.peak_memory_mb,
+                "lat1_ms": r.inference_ms.get("1"),
+                "lat1000_ms": r.inference_ms.get("1000"),
+                "contended": r.contended,
+                "machine_key": r.machine_key,
+                "replaced_accuracy": replaced.get("test_accuracy"),
+                "replaced_elsewhere": bool(replaced_machine) and machine_key(replaced_machine) != r.machine_key,
+                "curve": [e.test_accuracy for e in r.epochs],
+                "costs": [e.cost for e in r.epochs],
+                "cum_seconds": list(pd.Series([e.seconds for e in r.epochs]).cumsum()),
+                "machine": r.machine,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -178,8 +198,16 @@ def plot(groups: pd.DataFrame, dataset: str, path: Path) -> Path:
         ax2.fill_between(epochs, curves.min(), curves.max(), alpha=0.2, color=line.get_color())
     front = sorted((c, a) for (c, a), on in zip(zip(groups["train_seconds"], groups["acc_mean"]), flags) if on)
     if len(front) > 1:  # the Pareto front as a staircase: the best accuracy bought at each cost
-        ax1.step([c for c, _ in front], [a for _, a in front], where="post", color="black", linewidth=1, alpha=0.6,
-                 label="Pareto front", zorder=0)  # fmt: skip
+        ax1.step(
+            [c for c, _ in front],
+            [a for _, a in front],
+            where="post",
+            color="black",
+            linewidth=1,
+            alpha=0.6,
+            label="Pareto front",
+            zorder=0,
+        )
     ax1.set_xlabel("training time, s (mean over seeds; bars: std)")
     ax1.set_ylabel("final test accuracy (bars: std over seeds)")
     ax1.set_title(f"{dataset}: accuracy vs training cost (outlined + line: Pareto front)")
@@ -397,29 +425,33 @@ def _accuracy_table(sub: pd.DataFrame) -> str:
         first = g.iloc[0]
         std = g["accuracy"].std(ddof=1) if len(g) > 1 else 0.0
         machines = g["machine_key"].nunique()
-        rows.append([
-            _label(first), first["epochs_cfg"], f"{len(g)} ({', '.join(map(str, sorted(g['seed'])))})",
-            f"{g['accuracy'].mean():.4f} ± {std:.4f}", f"{g['accuracy'].min():.4f}–{g['accuracy'].max():.4f}",
-            f"{g['seed_style'].mean():.4f}", f"{first['params']:,}", f"{first['flops'] / 1e6:.2f} M",
-            machines if machines > 1 else "1",
-        ])  # fmt: skip
-    return (
-        "### Accuracy (pooled over machines and thread counts)\n\n"
-        + table(
+        rows.append(
             [
-                "model, loader, variant",
-                "epochs",
-                "runs (seeds)",
-                "accuracy mean ± std",
-                "min–max",
-                "seed-style",
-                "params",
-                "FLOPs / image",
-                "machines",
-            ],
-            rows,
-            align="lrlrrrrrr",
-        )  # fmt: skip
+                _label(first),
+                first["epochs_cfg"],
+                f"{len(g)} ({', '.join(map(str, sorted(g['seed'])))})",
+                f"{g['accuracy'].mean():.4f} ± {std:.4f}",
+                f"{g['accuracy'].min():.4f}–{g['accuracy'].max():.4f}",
+                f"{g['seed_style'].mean():.4f}",
+                f"{first['params']:,}",
+                f"{first['flops'] / 1e6:.2f} M",
+                machines if machines > 1 else "1",
+            ]
+        )
+    return "### Accuracy (pooled over machines and thread counts)\n\n" + table(
+        [
+            "model, loader, variant",
+            "epochs",
+            "runs (seeds)",
+            "accuracy mean ± std",
+            "min–max",
+            "seed-style",
+            "params",
+            "FLOPs / image",
+            "machines",
+        ],
+        rows,
+        align="lrlrrrrrr",
     )
 
 
@@ -428,16 +460,35 @@ def _cost_table(groups: pd.DataFrame, section_bench: dict | None, bench: dict | 
     several = groups["machine_key"].nunique() > 1
     rows = []
     for _, g in groups.iterrows():
-        rows.append([
-            f"{_label(g)}{'*' if g['contended'] else ''}", *([md(g["machine_key"])] if several else []), g["threads"], g["n"],
-            f"{g['sec_per_epoch']:.1f}", f"{g['train_seconds']:.0f}", f"{fmt_num(g['lat1_ms'], 2)} / {fmt_num(g['lat1000_ms'], 1)}",
-            # Only beside runs of the machine the benchmarks ran on: latencies do not transfer.
-            _bench_latency(section_bench if section_bench and g["machine_key"] == _bench_machine(bench) else None,
-                           g["model"], g["variant"]),
-            fmt_num(g["peak_mb"], 0),
-        ])  # fmt: skip
-    columns = ["model, loader, variant", *(["machine"] if several else []), "threads", "runs", "s / epoch", "train s",
-               "latency b1 / b1000 ms (run)", "bench b1 / b1000 ms", "peak MB"]  # fmt: skip
+        rows.append(
+            [
+                f"{_label(g)}{'*' if g['contended'] else ''}",
+                *([md(g["machine_key"])] if several else []),
+                g["threads"],
+                g["n"],
+                f"{g['sec_per_epoch']:.1f}",
+                f"{g['train_seconds']:.0f}",
+                f"{fmt_num(g['lat1_ms'], 2)} / {fmt_num(g['lat1000_ms'], 1)}",
+                # Only beside runs of the machine the benchmarks ran on: latencies do not transfer.
+                _bench_latency(
+                    section_bench if section_bench and g["machine_key"] == _bench_machine(bench) else None,
+                    g["model"],
+                    g["variant"],
+                ),
+                fmt_num(g["peak_mb"], 0),
+            ]
+        )
+    columns = [
+        "model, loader, variant",
+        *(["machine"] if several else []),
+        "threads",
+        "runs",
+        "s / epoch",
+        "train s",
+        "latency b1 / b1000 ms (run)",
+        "bench b1 / b1000 ms",
+        "peak MB",
+    ]
     return "\n### Cost (per machine)\n\n" + table(columns, rows, align="l" + ("l" if several else "") + "rrrrrrr")
 
 

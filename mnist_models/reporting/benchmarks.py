@@ -39,8 +39,18 @@ def load_bench_json(path: Path) -> dict:
 
 
 # extra_info keys that must hold numbers; a row whose key holds anything else loses that key.
-_NUMERIC_INFO = ("flops_per_call", "images_per_call", "batch", "compile_seconds", "test_accuracy", "gflops_per_s",
-                 "images_per_s", "threads", "mean_loss", "first_loss")  # fmt: skip
+_NUMERIC_INFO = (
+    "flops_per_call",
+    "images_per_call",
+    "batch",
+    "compile_seconds",
+    "test_accuracy",
+    "gflops_per_s",
+    "images_per_s",
+    "threads",
+    "mean_loss",
+    "first_loss",
+)
 
 
 def _is_number(value: object) -> bool:
@@ -76,10 +86,14 @@ def skipped_rows(data: dict) -> int:
 def fastest(data: dict, suite: str, model: str, device: str, batch: int) -> dict | None:
     """extra_info of the fastest benchmark of a suite for one net, device and batch (session threads), or None."""
     rows = [
-        b for b in bench_rows(data)
-        if (info := b["extra_info"]).get("suite") == suite and info.get("model") == model and info.get("device") == device
-        and info.get("batch") == batch and not info.get("threads_pinned")
-    ]  # fmt: skip
+        b
+        for b in bench_rows(data)
+        if (info := b["extra_info"]).get("suite") == suite
+        and info.get("model") == model
+        and info.get("device") == device
+        and info.get("batch") == batch
+        and not info.get("threads_pinned")
+    ]
     return min(rows, key=lambda b: b["stats"]["median"])["extra_info"] if rows else None
 
 
@@ -96,8 +110,13 @@ def bench_machine(data: dict) -> dict:
 def bench_variant(info: dict) -> Variant | None:
     """The Variant a benchmark's extra_info describes (None when it describes none, e.g. the ceiling)."""
     try:
-        return Variant(info.get("device"), info.get("compile"), info.get("precision"), bool(info.get("channels_last")),
-                       bool(info.get("fast")))  # fmt: skip
+        return Variant(
+            info.get("device"),
+            info.get("compile"),
+            info.get("precision"),
+            bool(info.get("channels_last")),
+            bool(info.get("fast")),
+        )
     except MnistBenchError:
         return None
 
@@ -225,17 +244,31 @@ def scaling_rows(benches: list[dict]) -> tuple[list[list], str | None]:
             efficiency = f"{100 * t1 / (n * median):.0f}% (strong)"
         elif t1 and kind == "weak":
             efficiency = f"{100 * t1 / median:.0f}% (weak)"
-        rows.append([code(_short(b)), md(kind), n, info.get("threads_per_rank", "-"), info.get("per_rank_batch", "-"), info.get("batch", "-"),
-                     fmt_time(median), fmt_time(b["stats"]["iqr"]), fmt_num(info.get("batch", 0) / median, 0), efficiency,
-                     f"{100 * info['allreduce_share']:.0f}%" if n > 1 and _is_number(info.get("allreduce_share")) else "-"])  # fmt: skip
+        rows.append(
+            [
+                code(_short(b)),
+                md(kind),
+                n,
+                info.get("threads_per_rank", "-"),
+                info.get("per_rank_batch", "-"),
+                info.get("batch", "-"),
+                fmt_time(median),
+                fmt_time(b["stats"]["iqr"]),
+                fmt_num(info.get("batch", 0) / median, 0),
+                efficiency,
+                f"{100 * info['allreduce_share']:.0f}%" if n > 1 and _is_number(info.get("allreduce_share")) else "-",
+            ]
+        )
     plain = (by_kind.get("plain") or [None])[0]
     verdict = None
     for strong in sorted(by_kind.get("strong", []), key=lambda b: b["extra_info"].get("world_size", 0))[:1]:
         if plain:
             n, t = strong["extra_info"]["world_size"], strong["extra_info"]["threads_per_rank"]
             ratio = plain["stats"]["median"] / strong["stats"]["median"]
-            verdict = (f"{n} ranks x {t} thread{'s' if t != 1 else ''} {'beat' if ratio > 1 else 'do not beat'} 1 rank x "
-                       f"{plain['extra_info'].get('threads_per_rank')} threads at the same global batch: {ratio:.2f}x its throughput")  # fmt: skip
+            verdict = (
+                f"{n} ranks x {t} thread{'s' if t != 1 else ''} {'beat' if ratio > 1 else 'do not beat'} 1 rank x "
+                f"{plain['extra_info'].get('threads_per_rank')} threads at the same global batch: {ratio:.2f}x its throughput"
+            )
     return rows, verdict
 
 
@@ -294,8 +327,11 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
         )
     ]
     if extra.get("partial"):
-        out.insert(1, f"\n**PARTIAL REPORT** ({md(extra['partial'])}): only the benchmarks that finished are below; "
-                      "the complete report, if any, was left as it was.\n")  # fmt: skip
+        out.insert(
+            1,
+            f"\n**PARTIAL REPORT** ({md(extra['partial'])}): only the benchmarks that finished are below; "
+            "the complete report, if any, was left as it was.\n",
+        )
     if skipped_rows(data):
         out.append(f"- **WARNING**: {skipped_rows(data)} entries without a name and timings were left out\n")
     if extra.get("cores_used_by_others_during_run") is not None:
@@ -353,8 +389,25 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
         if suite == "scaling":
             rows, verdict = scaling_rows(groups[name])
             out.append(f"\n### {md(name)}\n")
-            out.append(table(["case", "kind", "ranks", "threads / rank", "batch / rank", "global batch", "median step", "IQR", "images/s",
-                              "efficiency", "all-reduce share"], rows, align="llrrrrrrrrr"))  # fmt: skip
+            out.append(
+                table(
+                    [
+                        "case",
+                        "kind",
+                        "ranks",
+                        "threads / rank",
+                        "batch / rank",
+                        "global batch",
+                        "median step",
+                        "IQR",
+                        "images/s",
+                        "efficiency",
+                        "all-reduce share",
+                    ],
+                    rows,
+                    align="llrrrrrrrrr",
+                )
+            )
             if verdict:
                 out.append(f"\n**{verdict}.**\n")
             continue
@@ -439,12 +492,22 @@ def write_plots(data: dict, path: Path) -> list[Path]:
         written.append(atomic.write_bytes(path.with_name(f"{path.stem}-{suffix}.png"), buffer.getvalue()))
 
     if panels:
-        fig, axes = plt.subplots(len(panels), 1, figsize=(9, 1.2 + sum(0.28 * len(b) + 0.6 for b in panels.values())),
-                                 gridspec_kw={"height_ratios": [len(b) + 1 for b in panels.values()]}, squeeze=False)  # fmt: skip
+        fig, axes = plt.subplots(
+            len(panels),
+            1,
+            figsize=(9, 1.2 + sum(0.28 * len(b) + 0.6 for b in panels.values())),
+            gridspec_kw={"height_ratios": [len(b) + 1 for b in panels.values()]},
+            squeeze=False,
+        )
         for ax, (name, bars) in zip(axes[:, 0], panels.items()):
             ys = range(len(bars))
-            ax.barh(list(ys), [b[1] for b in bars], xerr=[[b[1] - b[2] for b in bars], [b[3] - b[1] for b in bars]], capsize=2,
-                    color=["tab:blue" if b[1] >= 1 else "tab:orange" for b in bars])  # fmt: skip
+            ax.barh(
+                list(ys),
+                [b[1] for b in bars],
+                xerr=[[b[1] - b[2] for b in bars], [b[3] - b[1] for b in bars]],
+                capsize=2,
+                color=["tab:blue" if b[1] >= 1 else "tab:orange" for b in bars],
+            )
             ax.axvline(1, color="black", linewidth=0.8)
             ax.set_yticks(list(ys), [b[0] for b in bars], fontsize=6)
             ax.set_title(name, fontsize=8, loc="left")

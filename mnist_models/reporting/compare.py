@@ -139,14 +139,30 @@ def render(base: Run, new: Run, changes: list[Change], threshold: float | None, 
         if run.busy:
             out.append(f"- **WARNING**: in the {what} run {md(run.busy)}: its times are upper bounds\n")
     if not same:
-        out.append("\n**Different machines**: raw time ratios mix the code with the hardware. The speedup over each group's "
-                   "eager fp32 baseline and the share of each machine's own ceiling transfer between machines; compare those.\n")  # fmt: skip
-    out.append("\nRatio = new median / base median (above 1: slower). *Beyond noise* when the two runs' interquartile ranges "
-               "do not overlap." + (f" The gate fails on a benchmark slower beyond noise by more than {100 * threshold:.0f}%." if threshold is not None else "") + "\n\n")  # fmt: skip
+        out.append(
+            "\n**Different machines**: raw time ratios mix the code with the hardware. The speedup over each group's "
+            "eager fp32 baseline and the share of each machine's own ceiling transfer between machines; compare those.\n"
+        )
+    out.append(
+        "\nRatio = new median / base median (above 1: slower). *Beyond noise* when the two runs' interquartile ranges "
+        "do not overlap."
+        + (
+            f" The gate fails on a benchmark slower beyond noise by more than {100 * threshold:.0f}%."
+            if threshold is not None
+            else ""
+        )
+        + "\n\n"
+    )
     rows = []
     for c in sorted(changes, key=lambda c: -c.ratio):
-        row = [code(c.name.split("[")[-1].rstrip("]")), md(c.base.get("group", "")), fmt_time(c.base["stats"]["median"]),
-               fmt_time(c.new["stats"]["median"]), f"{c.ratio:.2f}", _verdict(c)]  # fmt: skip
+        row = [
+            code(c.name.split("[")[-1].rstrip("]")),
+            md(c.base.get("group", "")),
+            fmt_time(c.base["stats"]["median"]),
+            fmt_time(c.new["stats"]["median"]),
+            f"{c.ratio:.2f}",
+            _verdict(c),
+        ]
         if not same:
             row += [
                 f"{_x(base.speedup(c.name))} → {_x(new.speedup(c.name))}",
@@ -164,8 +180,10 @@ def render(base: Run, new: Run, changes: list[Change], threshold: float | None, 
         out.append(f"\n{len(only)} benchmarks are in one run only and are not compared.\n")
     slower = [c for c in changes if c.beyond_noise and c.ratio > 1]
     faster = [c for c in changes if c.beyond_noise and c.ratio < 1]
-    out.append(f"\n**Summary**: {len(changes)} compared; {len(faster)} faster and {len(slower)} slower beyond noise; "
-               f"{len(changes) - len(faster) - len(slower)} within noise.\n")  # fmt: skip
+    out.append(
+        f"\n**Summary**: {len(changes)} compared; {len(faster)} faster and {len(slower)} slower beyond noise; "
+        f"{len(changes) - len(faster) - len(slower)} within noise.\n"
+    )
     if png is not None:
         out.append(f"\n![ratios]({png.name})\n")
     return "".join(out)
@@ -210,8 +228,13 @@ def trend(runs: list[Run]) -> str:
     for name in names:
         medians = [r.rows[name]["stats"]["median"] if name in r.rows else None for r in runs]
         present = [m for m in medians if m is not None]
-        rows.append([code(name.split("[")[-1].rstrip("]")), *[fmt_time(m) for m in medians],
-                     f"{present[-1] / present[0]:.2f}" if len(present) > 1 else "-"])  # fmt: skip
+        rows.append(
+            [
+                code(name.split("[")[-1].rstrip("]")),
+                *[fmt_time(m) for m in medians],
+                f"{present[-1] / present[0]:.2f}" if len(present) > 1 else "-",
+            ]
+        )
     legend = "\n".join(
         f"{i + 1}. {code(r.path.name)}: {md(r.data.get('datetime', '?'))[:16]}, {md(r.key)}" for i, r in enumerate(runs)
     )

@@ -95,10 +95,20 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
         out.append(_memory_text(s.get("memory")))
         out.append(_trace_check_text(s.get("trace_check")))
         if s.get("comm_rows"):
-            rows = [[code(r["name"][:60]), fmt_num(r["calls_per_step"], 0), f"{r['self_ms_per_step']:.2f}", f"{r['total_ms_per_step']:.2f}",
-                     _shapes(r["input_shapes"])] for r in s["comm_rows"]]  # fmt: skip
-            out.append("\nCommunication (DDP's gradient all-reduce; gloo runs it on its own thread, so its time overlaps the "
-                       "backward pass and is not part of the step's share):\n\n")  # fmt: skip
+            rows = [
+                [
+                    code(r["name"][:60]),
+                    fmt_num(r["calls_per_step"], 0),
+                    f"{r['self_ms_per_step']:.2f}",
+                    f"{r['total_ms_per_step']:.2f}",
+                    _shapes(r["input_shapes"]),
+                ]
+                for r in s["comm_rows"]
+            ]
+            out.append(
+                "\nCommunication (DDP's gradient all-reduce; gloo runs it on its own thread, so its time overlaps the "
+                "backward pass and is not part of the step's share):\n\n"
+            )
             out.append(table(["op", "calls", "self ms", "total ms", "input shapes"], rows, align="lrrrl"))
     return "".join(out)
 
@@ -134,9 +144,16 @@ def _trace_check_text(check: dict | None) -> str:
         if r["agree"]:
             continue
         rep, tr = r["report"], r["trace"]
-        cells.append([code(r["name"][:50]), _shapes(r["input_shapes"]), f"{rep['calls_per_step']:.0f} / {tr['calls_per_step']:.0f}",
-                      f"{rep['total_ms_per_step']:.2f} / {tr['total_ms_per_step']:.2f}",
-                      f"{rep['self_ms_per_step']:.2f} / {tr['self_ms_per_step']:.2f}", md(r["worst"].replace("_", " "))])  # fmt: skip
+        cells.append(
+            [
+                code(r["name"][:50]),
+                _shapes(r["input_shapes"]),
+                f"{rep['calls_per_step']:.0f} / {tr['calls_per_step']:.0f}",
+                f"{rep['total_ms_per_step']:.2f} / {tr['total_ms_per_step']:.2f}",
+                f"{rep['self_ms_per_step']:.2f} / {tr['self_ms_per_step']:.2f}",
+                md(r["worst"].replace("_", " ")),
+            ]
+        )
     out.append(table(["op", "input shapes", "calls report / trace", "total ms", "self ms", "largest gap"], cells, align="llrrrl"))
     out.append(
         "\nA gap means the in-process table and the file disagree on the same events: a row the file files under other "

@@ -56,7 +56,7 @@ def header(
             ]
             if m.get("cpu_capability")
             else []
-        ),  # fmt: skip
+        ),
         f"- **Rendered by**: code {md(rendering_code())}",
         f"- **Dataset{'s' if len(datasets) > 1 else ''}**: {', '.join(datasets) or 'none'}"
         + (" (mixed: compare within a dataset only)" if len(datasets) > 1 else ""),

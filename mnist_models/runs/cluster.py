@@ -91,8 +91,10 @@ def reservation(cpus: list[int], cpus_per_run: int | None, log) -> int:
         raise UsageError("the Ray cluster has no node with CPUs")
     if cpus_per_run is None:
         if len(set(cpus)) > 1:
-            log(f"nodes differ in CPUs ({', '.join(map(str, sorted(set(cpus))))}): each run reserves {min(cpus)}, the "
-                "smallest node's; runs that share a larger node are marked in their records")  # fmt: skip
+            log(
+                f"nodes differ in CPUs ({', '.join(map(str, sorted(set(cpus))))}): each run reserves {min(cpus)}, the "
+                "smallest node's; runs that share a larger node are marked in their records"
+            )
         return min(cpus)
     if cpus_per_run > max(cpus):
         raise UsageError(f"--cpus-per-run {cpus_per_run} is more than any node has (the largest has {max(cpus)})")
@@ -170,14 +172,15 @@ def run_cluster_sweep(
             bar = tqdm(total=len(todo), desc="runs", unit="run", file=sys.stderr, dynamic_ncols=True)
         write = bar.write if bar is not None else log
         datasets = {name: ray.put(load_dataset(name, todo[0].config.data_root)) for name in {run.key.dataset for run in todo}}
-        remote = ray.remote(task).options(num_cpus=cpus, max_retries=max_retries, retry_exceptions=False)
+        remote = ray.remote(task)
         for run in todo:
             plan = take(store, run, redo_contended, counts, write)
             if plan is not None:
                 write(started_line(run, plan) + f": queued ({cpus} CPUs per run)")
                 # A CUDA run reserves one GPU (and its CPUs as above): one timed run per GPU; a CPU run none.
                 gpus = 1 if run.key.variant.device == "cuda" else 0
-                ref = remote.options(num_gpus=gpus).remote(run.config, run.key, datasets[run.key.dataset], cpus)
+                options = dict(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries, retry_exceptions=False)
+                ref = remote.options(**options).remote(run.config, run.key, datasets[run.key.dataset], cpus)
                 pending[ref] = (run, plan)
         per_node: Counter = Counter()
         while pending:

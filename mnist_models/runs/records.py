@@ -164,9 +164,12 @@ class RunRecord:
                 dataset=DatasetInfo(**_only(data["dataset"], DatasetInfo)),
                 model=ModelInfo(**_only(data["model"], ModelInfo)),
                 epochs=[EpochStats(**_only(e, EpochStats)) for e in _list(data["epochs"], "epochs")],
-                **{f.name: data[f.name] for f in fields(cls) if f.name not in ("config", "key", "dataset", "model", "epochs")
-                   and f.name in data},
-            )  # fmt: skip
+                **{
+                    f.name: data[f.name]
+                    for f in fields(cls)
+                    if f.name not in ("config", "key", "dataset", "model", "epochs") and f.name in data
+                },
+            )
             record._validate()
         except MnistBenchError as exc:
             raise RecordError(f"{source}: {exc}") from None
@@ -179,8 +182,10 @@ class RunRecord:
         """The stored key must be what the stored config resolves to (device and threads aside, which
         the config may leave to the machine)."""
         key, config = self.key, self.config
-        same = {name: getattr(key, name) == getattr(config, name) for name in ("dataset", "model", "loader", "ranks", "epochs",
-                                                                              "batch_size", "lr", "seed")}  # fmt: skip
+        same = {
+            name: getattr(key, name) == getattr(config, name)
+            for name in ("dataset", "model", "loader", "ranks", "epochs", "batch_size", "lr", "seed")
+        }
         same["variant"] = replace(config.variant, device=key.variant.device) == key.variant and config.variant.device in (
             "auto",
             key.variant.device,
@@ -211,8 +216,11 @@ class RunRecord:
             _number(getattr(self.model, name), name, low=1)
         for name in ("train", "test"):
             _number(getattr(self.dataset, name), f"{name} images", low=1)
-        for what, value in (("machine", self.machine), ("busy_before_start", self.busy_before_start),
-                            ("inference_ms", self.inference_ms)):  # fmt: skip
+        for what, value in (
+            ("machine", self.machine),
+            ("busy_before_start", self.busy_before_start),
+            ("inference_ms", self.inference_ms),
+        ):
             if not isinstance(value, dict):
                 raise ValueError(f"{what} must be an object")
         for what in ("replaces", "distributed"):

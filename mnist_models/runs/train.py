@@ -174,10 +174,19 @@ def _set_up(config: TrainConfig, key: RunKey, dataset: Dataset | None, rank: Ran
         torch.manual_seed(config.seed + rank.rank)  # same initial weights everywhere (and DDP broadcasts rank 0's); own dropout
         job = distributed.describe(rank, dist_backend(), config.per_rank_batch, torch.get_num_threads())
         if job["oversubscribed"]:
-            busy = busy | {"busy": True, "reason": f"{rank.local_world_size} ranks x {job['threads_per_rank']} threads on "
-                           f"{busy['cores']} cores"}  # fmt: skip
-    batches = make_loader(config.loader, dataset.train, config.per_rank_batch, variant.device,
-                          rank=rank.rank if rank else 0, world=config.ranks, shuffle_seed=config.seed if rank else None)  # fmt: skip
+            busy = busy | {
+                "busy": True,
+                "reason": f"{rank.local_world_size} ranks x {job['threads_per_rank']} threads on {busy['cores']} cores",
+            }
+    batches = make_loader(
+        config.loader,
+        dataset.train,
+        config.per_rank_batch,
+        variant.device,
+        rank=rank.rank if rank else 0,
+        world=config.ranks,
+        shuffle_seed=config.seed if rank else None,
+    )
     return _Setup(config, key, dataset, work, batches, busy, CpuContention(), rank, job, machine_info())
 
 

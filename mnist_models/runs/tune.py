@@ -84,8 +84,10 @@ def candidates(models: list[str], cores: int, with_compile: bool) -> tuple[list[
     if with_compile:
         compiles.append("default")
     else:
-        skipped.append("torch.compile: left out by default (tens of seconds per compile here, and it slowed the CPU train "
-                       "step to 0.56-0.78x on this project's machines); --with-compile includes it")  # fmt: skip
+        skipped.append(
+            "torch.compile: left out by default (tens of seconds per compile here, and it slowed the CPU train "
+            "step to 0.56-0.78x on this project's machines); --with-compile includes it"
+        )
     threads = sorted({cores, 1}, reverse=True)
     grid = [
         Candidate(m, t, Variant("cpu", c, p, cl, fast))

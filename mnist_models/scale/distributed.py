@@ -177,8 +177,9 @@ def launch(nproc: int, module_args: list[str]) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // nproc)))
     # The agent logs every failure at length; the one line raised below says it, and each rank says its own.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "--monitor-interval", "0.5",
-                                         "--module", "mnist_models", *module_args])  # fmt: skip
+    args = get_args_parser().parse_args(
+        ["--standalone", "--nproc-per-node", str(nproc), "--monitor-interval", "0.5", "--module", "mnist_models", *module_args]
+    )
     try:
         run(args)
     except ChildFailedError as exc:

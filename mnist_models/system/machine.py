@@ -205,8 +205,14 @@ def machine_key(machine: dict) -> str:
 def machine_slug(machine: dict) -> str:
     """The machine key as a file or folder name: 'AMD-EPYC-family-25-model-17-avx512bf16'."""
     isa = set(machine.get("cpu_isa") or [])
-    level = next((name for flag, name in (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
-                  if flag in isa), "baseline-isa")  # fmt: skip
+    level = next(
+        (
+            name
+            for flag, name in (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
+            if flag in isa
+        ),
+        "baseline-isa",
+    )
     gpu = f"-{machine['gpu']}" if machine.get("gpu") else ""
     return re.sub(r"[^A-Za-z0-9]+", "-", f"{machine.get('cpu', 'unknown-cpu')}-{level}{gpu}").strip("-")
 
@@ -242,8 +248,13 @@ def git_commit() -> str | None:
     root = SOURCE_ROOT
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS],
-                               cwd=root, capture_output=True, text=True, timeout=5)  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode != 0:
