@@ -126,7 +126,7 @@ def test_a_run_that_raises_fails_alone_and_the_sweep_says_so(cluster, tmp_path):
     counts = run_cluster_sweep([good, bad], tmp_path, address=cluster.address, progress=False, log=lambda line: None)
     assert counts["trained"] == 1
     [(name, reason)] = counts["failed"]
-    assert name == bad.key(threads=1).name and "training diverged" in reason
+    assert name == bad.resolve(1).name and "training diverged" in reason
     [record], _ = RunStore(tmp_path).load_all()
     assert record.config.seed == 1
     assert not list(tmp_path.glob("*/.*.claim")), "claims are released, also for the failed run"

@@ -50,23 +50,17 @@ def test_a_global_batch_that_does_not_divide_is_an_error():
     assert TrainConfig(dataset="mnist-5k", ranks=4).per_rank_batch == 25
 
 
+def two_rank_job(out: Path, env=None):
+    """`torchrun --standalone --nproc-per-node 2` of TRAIN into out/runs, keeping each rank's weights in out."""
+    job = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", str(HELPERS / "ddp_weights.py"), str(out)]
+    return run([*job, *TRAIN, "--runs-dir", str(out / "runs")], env=env)
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """A 2-rank job (strong scaling: 2 x 50) that keeps each rank's final weights."""
     out = tmp_path_factory.mktemp("ddp2")
-    result = run(
-        [
-            *TORCHRUN,
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            str(HELPERS / "ddp_weights.py"),
-            str(out),
-            *TRAIN,
-            "--runs-dir",
-            str(out / "runs"),
-        ]
-    )
+    result = two_rank_job(out)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -95,20 +89,7 @@ def test_a_second_identical_torchrun_job_is_refused_before_it_trains(two_ranks):
     out, _ = two_ranks
     env = os.environ | {"OMP_NUM_THREADS": "2"}  # not the CPUs / ranks that each rank uses (1 on 2 cores)
     started = time.perf_counter()
-    result = run(
-        [
-            *TORCHRUN,
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            str(HELPERS / "ddp_weights.py"),
-            str(out),
-            *TRAIN,
-            "--runs-dir",
-            str(out / "runs"),
-        ],
-        env=env,
-    )
+    result = two_rank_job(out, env=env)
     assert result.returncode != 0
     assert "already stored" in result.stderr and "[Epoch:" not in result.stdout  # refused, nothing trained
     assert time.perf_counter() - started < 60
