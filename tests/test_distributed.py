@@ -264,3 +264,21 @@ def test_profile_on_two_ranks_writes_a_trace_per_rank_and_names_the_all_reduce(t
     assert summary["config"]["ranks"] == 2
     assert any("allreduce" in r["name"].lower() or "all_reduce" in r["name"].lower() for r in summary["comm_rows"])
     assert "Communication (DDP's gradient all-reduce" in (tmp_path / "kernels.md").read_text()
+
+
+def test_threads_per_rank_come_from_the_cpus_this_process_may_use(tmp_path, monkeypatch):
+    """Under taskset, a container's CPU quota or a SLURM allocation the ranks must share what they may
+    use, not the machine's whole count (os.cpu_count() oversubscribed them)."""
+    from mnist_models.scale import distributed
+    from mnist_models.system import machine
+
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7}, raising=False)
+    (tmp_path / "cpu.max").write_text("200000 100000\n")  # a quota of 2 CPUs
+    assert machine.usable_cpus(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")  # no quota: the affinity mask decides
+    assert machine.usable_cpus(tmp_path) == 8
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {3}, raising=False)  # taskset -c 3
+    assert machine.usable_cpus(tmp_path) == 1
+    monkeypatch.setattr(distributed, "usable_cpus", lambda: 4)
+    rank = distributed.Rank(rank=0, local_rank=0, world_size=2, local_world_size=2, nodes=1)
+    assert distributed.threads_per_rank(rank) == 2
