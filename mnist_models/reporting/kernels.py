@@ -12,6 +12,17 @@ def _shapes(shapes: list) -> str:
     return md(" ".join("x".join(str(d) for d in s) for s in shapes[:3]))
 
 
+def _op_row(r: dict, fourth: str) -> list[str]:
+    """An op's row: name, calls, self ms, `fourth` (its share, or its total ms), input shapes."""
+    return [
+        code(r["name"][:60]),
+        fmt_num(r["calls_per_step"], 0),
+        f"{r['self_ms_per_step']:.2f}",
+        fourth,
+        _shapes(r["input_shapes"]),
+    ]
+
+
 def render_kernel_report(summaries: list[dict], command: str) -> str:
 
     if not summaries:
@@ -80,31 +91,13 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
                 align="llrrrrlrr",
             )
         )
-        rows = [
-            [
-                code(r["name"][:60]),
-                fmt_num(r["calls_per_step"], 0),
-                f"{r['self_ms_per_step']:.2f}",
-                f"{100 * r['share']:.1f}%",
-                _shapes(r["input_shapes"]),
-            ]
-            for r in s["other_rows"]
-        ]
+        rows = [_op_row(r, f"{100 * r['share']:.1f}%") for r in s["other_rows"]]
         out.append("\nTop other ops:\n\n")
         out.append(table(["op", "calls", "self ms", "share", "input shapes"], rows, align="lrrrl"))
         out.append(_memory_text(s.get("memory")))
         out.append(_trace_check_text(s.get("trace_check")))
         if s.get("comm_rows"):
-            rows = [
-                [
-                    code(r["name"][:60]),
-                    fmt_num(r["calls_per_step"], 0),
-                    f"{r['self_ms_per_step']:.2f}",
-                    f"{r['total_ms_per_step']:.2f}",
-                    _shapes(r["input_shapes"]),
-                ]
-                for r in s["comm_rows"]
-            ]
+            rows = [_op_row(r, f"{r['total_ms_per_step']:.2f}") for r in s["comm_rows"]]
             out.append(
                 "\nCommunication (DDP's gradient all-reduce; gloo runs it on its own thread, so its time overlaps the "
                 "backward pass and is not part of the step's share):\n\n"

@@ -252,8 +252,7 @@ def migrate(data: dict) -> dict:
         data["config"] = config
         threads = data.get("busy_before_start", {}).get("torch_threads") or data.get("machine", {}).get("torch_threads")
         key = {name: config.get(name) for name in ("dataset", "model", "loader", "ranks", "epochs", "batch_size", "lr", "seed")}
-        key.setdefault("ranks", 1)
-        key["ranks"] = key["ranks"] or 1
+        key["ranks"] = key["ranks"] or 1  # DDP came with schema 3; a record without ranks ran one process
         data["key"] = key | {"variant": variant | {"device": data.pop("device")}, "threads": threads or config.get("threads")}
         data["schema"] = 4
     return data
