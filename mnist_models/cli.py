@@ -59,10 +59,13 @@ def _default(cls, name: str):
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
-def _add_variant_flags(parser: argparse.ArgumentParser, threads_default: int | None = None) -> None:
+def _add_variant_flags(parser: argparse.ArgumentParser) -> None:
     """The switches shared by train, sweep and profile (docs/DESIGN.md, Variants); `_variant` reads them back."""
     d = functools.partial(_default, Variant)
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda when a GPU is visible (default: auto)")
+    device = _default(TrainConfig, "variant").device  # a config's default variant leaves the device to the run: auto
+    parser.add_argument(
+        "--device", default=device, choices=DEVICES, help=f"auto picks cuda when a GPU is visible (default: {device})"
+    )
     parser.add_argument(
         "--compile",
         default=d("compile"),
@@ -84,7 +87,7 @@ def _add_variant_flags(parser: argparse.ArgumentParser, threads_default: int | N
     parser.add_argument(
         "--threads",
         type=_positive_int,
-        default=threads_default,
+        default=None,
         help=f"torch intra-op threads, at most {MAX_THREADS_PER_CPU}x the logical CPUs (default: torch's choice)",
     )
 

@@ -210,7 +210,7 @@ def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = No
     from torch.profiler import ProfilerActivity, schedule, tensorboard_trace_handler
 
     variant = config.variant.resolved()
-    threads = config.threads or (distributed.threads_per_rank(rank) if rank else None)
+    threads = config.threads or distributed.default_threads(rank)
     if threads is not None:
         set_threads(threads)
     main = rank is None or rank.is_main

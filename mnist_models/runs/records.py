@@ -143,9 +143,7 @@ class RunRecord:
         for f in fields(self):
             if f.name != "schema":
                 value = getattr(self, f.name)
-                data[f.name] = value.to_json() if f.name in ("config", "key") else value
-                if f.name in ("dataset", "model"):
-                    data[f.name] = asdict(value)
+                data[f.name] = asdict(value) if f.name in ("config", "key", "dataset", "model") else value
         data["epochs"] = [asdict(e) for e in self.epochs]
         # Derived, for people reading the file; ignored on load.
         data["variant"] = self.variant.fields() | {"tag": self.variant.tag, "loader": self.config.loader}

@@ -157,7 +157,7 @@ class _Setup:
 def run_key(config: TrainConfig, rank: Rank | None = None) -> RunKey:
     """A run's key as it starts: under DDP each rank gets the CPUs it may use / local ranks (torchrun's
     OMP_NUM_THREADS=1 is replaced), unless the config names its threads."""
-    return config.resolve(distributed.threads_per_rank(rank) if rank else None)
+    return config.resolve(distributed.default_threads(rank))
 
 
 def _set_up(config: TrainConfig, key: RunKey, dataset: Dataset | None, rank: Rank | None) -> _Setup:

@@ -29,7 +29,7 @@ import torch
 
 from ..core.data import load_dataset, make_loader
 from ..core.harness import build, real_batch, warm_up
-from ..core.variants import Variant, parse_tag, render_tag
+from ..core.variants import Variant, render_tag
 from ..system import atomic
 from ..system.errors import UsageError
 from ..system.machine import EMULATED_BF16_SLOWDOWN, machine_info, machine_slug, native_bf16, set_threads
@@ -55,7 +55,12 @@ class Candidate:
     @property
     def spec(self) -> str:
         """The sweep spec of this choice, e.g. 'tensor-eager-bf16-cl-fast'."""
-        return render_tag(loader=self.loader, **{k: v for k, v in self.variant.fields().items() if k in SPEC_FIELDS})
+        return render_tag(**self.choice())
+
+    def choice(self) -> dict:
+        """What `train --variant` / `sweep --variants` set from this candidate: its loader and switches."""
+        switches = self.variant.fields()
+        return {name: self.loader if name == "loader" else switches[name] for name in SPEC_FIELDS}
 
     def to_json(self) -> dict:
         return {"model": self.model, "threads": self.threads, "loader": self.loader, "variant": self.variant.fields()}
@@ -222,4 +227,4 @@ def load_best(model: str, tune_dir: Path | None = None) -> Candidate:
 def best_choice(model: str, tune_dir: Path | None = None) -> dict:
     """The tuned choice as a variant spec's choice (TrainConfig.with_choice): its switches, loader and threads."""
     best = load_best(model, tune_dir)
-    return {**parse_tag(best.spec, SPEC_FIELDS), "threads": best.threads}
+    return {**best.choice(), "threads": best.threads}

@@ -75,6 +75,12 @@ def resolve_backend(backend: str, device: str) -> str:
     return backend
 
 
+def default_threads(rank: Rank | None) -> int | None:
+    """The threads a process uses when its config names none: a rank's share of the CPUs, or (None)
+    torch's own choice for a plain process."""
+    return threads_per_rank(rank) if rank else None
+
+
 def threads_per_rank(rank: Rank) -> int:
     """The CPUs this process may use (affinity mask, cgroup quota) shared among the node's ranks."""
     return max(1, usable_cpus() // rank.local_world_size)
