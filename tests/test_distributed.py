@@ -282,3 +282,18 @@ def test_threads_per_rank_come_from_the_cpus_this_process_may_use(tmp_path, monk
     monkeypatch.setattr(distributed, "usable_cpus", lambda: 4)
     rank = distributed.Rank(rank=0, local_rank=0, world_size=2, local_world_size=2, nodes=1)
     assert distributed.threads_per_rank(rank) == 2
+
+
+def test_the_job_names_the_rank_that_died_not_a_follow_on():
+    """A killed rank leaves no error file (its failure has no message and a later timestamp), while rank
+    0 writes 'lost the other ranks' in the same second: the cause is the killed rank."""
+    from types import SimpleNamespace
+
+    from mnist_models.scale.distributed import first_cause
+
+    lost = SimpleNamespace(message="rank 0: lost the other ranks (Read error: Connection reset by peer)", timestamp=100)
+    killed = SimpleNamespace(message="Signal 9 (SIGKILL) received by PID 7", timestamp=100)
+    assert first_cause({0: lost, 1: killed}) == (1, killed)
+    raised = SimpleNamespace(message="CUDA out of memory", timestamp=101)
+    assert first_cause({0: raised, 1: SimpleNamespace(message="lost the other ranks (x)", timestamp=100)}) == (0, raised)
+    assert first_cause({0: lost}) == (0, lost)  # only follow-ons: still one line

@@ -332,7 +332,7 @@ def train_and_store(
     except RuntimeError as exc:  # a collective failed: another rank died, or hung past the timeout
         if rank is None:
             raise
-        raise distributed.RankFailed(f"lost the other ranks ({distributed.collective_error(exc)})") from None
+        raise distributed.lost_ranks(exc) from None
     finally:
         if rank:
             distributed.stop()

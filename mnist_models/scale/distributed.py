@@ -189,11 +189,31 @@ def launch(nproc: int, module_args: list[str]) -> None:
     try:
         run(args)
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
+        rank, failure = first_cause(exc.failures)
         reason = failure.message if isinstance(failure.message, str) and failure.message else _exit_reason(failure)
         if not reason.startswith("rank "):
             reason = f"rank {rank}: {reason}"
         raise RankFailed(f"the distributed job failed: {reason}") from None
+
+
+# What a rank says when a collective fails because another rank died or hung: a follow-on, not a cause.
+LOST_RANKS = "lost the other ranks"
+
+
+def lost_ranks(exc: BaseException) -> RankFailed:
+    return RankFailed(f"{LOST_RANKS} ({collective_error(exc)})")
+
+
+def first_cause(failures: dict) -> tuple[int, object]:
+    """The failure to report for a job: the earliest that is not a rank's follow-on 'lost the other
+    ranks'. torchrun's own choice is the earliest error file, with whole-second timestamps and ties
+    going to the lowest rank, so rank 0's follow-on could be named instead of the rank that died."""
+
+    def follow_on(failure) -> bool:  # report_failure writes "rank N: lost the other ranks (...)"
+        return isinstance(failure.message, str) and re.sub(r"^rank \d+: ", "", failure.message).startswith(LOST_RANKS)
+
+    causes = {r: f for r, f in failures.items() if not follow_on(f)}
+    return min((causes or failures).items(), key=lambda item: (item[1].timestamp, item[0]))
 
 
 def without_nproc(argv: list[str]) -> list[str]:
