@@ -1,6 +1,6 @@
 """Shared set-up of the benchmark suites: options, fixtures, extra_info, and the report at the end.
 
-Run `pytest bench --benchmark-only` for the full suites (report in reports/), `pytest bench -m quick`
+Run `pytest bench --benchmark-only` for the full suites (report in reports/machines/<this machine>/), `pytest bench -m quick`
 for a small subset, and `pytest bench --benchmark-disable` to run every body once as a smoke test.
 Model, optimizer, step and batch come from the library's harness (mnist_models.core.harness), the same
 code that training and profiling run. Session state lives in `config.stash`.
@@ -26,11 +26,12 @@ from mnist_models.system.machine import (
     CpuContention,
     busy_check,
     busy_warning,
-    machine_info,
-    machine_slug,
+    evidence_dir,
+    machine_key,
     set_threads,
+    this_machine,
 )
-from mnist_models.system.paths import REPORTS_DIR, home
+from mnist_models.system.paths import home
 
 
 @dataclass
@@ -61,7 +62,8 @@ def pytest_addoption(parser):
     group.addoption(
         "--bench-report",
         default=None,
-        help=f"markdown report path (default: {REPORTS_DIR}/benchmarks-cpu.md, or -cuda.md with a GPU); JSON beside it",
+        help=f"markdown report path (default: {evidence_dir()}/benchmarks-cpu.md, or -cuda.md with a GPU; "
+        "this machine's folder); JSON beside it",
     )
 
 
@@ -72,7 +74,7 @@ DEFAULT_STORAGE = f"file://{home() / '.benchmarks'}"  # autosaves beside the rep
 def pytest_configure(config):
     if config.getoption("benchmark_storage") == DEFAULT_STORAGE:
         # Autosaved runs land per machine: two CPUs of "the same kind" differ by 4x, their runs must not mix.
-        config.option.benchmark_storage = f"{DEFAULT_STORAGE}/{machine_slug(machine_info())}"
+        config.option.benchmark_storage = f"{DEFAULT_STORAGE}/{machine_key(this_machine())}"
     threads = config.getoption("--bench-threads")
     if threads:
         set_threads(threads)
@@ -125,12 +127,13 @@ def pytest_deselected(items):
 
 
 def _report_path(config) -> Path:
-    """--bench-report, else reports/benchmarks-<device>.md; a subset (-k, -m) goes to its own .subset.md."""
+    """--bench-report, else benchmarks-<device>.md in this machine's evidence folder (reports/machines/<machine>/),
+    never another machine's; a subset (-k, -m) goes to its own .subset.md."""
     given = config.getoption("--bench-report")
     if given:
         return Path(given)
     name = f"benchmarks-{'cuda' if torch.cuda.is_available() else 'cpu'}"
-    return REPORTS_DIR / (f"{name}.subset.md" if config.stash[STATE].subset else f"{name}.md")
+    return evidence_dir() / (f"{name}.subset.md" if config.stash[STATE].subset else f"{name}.md")
 
 
 @pytest.hookimpl(trylast=True)

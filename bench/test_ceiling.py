@@ -9,6 +9,9 @@ import pytest
 import torch
 from grid import HAVE_CUDA, NO_CUDA
 
+from mnist_models.core.bench_row import BenchIdentity
+from mnist_models.core.variants import Variant
+
 # The ceiling is the best rate over a few sizes: on a CPU a 2048 fp32 matmul can be memory-bound
 # (seen here: 213 GFLOP/s, while the nets' own batch-100 forward reached 285), a smaller one fits
 # in cache. bf16 on a CPU without AVX-512 BF16 / AMX has no fast kernel (~100x slower than fp32),
@@ -33,6 +36,13 @@ def _cases() -> list:
     return cases
 
 
+def ceiling_identity(device: str, precision: str, op: str, batch: int) -> BenchIdentity:
+    """torch's own op at the session's threads: no net, no variant beyond device and precision."""
+    return BenchIdentity(
+        suite="ceiling", variant=Variant(device, precision=precision), batch=batch, threads=torch.get_num_threads(), op=op
+    )
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -50,12 +60,7 @@ def test_matmul_ceiling(benchmark, device, precision, n):
     matmul()  # first-call allocation and library start-up, outside the timing
     benchmark.group = "ceiling"
     benchmark.extra_info.update(
-        suite="ceiling",
-        device=device,
-        precision=precision,
-        op="matmul",
-        n=n,
-        threads=torch.get_num_threads(),
+        **ceiling_identity(device, precision, f"matmul-n{n}", n).to_info(),
         tf32=bool(HAVE_CUDA and torch.backends.cuda.matmul.allow_tf32),
     )
     out = benchmark(matmul)
@@ -97,9 +102,7 @@ def test_conv_ceiling(benchmark, device, precision):
 
     convolve()  # oneDNN / cuDNN pick and prepare their kernel on the first call
     benchmark.group = "ceiling"
-    benchmark.extra_info.update(
-        suite="ceiling", op="conv", device=device, precision=precision, batch=batch, threads=torch.get_num_threads()
-    )
+    benchmark.extra_info.update(**ceiling_identity(device, precision, f"conv-b{batch}", batch).to_info())
     out = benchmark(convolve)
     assert out.shape == x.shape and torch.isfinite(out[:1, :4].float()).all()
     if getattr(benchmark, "stats", None):

@@ -10,7 +10,7 @@ from grid import epoch_cases
 from mnist_models.core.data import make_loader
 from mnist_models.core.harness import build
 from mnist_models.core.nets import build_model
-from mnist_models.core.timing import describe, rates
+from mnist_models.core.timing import describe, identity, rates
 from mnist_models.runs.train import evaluate, train_epoch
 
 
@@ -29,13 +29,10 @@ def test_epoch(benchmark, case, epoch_dataset, request):
     steps = len(epoch_dataset.train) // case.batch
     describe(
         benchmark,
-        case,
+        identity(case, "epoch", epoch_dataset.name, len(epoch_dataset.train)),
         build_model(case.model).train_flops_per_image() * steps * case.batch,
         steps * case.batch,
-        suite="epoch",
-        loader=case.loader,
-        dataset=epoch_dataset.name,
-        train_images=len(epoch_dataset.train),
+        pinned=bool(case.threads),
         test_images=len(epoch_dataset.test),
     )
     result = benchmark.pedantic(train_epoch, setup=fresh_run, rounds=request.config.getoption("--bench-epoch-rounds"))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from mnist_models.core.bench_row import BenchIdentity
 from mnist_models.core.nets import build_model
 from mnist_models.core.timing import describe, rates
 from mnist_models.core.variants import Variant, render_tag
@@ -126,20 +127,26 @@ def test_ddp_step(benchmark, case, tmp_path, request):
     assert job["world_size"] == case.ranks and job["threads_per_rank"] == case.threads
     assert len(job["step_s"]) == steps and min(job["step_s"]) > 0
     benchmark.group = f"scaling-{case.model}-cpu"
+    ident = BenchIdentity(
+        suite="scaling",
+        variant=case.variant,
+        model=case.model,
+        batch=case.batch,
+        threads=case.threads,
+        ranks=case.ranks,
+        dataset="mnist-5k",
+    )
     describe(
         benchmark,
-        case,
+        ident,
         build_model(case.model).train_flops_per_image() * case.batch,
         case.batch,
-        suite="scaling",
-        world_size=case.ranks,
+        pinned=True,  # per rank; no case is the session's baseline
         threads_per_rank=case.threads,
         per_rank_batch=case.per_rank_batch,
         scaling=case.kind,
         allreduce_share=job["allreduce_share"],
-        dataset="mnist-5k",
     )
-    benchmark.extra_info.update(threads=case.threads, threads_pinned=True)  # per rank; no case is the session's baseline
     CLOCK.pending = list(job["step_s"])
     benchmark.pedantic(CLOCK.replay, rounds=len(job["step_s"]), iterations=1)
     rates(benchmark)

@@ -7,6 +7,7 @@ a user can cause (MnistBenchError) print as one line and exit non-zero; nothing 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -22,7 +23,7 @@ from .runs.config import BACKENDS, MAX_SEED, MAX_THREADS_PER_CPU, SEED, TrainCon
 from .runs.records import DEFAULT_RUNS_DIR
 from .runs.tune import DEFAULT_BUDGET_S, DEFAULT_TUNE_DIR
 from .system.errors import MnistBenchError, UsageError
-from .system.paths import REPORTS_DIR
+from .system.paths import MACHINES_DIR, REPORTS_DIR
 
 
 class _Parser(argparse.ArgumentParser):
@@ -375,9 +376,10 @@ def _check_report_flags(args: argparse.Namespace) -> None:
             "(a benchmark session writes its own report: pytest bench --benchmark-only --bench-report PATH)"
         )
     if args.no_accuracy:
-        if not args.bench_out:
+        if not args.bench_out and not args.kernels:
             raise UsageError(
-                "--no-accuracy leaves nothing to do: add --bench-json FILE --bench-out OUT.md for a benchmark report"
+                "--no-accuracy leaves nothing to do: add --bench-json FILE --bench-out OUT.md for a benchmark report, "
+                "or --kernels FOLDER for a kernel report"
             )
         ignored = [flag for flag, value in (("--runs-dir", args.runs_dir), ("--out", args.out)) if value is not None]
         if ignored:
@@ -390,28 +392,50 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .system.atomic import write_text
 
     _check_report_flags(args)
-    args.runs_dir = args.runs_dir or str(DEFAULT_RUNS_DIR)
     args.out = args.out or str(REPORTS_DIR / "accuracy-vs-cost.md")
 
     bench = load_bench_json(Path(args.bench_json)) if args.bench_json else None
     if bench is not None and args.bench_out:
         write_report(bench, Path(args.bench_out), command=f"mnist-bench report --bench-json {args.bench_json}")
         print(f"benchmark report written to {args.bench_out}")
+    if args.kernels:
+        from .profiling.profiler import load_summaries
+        from .reporting.kernels import render_kernel_report
+
+        folder = Path(args.kernels)
+        command = f"mnist-bench report --kernels {args.kernels} (summaries of mnist-bench profile runs)"
+        write_text(folder / "conv-kernels.md", render_kernel_report(load_summaries(folder / "kernels"), command))
+        print(f"kernel report written to {folder / 'conv-kernels.md'}")
     if args.no_accuracy:
         return 0
     from .reporting.accuracy import render
+    from .reporting.benchmarks import bench_machine
     from .runs.records import RunStore
+    from .system.machine import machine_key
 
-    runs, problems = RunStore(args.runs_dir).load_all()
+    # Every machine's records by default (accuracy pools over them; costs stay per machine).
+    roots = [Path(args.runs_dir)] if args.runs_dir else sorted(MACHINES_DIR.glob("*/runs"))
+    if not roots:
+        raise UsageError(f"no run records under {MACHINES_DIR}; train or sweep first (mnist-bench sweep --help)")
+    runs, problems = [], []
+    for root in roots:
+        found, trouble = RunStore(root).load_all()
+        runs += found
+        problems += trouble
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     if not runs:
-        raise UsageError(f"no valid run records under {args.runs_dir}; train or sweep first")
-    if bench is None:
-        latest = sorted(REPORTS_DIR.glob("benchmarks-*.json"), key=lambda p: p.stat().st_mtime)
-        bench = load_bench_json(latest[-1]) if latest else None
+        raise UsageError(f"no valid run records under {', '.join(map(str, roots))}; train or sweep first")
+    # Each machine's latencies come from its own benchmark JSON (a --bench-json serves its machine only).
+    benches = {}
+    for path in sorted(MACHINES_DIR.glob("*/benchmarks-*.json")):
+        with contextlib.suppress(UsageError):
+            data = load_bench_json(path)
+            benches.setdefault(machine_key(bench_machine(data)), data)
+    if bench is not None:
+        benches[machine_key(bench_machine(bench))] = bench
     out = Path(args.out)
-    write_text(out, render(runs, problems, bench, out.parent, command="mnist-bench report"))
+    write_text(out, render(runs, problems, benches, out.parent, command="mnist-bench report"))
     print(f"accuracy-vs-cost report written to {out} ({len(runs)} runs)")
     return 0
 
@@ -609,17 +633,27 @@ def _report_parser(sub) -> None:
         "--benchmark-autosave, or the JSON written beside reports/benchmarks-*.md).",
     )
     # None, not the default path, so that a flag --no-accuracy would ignore can be refused.
-    p.add_argument("--runs-dir", default=None, help=f"run records to report on (default: {DEFAULT_RUNS_DIR})")
+    p.add_argument("--runs-dir", default=None, help=f"run records to report on (default: every machine's, {MACHINES_DIR}/*/runs)")
     p.add_argument(
         "--out",
         default=None,
         help=f"accuracy-vs-cost markdown; PNG plots go beside it (default: {REPORTS_DIR / 'accuracy-vs-cost.md'})",
     )
     p.add_argument(
-        "--bench-json", default=None, help=f"a pytest-benchmark JSON file (default: the newest {REPORTS_DIR}/benchmarks-*.json)"
+        "--bench-json",
+        default=None,
+        help=f"a pytest-benchmark JSON file (default: each machine's own, {MACHINES_DIR}/<machine>/benchmarks-*.json)",
     )
     p.add_argument("--bench-out", default=None, help="also render the benchmark report from --bench-json to this markdown path")
-    p.add_argument("--no-accuracy", action="store_true", help="only the benchmark report (with --bench-json and --bench-out)")
+    p.add_argument(
+        "--kernels",
+        default=None,
+        metavar="FOLDER",
+        help="also re-render FOLDER/conv-kernels.md from the profile summaries in FOLDER/kernels (a machine's folder)",
+    )
+    p.add_argument(
+        "--no-accuracy", action="store_true", help="only the benchmark report (--bench-json, --bench-out) or --kernels"
+    )
     p.set_defaults(func=cmd_report)
 
 
@@ -649,8 +683,8 @@ def _compare_parser(sub) -> None:
     p.add_argument(
         "--baselines",
         default=None,
-        help="a folder of per-machine baselines (<machine>.json): compare NEW with the one for its machine; "
-        "skip (exit 0, saying why) when none matches or the machine was busy (default: none)",
+        help="the folder of per-machine evidence (e.g. reports/machines): compare NEW with <folder>/<its machine>/baseline.json; "
+        "skip (exit 0, saying why) when there is none or the machine was busy (default: none)",
     )
     p.add_argument("--no-plot", action="store_true", help="no PNG, markdown only")
     p.set_defaults(func=cmd_compare)
@@ -673,7 +707,9 @@ def _tune_parser(sub) -> None:
     )
     p.add_argument("--with-compile", action="store_true", help="also time torch.compile candidates (tens of seconds each)")
     p.add_argument(
-        "--out-dir", default=str(DEFAULT_TUNE_DIR), help=f"where the result goes, per machine (default: {DEFAULT_TUNE_DIR})"
+        "--out-dir",
+        default=str(DEFAULT_TUNE_DIR),
+        help=f"the folder of per-machine evidence; the result goes to <folder>/<this machine>/tune.json (default: {DEFAULT_TUNE_DIR})",
     )
     p.set_defaults(func=cmd_tune)
 

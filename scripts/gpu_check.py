@@ -35,8 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mnist_models.cli import build_parser  # noqa: E402
+from mnist_models.core.bench_row import BenchRow, bench_rows  # noqa: E402
 from mnist_models.reporting.benchmarks import fastest, load_bench_json  # noqa: E402
 from mnist_models.runs.records import RunStore  # noqa: E402
+from mnist_models.system.machine import evidence_dir  # noqa: E402
 
 MODELS = ("simple", "deep")
 BUDGET_SECONDS = 8 * 60
@@ -61,12 +63,13 @@ def pytest(*args: str) -> list[str]:
     return [sys.executable, "-m", "pytest", *args]
 
 
-def variant_flags(info: dict | None) -> list[str]:
-    """mnist-bench flags for a benchmark's variant (its extra_info); eager fp32 when there is none."""
-    if not info:
+def variant_flags(row: BenchRow | None) -> list[str]:
+    """mnist-bench flags for a benchmark's variant; eager fp32 when there is none."""
+    if row is None:
         return []
-    flags = ["--compile", info.get("compile", "off"), "--precision", info.get("precision", "fp32")]
-    return flags + (["--channels-last"] if info.get("channels_last") else [])
+    v = row.variant
+    flags = ["--compile", v.compile, "--precision", v.precision]
+    return flags + (["--channels-last"] if v.channels_last else []) + (["--fast"] if v.fast else [])
 
 
 def dataset_here() -> str:
@@ -210,10 +213,9 @@ def summary(results: list[tuple[Step, str, float]], reports: Path, dataset: str)
     if bench_json.exists():
         data = load_bench_json(bench_json)
         lines += ["", "images/s per CUDA variant (median, batch 100):"]
-        for b in sorted(data["benchmarks"], key=lambda b: b["name"]):
-            info = b.get("extra_info", {})
-            if info.get("images_per_s") and info.get("device") == "cuda":
-                lines.append(f"  {b['name']:60s} {info['images_per_s']:>14,.0f}")
+        for row in sorted(bench_rows(data), key=lambda r: r.name):
+            if row.images_per_s and row.variant.device == "cuda":
+                lines.append(f"  {row.suite + ' ' + row.label:60s} {row.images_per_s:>14,.0f}")
     try:
         records, _ = RunStore(reports / "runs").load_all()
     except Exception:  # no runs folder yet: nothing to summarise
@@ -237,7 +239,11 @@ def summary(results: list[tuple[Step, str, float]], reports: Path, dataset: str)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/gpu-check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="list and check the steps without running them")
-    parser.add_argument("--reports", default="reports", help="where reports, records and traces go (default: reports)")
+    parser.add_argument(
+        "--reports",
+        default=str(evidence_dir()),
+        help=f"where reports, records and traces go (default: this machine's evidence folder, {evidence_dir()})",
+    )
     args = parser.parse_args(argv)
     import torch
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from mnist_models import cli
+from mnist_models.core.bench_row import BenchRow
 from mnist_models.reporting.compare import beyond_noise
-from mnist_models.system.machine import machine_slug
+from mnist_models.system.machine import machine_key, this_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 MACHINE = {"cpu": "Test CPU (family 1, model 2)", "cpu_isa": ["avx2", "fma"], "cores": 2, "torch_threads": 2, "torch": "x"}
@@ -50,10 +51,13 @@ def run_json(path: Path, medians: dict, machine=MACHINE, busy=False) -> Path:
 
 
 def test_noise_is_the_overlap_of_interquartile_ranges():
-    a = {"median": 0.020, "q1": 0.019, "q3": 0.021, "iqr": 0.002}
-    assert not beyond_noise(a, {"median": 0.0205, "q1": 0.0200, "q3": 0.0215, "iqr": 0.0015})  # overlapping
-    assert beyond_noise(a, {"median": 0.025, "q1": 0.024, "q3": 0.026, "iqr": 0.002})  # apart
-    assert not beyond_noise(a, {"median": 0.025, "q1": 0.015, "q3": 0.035, "iqr": 0.02})  # a wide run swallows it
+    def row(median, spread):
+        return BenchRow.from_json(bench("simple-cpu-eager-fp32-b100", median, spread))
+
+    a = row(0.020, 0.001)
+    assert not beyond_noise(a, row(0.0205, 0.00075))  # overlapping
+    assert beyond_noise(a, row(0.025, 0.001))  # apart
+    assert not beyond_noise(a, row(0.025, 0.01))  # a wide run swallows it
 
 
 def test_a_change_inside_the_noise_is_not_flagged_one_beyond_it_is(tmp_path, capsys):
@@ -85,12 +89,15 @@ def test_the_gate_shows_but_never_fails_a_slower_ceiling(tmp_path, capsys):
     for path, median in ((base, 0.011), (new, 0.025)):  # torch's own fp32 matmul, 2.3x slower: the host, not this code
         data = json.loads(path.read_text())
         data["benchmarks"].append(
-            {**bench("cpu-fp32-n1024", median, 0.0005, suite="ceiling"), "name": "test_matmul_ceiling[cpu-fp32-n1024]"}
+            {
+                **bench("cpu-fp32-n1024", median, 0.0005, suite="ceiling", model=None, n=1024),
+                "name": "test_matmul_ceiling[cpu-fp32-n1024]",
+            }
         )
         path.write_text(json.dumps(data))
     out = tmp_path / "g.md"
     assert cli.main(["compare", str(base), str(new), "--fail-above", "100%", "--out", str(out), "--no-plot"]) == 0
-    row = next(line for line in out.read_text().splitlines() if "`cpu-fp32-n1024`" in line)
+    row = next(line for line in out.read_text().splitlines() if "`cpu-fp32-matmul-n1024`" in line)
     assert "slower (host; not gated)" in row and "FAIL" not in row
 
 
@@ -106,16 +113,52 @@ def test_different_machines_compare_what_transfers(tmp_path):
 
 
 def test_the_gate_skips_a_busy_machine_and_a_machine_without_baseline(tmp_path, capsys):
-    baselines = tmp_path / "baselines"
-    baselines.mkdir()
-    run_json(baselines / f"{machine_slug(MACHINE)}.json", {"eager": 0.020, "cl": 0.016})
+    baselines = tmp_path / "machines"
+    (baselines / machine_key(MACHINE)).mkdir(parents=True)
+    run_json(baselines / machine_key(MACHINE) / "baseline.json", {"eager": 0.020, "cl": 0.016})
     slow = run_json(tmp_path / "slow.json", {"eager": 0.040, "cl": 0.032})
     gate = ["compare", "--baselines", str(baselines), "--fail-above", "25%", "--no-plot", "--out", str(tmp_path / "g.md")]
     assert cli.main([*gate, str(slow)]) == 1  # the matching baseline is found and the 2x regression fails
     assert cli.main([*gate, str(run_json(tmp_path / "busy.json", {"eager": 0.04, "cl": 0.032}, busy=True))]) == 0
     assert "gate skipped: the machine was busy (a neighbour)" in capsys.readouterr().out
     assert cli.main([*gate, str(run_json(tmp_path / "elsewhere.json", {"eager": 0.04, "cl": 0.032}, machine=OTHER))]) == 0
-    assert "gate skipped: no baseline for this machine (Other CPU" in capsys.readouterr().out
+    assert "gate skipped: no baseline for this machine (Other-family-9-model-9-avx512bf16)" in capsys.readouterr().out
+
+
+def test_rows_that_measured_different_work_are_never_ratioed(tmp_path, capsys):
+    """Same benchmark name, other dataset or thread count: listed as not comparable, naming the field."""
+    base = run_json(tmp_path / "base.json", {"eager": 0.020, "cl": 0.016})
+    new = run_json(tmp_path / "new.json", {"eager": 0.200, "cl": 0.160})  # 10x "slower": different work
+    for path, dataset, size, threads in ((base, "mnist-5k", 4000, 2), (new, "fashion-mnist", 60000, 1)):
+        data = json.loads(path.read_text())
+        data["benchmarks"][0]["extra_info"] |= {"dataset": dataset, "dataset_size": size}
+        data["benchmarks"][1]["extra_info"] |= {"threads": threads}
+        path.write_text(json.dumps(data))
+    out = tmp_path / "c.md"
+    assert cli.main(["compare", str(base), str(new), "--fail-above", "25%", "--out", str(out), "--no-plot"]) == 0
+    text = out.read_text()
+    apart = text.split("### Not comparable")[1]
+    assert "dataset mnist-5k → fashion-mnist, dataset_size 4000 → 60000" in apart
+    assert "threads 2 → 1" in apart
+    assert "0 compared" in text and "2 not comparable" in text and "FAIL" not in text
+    assert "not comparable: test_train_step[simple-cpu-eager-fp32-b100] (dataset" in capsys.readouterr().out
+
+
+def test_the_committed_baseline_against_the_committed_full_report_claims_no_regression_from_a_dataset_change(tmp_path):
+    """The Zen 4 baseline (quick subset, epochs on mnist-5k) against the full run of the same box
+    (epochs on fashion-mnist): once a 17x 'regression' of the seed-loader epoch."""
+    zen4 = ROOT / "reports" / "machines" / "AMD-EPYC-family-25-model-17-avx512bf16"
+    out = tmp_path / "c.md"
+    cli.main(
+        ["compare", str(zen4 / "baseline.json"), str(zen4 / "benchmarks-cpu.json"), "--fail-above", "25%"]
+        + ["--out", str(out), "--no-plot"]
+    )
+    text = out.read_text()
+    apart = text.split("### Not comparable")[1]
+    epoch_rows = [line for line in apart.splitlines() if "epoch-" in line or "seed-cpu" in line]
+    assert epoch_rows and all("dataset mnist-5k → fashion-mnist" in line for line in epoch_rows)
+    compared = text.split("### Not comparable")[0]
+    assert "seed-cpu-eager-fp32-b100`" not in compared  # no epoch row was ratioed, let alone failed
 
 
 def test_a_folder_gives_a_trend(tmp_path):
@@ -126,15 +169,22 @@ def test_a_folder_gives_a_trend(tmp_path):
         data = json.loads(path.read_text())
         path.write_text(json.dumps(data | {"datetime": f"2026-11-2{i}T12:00:00"}))
     out = tmp_path / "t.md"
+    # A fourth run measured the eager step with one thread: other work, so a line of its own.
+    path = run_json(history / "0003.json", {"eager": 0.060, "cl": 0.016})
+    data = json.loads(path.read_text())
+    data["benchmarks"][0]["extra_info"]["threads"] = 1
+    path.write_text(json.dumps(data | {"datetime": "2026-11-23T12:00:00"}))
     assert cli.main(["compare", str(history), "--out", str(out)]) == 0
-    eager = next(line for line in out.read_text().splitlines() if "`simple-cpu-eager-fp32-b100`" in line)
-    assert "20.00 ms" in eager and "30.00 ms" in eager and eager.rstrip(" |").endswith("1.50")
+    eager = [line for line in out.read_text().splitlines() if "`train-step simple-cpu-eager-fp32-b100`" in line]
+    assert len(eager) == 2
+    [two_threads] = [line for line in eager if "20.00 ms" in line]
+    assert "30.00 ms" in two_threads and "60.00 ms" not in two_threads and two_threads.rstrip(" |").endswith("1.50")
 
 
 @pytest.mark.slow
 def test_a_subset_never_writes_over_the_full_report(tmp_path):
-    reports = tmp_path / "reports"
-    reports.mkdir()
+    reports = tmp_path / "reports" / "machines" / machine_key(this_machine())  # this machine's evidence folder
+    reports.mkdir(parents=True)
     full = reports / "benchmarks-cpu.md"
     full.write_text("the full report\n")
     # A subset with no --bench-report, with a home (paths.py) whose reports/ is the one above.

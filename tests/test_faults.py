@@ -20,6 +20,7 @@ from mnist_models import cli
 from mnist_models.runs.config import TrainConfig
 from mnist_models.runs.records import RunStore, load_record
 from mnist_models.system import atomic
+from mnist_models.system.machine import machine_key, this_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -183,7 +184,8 @@ def test_a_record_cannot_write_outside_the_report_folder(capsys, tmp_path, one_r
     assert cli.main(["report", "--runs-dir", str(runs), "--out", str(out)]) == 0
     assert "evil.json" in capsys.readouterr().err  # named, skipped
     assert not list(tmp_path.rglob("pwn*")) and not (tmp_path.parent / "escape-target").exists()
-    assert sorted(p.name for p in out.parent.iterdir()) == ["accuracy-vs-cost-mnist-5k.png", "report.md"]
+    key = machine_key(this_machine())
+    assert sorted(p.name for p in out.parent.iterdir()) == [f"accuracy-vs-cost-mnist-5k-{key}.png", "report.md"]
 
 
 def test_record_text_is_escaped_in_the_markdown(tmp_path, one_run):

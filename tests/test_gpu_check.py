@@ -44,7 +44,7 @@ def test_the_fastest_measured_variant_becomes_the_training_flags():
         ]
     }
     best = fastest(data, "train-step", "deep", "cuda", 100)
-    assert (best["precision"], best["channels_last"]) == ("bf16", True)  # pinned-thread rows are not candidates
+    assert (best.variant.precision, best.variant.channels_last) == ("bf16", True)  # pinned-thread rows are not candidates
     flags = gpu_check.variant_flags(best)
     args = build_parser().parse_args(["train", "--model", "deep", *flags])
     assert (args.precision, args.channels_last, args.compile) == ("bf16", True, "off")

@@ -12,8 +12,9 @@ from mnist_models.runs.records import SCHEMA_VERSION, RunRecord, RunStore, load_
 from mnist_models.runs.train import train
 from mnist_models.system.errors import RecordError, RunExists
 
-COMMITTED = Path(__file__).resolve().parent.parent / "reports" / "runs"
-UNVERSIONED = COMMITTED / "mnist-5k" / "deep-seed-cpu-eager-fp32-s777.json"
+MACHINES = Path(__file__).resolve().parent.parent / "reports" / "machines"
+COMMITTED = sorted(MACHINES.glob("*/runs"))  # each machine's run records
+UNVERSIONED = MACHINES / "AMD-EPYC-family-26-model-2-avx512bf16" / "runs" / "mnist-5k" / "deep-seed-cpu-eager-fp32-s777.json"
 FAST = dict(dataset="mnist-5k", loader="tensor", epochs=1, measure_latency=False)
 
 
@@ -39,18 +40,22 @@ def test_an_unversioned_committed_record_migrates(tmp_path):
     assert again.to_json() == record.to_json()
 
 
-def test_every_committed_record_loads():
-    records, problems = RunStore(COMMITTED).load_all()
-    assert problems == []
-    assert len(records) == len(list(COMMITTED.rglob("*.json")))
+def test_every_committed_record_loads_and_lies_in_its_machines_folder():
+    assert len(COMMITTED) >= 2
+    for folder in COMMITTED:
+        records, problems = RunStore(folder).load_all()
+        assert problems == []
+        assert len(records) == len(list(folder.rglob("*.json")))
+        assert {r.machine_key for r in records} == {folder.parent.name}
 
 
 def test_committed_records_migrate_to_a_stored_key_without_renaming(tmp_path):
     """Schema 3 kept the variant's fields loose in the config and re-derived device and threads on
     every read; schema 4 stores the resolved key. A migrated record keeps its name (so the file it is
     in still finds it), its key round-trips, and a key that disagrees with its config is refused."""
-    shutil.copytree(COMMITTED, tmp_path / "runs")
-    paths = sorted((tmp_path / "runs").rglob("*.json"))
+    for folder in COMMITTED:
+        shutil.copytree(folder, tmp_path / folder.parent.name)
+    paths = sorted(tmp_path.rglob("*.json"))
     for path in paths:
         raw = json.loads(path.read_text())
         record = load_record(path)

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from mnist_models import cli
+from mnist_models.core.bench_row import BenchRow
 from mnist_models.reporting.accuracy import pareto, render
 from mnist_models.reporting.benchmarks import render as render_bench
 from mnist_models.runs.config import TrainConfig
@@ -40,7 +41,8 @@ def test_accuracy_report_from_real_runs(runs_dir, tmp_path):
     assert "simple seed-loader cpu-eager-fp32" in text and "deep seed-loader cpu-eager-fp32" in text
     assert "2 (1, 2)" in text  # two seeds per group
     assert "### Reading" in text and "seed-to-seed spread" in text
-    assert (tmp_path / "accuracy-vs-cost-mnist-5k.png").read_bytes()[:4] == b"\x89PNG"
+    [png] = tmp_path.glob("accuracy-vs-cost-mnist-5k-*.png")  # one machine: one plot, named by its key
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_corrupt_record_is_skipped_and_named(runs_dir, tmp_path, capsys):
@@ -130,7 +132,7 @@ def test_the_ceiling_is_the_best_of_the_matmuls_and_the_convolution():
     row = next(line for line in text.splitlines() if "eager-fp32-b100" in line and line.startswith("| `"))
     assert "78.1% of fp32 conv" in row  # above the matmul's 100 GFLOP/s, below the convolution's 160
     assert "exceed 100% of the ceiling" not in text
-    assert "| `cpu-fp32-conv` | conv |" in text.replace("test_x[cpu-fp32-conv]", "cpu-fp32-conv")
+    assert "| `cpu-fp32-conv` | conv |" in text  # a file from before the identity: the op without its size
 
 
 def test_half_precision_rows_on_a_cpu_without_native_bf16_are_labelled_emulated():
@@ -187,11 +189,14 @@ def test_bench_session_writes_report(tmp_path):
 def test_half_precision_ceiling_is_never_below_fp32():
     from mnist_models.reporting.benchmarks import ceiling_for
 
+    def row(device, precision):
+        return BenchRow.from_json(_bench("x", "g", 0.01, suite="train-step", device=device, precision=precision))
+
     cpu_without_bf16 = {("cpu", "fp32"): 100.0, ("cpu", "bf16"): 1.0}
     gpu = {("cuda", "fp32"): 50.0, ("cuda", "bf16"): 500.0}
-    assert ceiling_for({"device": "cpu", "precision": "bf16"}, cpu_without_bf16) == 100.0
-    assert ceiling_for({"device": "cuda", "precision": "bf16"}, gpu) == 500.0
-    assert ceiling_for({"device": "cuda", "precision": "fp32"}, gpu) == 50.0
+    assert ceiling_for(row("cpu", "bf16"), cpu_without_bf16) == 100.0
+    assert ceiling_for(row("cuda", "bf16"), gpu) == 500.0
+    assert ceiling_for(row("cuda", "fp32"), gpu) == 50.0
 
 
 def test_seed_conclusion_verdict_separates_reproduced_from_not_reproduced():
@@ -233,25 +238,27 @@ def test_single_thread_case_is_compared_with_the_baseline_not_used_as_it():
     assert "baseline `deep-cpu-eager-fp32-b100`" in text
 
 
-def test_runs_from_different_machines_are_flagged_and_foreign_bench_latencies_left_out(runs_dir, tmp_path):
+def test_accuracy_pools_over_machines_and_every_cost_sits_under_its_machine(runs_dir, tmp_path):
+    from mnist_models.system.machine import machine_key
+
     runs, _ = load_runs(runs_dir)
     other = replace(runs[0], machine={**runs[0].machine, "cpu": "Other CPU (family 25, model 1)", "cpu_isa": ["avx2", "fma"]})
-    bench = {"benchmarks": [], "mnist_bench": {"machine": {"cpu": "Bench CPU", "cpu_isa": ["avx2"]}}}
-    text = render(runs + [other], [], bench, tmp_path, "test")
-    assert (
-        "come from 2 different machines" in text and r"Other CPU (family 25, model 1) \[avx2, fma\]: 1 runs" in text
-    )  # escaped for markdown
-    assert r"measured on another machine (Bench CPU \[avx2\])" in text
-    # Accuracy pools across machines (one deep row, three runs, two machines); cost keeps them apart.
-    accuracy = text.split("### Accuracy")[1].split("### Cost")[0]
-    cost = text.split("### Cost")[1].split("###")[0]
-    [deep_accuracy] = [line for line in accuracy.splitlines() if line.startswith("| deep")]
-    assert "| 3 (1, 1, 2) |" in deep_accuracy and deep_accuracy.rstrip(" |").endswith("2")
-    deep_costs = [line for line in cost.splitlines() if line.startswith("| deep")]
-    assert len(deep_costs) == 2 and "| machine |" in cost
-    assert any("Other CPU" in line for line in deep_costs)
-    same = render(runs, [], {"benchmarks": [], "mnist_bench": {"machine": runs[0].machine}}, tmp_path, "test")
-    assert "different machines" not in same and "another machine" not in same
+    here, there = runs[0].machine_key, machine_key(other.machine)
+    forward = _bench("f", "forward", 0.002, suite="forward", model=runs[0].config.model, device="cpu", batch=1)
+    bench = {"benchmarks": [forward], "machine_info": {"mnist_bench": runs[0].machine}}
+    text = render(runs + [other], [], {here: bench}, tmp_path, "test")
+    assert "- **Machines** (2;" in text and f"`{there}` = Other CPU (family 25, model 1) \\[avx2, fma\\]" in text
+    # Accuracy pools across machines (one row per recipe, n per machine); each cost has its machine's heading.
+    accuracy = text.split("### Accuracy")[1].split("### Cost on")[0]
+    [first_accuracy] = [line for line in accuracy.splitlines() if line.startswith(f"| {runs[0].config.model}")]
+    assert "| 3 (1, 1, 2) |" in first_accuracy and f"{here}: 2; {there}: 1" in first_accuracy
+    sections = dict(part.split("\n", 1) for part in text.split("### Cost on ")[1:])
+    assert set(sections) == {here, there}
+    assert (tmp_path / f"accuracy-vs-cost-mnist-5k-{here}.png").exists()
+    assert (tmp_path / f"accuracy-vs-cost-mnist-5k-{there}.png").exists()
+    mine = [line for line in sections[there].split("####")[0].splitlines() if line.startswith("| ")][1:]
+    assert len(mine) == 1 and "| 1 |" in mine[0]  # only the other machine's run, and no benchmark latency
+    assert "2.00 / -" in sections[here] and "2.00 / -" not in sections[there]  # latency from its own machine's JSON only
 
 
 def test_retrained_runs_give_the_noise_floor(runs_dir, tmp_path):
@@ -289,14 +296,14 @@ def test_scaling_table_efficiencies_and_verdict():
         case("strong", 2, 1, 50, 0.025, 0.2),
         case("weak", 2, 1, 100, 0.050, 0.1),
     ]
-    rows, verdict = scaling_rows(benches)
+    rows, verdict = scaling_rows([BenchRow.from_json(b) for b in benches])
     by_kind = {row[1]: row for row in rows}
     assert by_kind["strong"][9] == "80% (strong)"  # 40 ms / (2 x 25 ms)
     assert by_kind["weak"][9] == "80% (weak)"  # per-rank rate: 100/50 ms over 100/40 ms
     assert by_kind["strong"][10] == "20%" and by_kind["baseline"][10] == "-"
     assert verdict == "2 ranks x 1 thread do not beat 1 rank x 2 threads at the same global batch: 1.00x its throughput"
     benches[2]["stats"]["median"] = 0.020
-    assert scaling_rows(benches)[1].startswith("2 ranks x 1 thread beat 1 rank x 2 threads")
+    assert scaling_rows([BenchRow.from_json(b) for b in benches])[1].startswith("2 ranks x 1 thread beat 1 rank x 2 threads")
 
 
 def test_the_benchmark_report_draws_speedups_and_images_per_batch(tmp_path):

@@ -63,7 +63,7 @@ def test_the_budget_bounds_the_work(monkeypatch):
 
 def test_train_and_sweep_use_the_stored_choice(tuned, monkeypatch):
     _, path = tuned
-    monkeypatch.setattr(tune, "DEFAULT_TUNE_DIR", path.parent)
+    monkeypatch.setattr(tune, "DEFAULT_TUNE_DIR", path.parent.parent)  # <machines>/<machine>/tune.json
     stored = json.loads(path.read_text())
     assert stored["best"]["simple"]["variant"]["fast"] is True and stored["machine"]["cpu"]
     fields = tune.best_choice("simple")  # from the default folder: the one the CLI reads
@@ -95,7 +95,7 @@ def test_a_sweep_mixing_best_and_a_plain_variant_skips_every_finished_run_on_a_r
     is resolved once, so the run that trains after the tuned one neither inherits its thread count nor
     is saved under another name than the one the rerun looks for."""
     _, path = tuned
-    monkeypatch.setattr(tune, "DEFAULT_TUNE_DIR", path.parent)
+    monkeypatch.setattr(tune, "DEFAULT_TUNE_DIR", path.parent.parent)  # <machines>/<machine>/tune.json
     runs = tmp_path / "runs"
     argv = [
         "sweep",

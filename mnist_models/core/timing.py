@@ -9,22 +9,36 @@ from __future__ import annotations
 
 import torch
 
+from .bench_row import BenchIdentity
 from .harness import warm_up
 from .variants import device_name
 
 
-def describe(benchmark, case, flops_per_call: float, images_per_call: int, **more) -> None:
-    """What a reader needs to interpret the number; rates are added by `rates` after timing."""
-    v = case.variant
-    benchmark.extra_info.update(
+def identity(case, suite: str, dataset: str, dataset_size: int | None = None) -> BenchIdentity:
+    """The identity of a bench grid case, with the thread count it runs with now (the case's own,
+    applied by the suite's fixture, else the session's)."""
+    return BenchIdentity(
+        suite=suite,
+        variant=case.variant,
         model=case.model,
-        **v.fields(),
         batch=case.batch,
+        threads=torch.get_num_threads(),
+        ranks=getattr(case, "ranks", 1),
+        loader=getattr(case, "loader", None) or None,
+        dataset=dataset,
+        dataset_size=dataset_size,
+    )
+
+
+def describe(benchmark, ident: BenchIdentity, flops_per_call: float, images_per_call: int, pinned: bool, **more) -> None:
+    """Write a row's identity and what a reader needs to interpret its time (core.bench_row reads
+    them back); rates are added by `rates` after timing."""
+    benchmark.extra_info.update(
+        **ident.to_info(),
         flops_per_call=flops_per_call,
         images_per_call=images_per_call,
-        threads=torch.get_num_threads(),
-        threads_pinned=bool(case.threads),
-        device_name=device_name(v.device),
+        threads_pinned=pinned,
+        device_name=device_name(ident.variant.device),
         torch=torch.__version__,
         **more,
     )
@@ -52,11 +66,10 @@ def time_call(benchmark, case, call, suite: str, flops_per_call: float):
     benchmark.group = f"{suite}-{case.model}-{v.device}-b{case.batch}"
     describe(
         benchmark,
-        case,
+        identity(case, suite, "mnist-5k"),
         flops_per_call,
         case.batch,
-        suite=suite,
-        dataset="mnist-5k",
+        pinned=bool(case.threads),
         compile_seconds=compile_seconds if v.compile != "off" else None,
     )
     result = benchmark(call)

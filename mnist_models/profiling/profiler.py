@@ -33,12 +33,13 @@ from ..runs.config import check_choice, check_threads
 from ..scale import distributed
 from ..system import atomic
 from ..system.errors import UsageError
-from ..system.machine import busy_check, machine_info, set_threads
-from ..system.paths import REPORTS_DIR, shown
+from ..system.machine import busy_check, evidence_dir, machine_info, set_threads
+from ..system.paths import shown
 
-DEFAULT_TRACE_DIR = REPORTS_DIR / "traces"
-DEFAULT_SUMMARY_DIR = REPORTS_DIR / "kernels"
-DEFAULT_KERNEL_REPORT = REPORTS_DIR / "conv-kernels.md"
+# This machine's evidence folder: a profile made here never replaces another machine's summary.
+DEFAULT_TRACE_DIR = evidence_dir() / "traces"
+DEFAULT_SUMMARY_DIR = evidence_dir() / "kernels"
+DEFAULT_KERNEL_REPORT = evidence_dir() / "conv-kernels.md"
 # Rows that only wrap other rows (their time is their children's) are left out of the tables.
 _WRAPPERS = re.compile(
     r"^(ProfilerStep|autograd::engine|Optimizer\.|CompiledFunction|Torch-Compiled Region|TorchDynamo|"

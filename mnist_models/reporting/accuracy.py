@@ -1,10 +1,13 @@
-"""Run records (+ the latest benchmark JSON) -> reports/accuracy-vs-cost.md and its plots.
+"""Run records of every machine (+ each machine's benchmark JSON) -> reports/accuracy-vs-cost.md
+and its plots.
 
 One section per dataset: runs from different datasets are never averaged together. Within a
 dataset, the accuracy table groups runs by model, loader, variant and recipe, pooled over machines
-and thread counts; the cost table groups them also by thread count and machine, since times never
-transfer between machines. Each group reports the spread over its seeds, so a difference between
-the nets can be weighed against seed-to-seed noise.
+and thread counts (it says how many runs came from each machine). Every cost figure (the cost
+table, the time to reach an accuracy, the cheapest run, the Pareto plot, latencies) sits in a
+section per machine, headed by the machine, since times never transfer between machines. Each group
+reports the spread over its seeds, so a difference between the nets can be weighed against
+seed-to-seed noise.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..core.bench_row import bench_rows
 from ..core.seed_recipe import SEED, SEED_BATCH_SIZE, SEED_EPOCHS, SEED_LR
 from ..core.variants import Variant
 from ..runs.records import RunRecord
 from ..system import atomic
-from ..system.machine import machine_key, mixed_machines_warning
-from .benchmarks import bench_machine, bench_rows, bench_variant
+from ..system.machine import machine_key, machine_label
 from .markdown import fmt_num, header, md, table
 
 # The seed's printed per-epoch costs (MNIST, its unnamed machine) and accuracies (raw-pixel evaluation).
@@ -131,7 +134,7 @@ def _time_to(row, target: float) -> float | None:
     return None
 
 
-def summarise_groups(df: pd.DataFrame) -> pd.DataFrame:
+def summarise_groups(df: pd.DataFrame, keys: list[str] = GROUP_KEYS) -> pd.DataFrame:
     def agg(g: pd.DataFrame) -> pd.Series:
         return pd.Series(
             {
@@ -156,7 +159,7 @@ def summarise_groups(df: pd.DataFrame) -> pd.DataFrame:
             }
         )
 
-    return df.groupby(GROUP_KEYS, sort=True).apply(agg, include_groups=False).reset_index()
+    return df.groupby(keys, sort=True).apply(agg, include_groups=False).reset_index()
 
 
 def pareto(points: list[tuple[float, float]]) -> list[bool]:
@@ -168,7 +171,8 @@ def pareto(points: list[tuple[float, float]]) -> list[bool]:
     return flags
 
 
-def plot(groups: pd.DataFrame, dataset: str, path: Path) -> Path:
+def plot(groups: pd.DataFrame, dataset: str, machine: str, path: Path) -> Path:
+    """Accuracy against training time (one machine's runs: times do not transfer) and per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,10 +180,7 @@ def plot(groups: pd.DataFrame, dataset: str, path: Path) -> Path:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 6.5))
     flags = pareto(list(zip(groups["train_seconds"], groups["acc_mean"])))
-    several = groups["machine_key"].nunique() > 1
-    machines = {key: f"M{i + 1}" for i, key in enumerate(sorted(groups["machine_key"].unique()))}
     for (_, g), on_front in zip(groups.iterrows(), flags):
-        where = f", {machines[g['machine_key']]}" if several else ""
         ax1.errorbar(
             g["train_seconds"],
             g["acc_mean"],
@@ -187,14 +188,14 @@ def plot(groups: pd.DataFrame, dataset: str, path: Path) -> Path:
             yerr=g["acc_std"],
             fmt="o",
             capsize=4,
-            label=f"{_label(g)}, {g['epochs_cfg']} ep, {g['threads']} thr{where} (n={g['n']})",
+            label=f"{_label(g)}, {g['epochs_cfg']} ep, {g['threads']} thr (n={g['n']})",
             markersize=9 if on_front else 6,
             markeredgecolor="black" if on_front else None,
             markeredgewidth=2 if on_front else 0,
         )
         curves = pd.DataFrame(list(g["runs"]["curve"]))
         epochs = range(1, curves.shape[1] + 1)
-        line = ax2.plot(epochs, curves.mean(), label=f"{_label(g)}{where}")[0]
+        line = ax2.plot(epochs, curves.mean(), label=_label(g))[0]
         ax2.fill_between(epochs, curves.min(), curves.max(), alpha=0.2, color=line.get_color())
     front = sorted((c, a) for (c, a), on in zip(zip(groups["train_seconds"], groups["acc_mean"]), flags) if on)
     if len(front) > 1:  # the Pareto front as a staircase: the best accuracy bought at each cost
@@ -210,15 +211,13 @@ def plot(groups: pd.DataFrame, dataset: str, path: Path) -> Path:
         )
     ax1.set_xlabel("training time, s (mean over seeds; bars: std)")
     ax1.set_ylabel("final test accuracy (bars: std over seeds)")
-    ax1.set_title(f"{dataset}: accuracy vs training cost (outlined + line: Pareto front)")
+    ax1.set_title(f"{dataset} on {machine}: accuracy vs training time\n(outlined + line: Pareto front)", fontsize=10)
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("test accuracy (mean; band: min-max over seeds)")
-    ax2.set_title(f"{dataset}: test accuracy per epoch")
+    ax2.set_title(f"{dataset} on {machine}: test accuracy per epoch", fontsize=10)
     for ax in (ax1, ax2):  # legends below the axes, never over the data
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
         ax.grid(alpha=0.3)
-    if several:
-        fig.text(0.01, 0.005, "; ".join(f"{m}: {key}" for key, m in machines.items()), fontsize=6)
     fig.tight_layout()
     import io
 
@@ -228,21 +227,16 @@ def plot(groups: pd.DataFrame, dataset: str, path: Path) -> Path:
     return atomic.write_bytes(path, buffer.getvalue())
 
 
-def _bench_machine(bench: dict) -> str:
-    return machine_key(bench_machine(bench))
-
-
 def _bench_latency(bench: dict | None, model: str, variant: Variant) -> str:
-    """Forward medians at batch 1 and 1000 from the benchmark JSON, when it has this model + variant
-    at the session's thread count (matched on the fields stored in extra_info)."""
+    """Forward medians at batch 1 and 1000 from a benchmark JSON of the same machine, when it has this
+    model + variant at the session's thread count."""
     if not bench:
         return "-"
-    found = {}
-    for b in bench_rows(bench):
-        info = b["extra_info"]
-        same = info.get("suite") == "forward" and info.get("model") == model and bench_variant(info) == variant
-        if same and not info.get("threads_pinned"):
-            found[info.get("batch")] = b["stats"]["median"] * 1e3
+    found = {
+        r.identity.batch: r.median * 1e3
+        for r in bench_rows(bench)
+        if r.suite == "forward" and r.identity.model == model and r.variant == variant and not r.threads_pinned
+    }
     return " / ".join(f"{found[k]:.2f}" if k in found else "-" for k in (1, 1000)) if found else "-"
 
 
@@ -294,11 +288,11 @@ def _rerun_line(groups: pd.DataFrame) -> list[str]:
     ]
 
 
-def _reading(groups: pd.DataFrame) -> list[str]:
-    """A generated reading of the table: which net is better at equal cost, and is the gap real."""
+def _accuracy_reading(pooled: pd.DataFrame) -> list[str]:
+    """Which net is more accurate under the seed's recipe, is the gap real, and does the seed's
+    conclusion survive: from the accuracies pooled over machines."""
     lines = []
-    base = _baselines(groups)
-    by_model = {row["model"]: row for _, row in base.iterrows()}
+    by_model = {row["model"]: row for _, row in _baselines(pooled).iterrows()}
     if {"simple", "deep"} <= set(by_model):
         s, d = by_model["simple"], by_model["deep"]
         diff = d["acc_mean"] - s["acc_mean"]
@@ -319,20 +313,28 @@ def _reading(groups: pd.DataFrame) -> list[str]:
             f"(deep {'worse' if seed_diff < 0 else 'better'}); evaluated correctly, deep is {'better' if diff > 0 else 'worse'}. "
             + _conclusion_verdict(seed_diff, diff, noise)
         )
-        t_simple = s["train_seconds"]
+    return lines + _rerun_line(pooled)
+
+
+def _cost_reading(groups: pd.DataFrame) -> list[str]:
+    """What the time buys on one machine: deep against simple at equal cost, and the cheapest run."""
+    lines = []
+    base = _baselines(groups)
+    by_model = {row["model"]: row for _, row in base.iterrows()}
+    if {"simple", "deep"} <= set(by_model):
+        s, d = by_model["simple"], by_model["deep"]
         reach = [_time_to(r, s["acc_mean"]) for _, r in d["runs"].iterrows()]
         reached = [t for t in reach if t is not None]
         if reached:
             lines.append(
-                f"- **At equal cost**: simple needs {t_simple:.0f} s ({s['epochs_cfg']} epochs) for {s['acc_mean']:.4f}; deep reaches that accuracy "
-                f"after {sum(reached) / len(reached):.0f} s on average ({len(reached)}/{len(reach)} seeds reach it), "
-                f"so {'deep' if sum(reached) / len(reached) < t_simple else 'simple'} is the better buy at that accuracy."
+                f"- **At equal cost**: simple needs {s['train_seconds']:.0f} s ({s['epochs_cfg']} epochs) for {s['acc_mean']:.4f}; deep "
+                f"reaches that accuracy after {sum(reached) / len(reached):.0f} s on average ({len(reached)}/{len(reach)} seeds reach it), "
+                f"so {'deep' if sum(reached) / len(reached) < s['train_seconds'] else 'simple'} is the better buy at that accuracy."
             )
         else:
             lines.append(
                 f"- **At equal cost**: deep never reaches simple's final {s['acc_mean']:.4f} in these runs; simple is the better buy."
             )
-    lines += _rerun_line(groups)
     same_schedule = groups[groups["epochs_cfg"] == (base["epochs_cfg"].max() if not base.empty else groups["epochs_cfg"].max())]
     for model, g in same_schedule.groupby("model"):
         fastest = g.loc[g["train_seconds"].idxmin()]
@@ -343,18 +345,23 @@ def _reading(groups: pd.DataFrame) -> list[str]:
     return lines
 
 
-def render(runs: list[RunRecord], problems: list[str], bench: dict | None, out_dir: Path, command: str) -> str:
+def render(runs: list[RunRecord], problems: list[str], benches: dict[str, dict] | None, out_dir: Path, command: str) -> str:
+    """The report; `benches`: a benchmark JSON per machine key, for the latency column of that
+    machine's cost table (a JSON of another machine is never used)."""
     df = runs_frame(runs)
-    machine = dict(runs[-1].machine) if runs else {}
+    benches = benches or {}
+    machines = {r.machine_key: r.machine for r in runs}
+    out = [header("Accuracy versus cost", list(machines.values()), df["dataset"].unique() if len(df) else [], command)]
     codes = Counter(r.machine.get("code") or "unknown" for r in runs)
     if len(codes) > 1:  # records made by several commits: name them all
-        machine["code"] = ", ".join(f"{code} ({n} runs)" for code, n in codes.most_common())
-    out = [header("Accuracy versus cost", machine, df["dataset"].unique() if len(df) else [], command)]
+        out.append(f"- **Runs made by code**: {md(', '.join(f'{code} ({n} runs)' for code, n in codes.most_common()))}\n")
     out.append(
-        "\nEvery figure comes from stored run records (`reports/runs/<dataset>/*.json`), made by `mnist-bench train` / "
-        "`mnist-bench sweep` on this machine. Accuracy is on the test set with pixels scaled as in training; the "
-        "seed-style column feeds raw 0..255 pixels, as the seed's script did. Training time excludes the per-epoch "
-        "evaluations. Datasets are reported separately and never averaged together.\n"
+        "\nEvery figure comes from stored run records (`reports/machines/<machine>/runs/<dataset>/*.json`), made by "
+        "`mnist-bench train` / `mnist-bench sweep`. Accuracy is on the test set with pixels scaled as in training; the "
+        "seed-style column feeds raw 0..255 pixels, as the seed's script did. Accuracy pools over machines (a machine "
+        "changes no result beyond rounding); every time is given per machine, under its own heading, and never "
+        "compared across machines. Training time excludes the per-epoch evaluations. Datasets are reported "
+        "separately and never averaged together.\n"
     )
     dirty = sum(n for code, n in codes.items() if code.endswith("+dirty"))
     if dirty:
@@ -367,53 +374,55 @@ def render(runs: list[RunRecord], problems: list[str], bench: dict | None, out_d
         out.append("\n" + "\n".join(f"- WARNING: {md(p)}" for p in problems) + "\n")
     for dataset in sorted(df["dataset"].unique()):
         sub = df[df["dataset"] == dataset]
-        groups = summarise_groups(sub)
         counts = f"{sub['train_images'].iloc[0]:,} train / {sub['test_images'].iloc[0]:,} test images"
         out.append(f"\n## {dataset} ({counts})\n\n")
         if dataset == "synthetic":
             out.append("_synthetic data is random: its accuracies mean nothing and are not reported._\n")
             continue
-        mixed = mixed_machines_warning(list(sub["machine"]))
-        if mixed:
-            out.append(f"_{md(mixed)}._\n\n")
-        section_bench = bench if bench is not None and _bench_machine(bench) in set(sub["machine_key"]) else None
-        if bench is not None and section_bench is None:
-            out.append(
-                f"_The benchmark JSON was measured on another machine ({md(_bench_machine(bench))}): its latencies are left out._\n\n"
-            )
-        if groups["contended"].any():
-            out.append(
-                "_Runs marked * shared the CPU with other work (see `busy_before_start` and "
-                "`cores_used_by_others_during_run` in their records): their times are upper bounds._\n\n"
-            )
         out.append(_accuracy_table(sub))
-        out.append(_cost_table(groups, section_bench, bench))
-        out.append("\nPeak MB is the process's peak RSS on CPU (it includes the dataset) or CUDA's allocator peak.\n")
+        reading = _accuracy_reading(summarise_groups(sub, RECIPE_KEYS))
+        if reading:
+            out.append("\n### Reading (accuracy, all machines)\n\n" + "\n".join(reading) + "\n")
+        by_size = sub["machine_key"].value_counts()
+        for key in by_size.index:  # the machine with most runs first
+            out.append(_machine_section(sub[sub["machine_key"] == key], dataset, key, benches.get(key), out_dir))
+    return "".join(out)
 
-        base = _baselines(groups)
-        targets = sorted({round(float(a), 4) for a in base["acc_mean"]})
-        if targets:
-            out.append("\n### Time to reach an accuracy (targets: the seed recipe's final accuracy per net)\n\n")
-            rows = []
-            for _, g in groups.iterrows():
-                cells = []
-                for target in targets:
-                    times = [_time_to(r, target) for _, r in g["runs"].iterrows()]
-                    hit = [t for t in times if t is not None]
-                    cells.append(
-                        f"{sum(hit) / len(hit):.0f} s ({len(hit)}/{len(times)})" if hit else f"not reached (0/{len(times)})"
-                    )
-                rows.append([_label(g), *cells])
-            out.append(table(["model, loader, variant", *[f"≥ {t:.4f}" for t in targets]], rows))
-            out.append(
-                "\nMean training seconds to the first epoch whose test accuracy reaches the target (seeds reaching it / seeds).\n"
-            )
 
-        out.append(_seed_table(sub))
-        png = out_dir / f"accuracy-vs-cost-{dataset}.png"
-        plot(groups, dataset, png)
-        out.append(f"\n### Plot\n\n![accuracy vs cost, {dataset}]({png.name})\n")
-        out.append("\n### Reading\n\n" + "\n".join(_reading(groups)) + "\n")
+def _machine_section(sub: pd.DataFrame, dataset: str, key: str, bench: dict | None, out_dir: Path) -> str:
+    """Every cost figure of one machine's runs of one dataset, under a heading naming the machine."""
+    groups = summarise_groups(sub)
+    out = [f"\n### Cost on {md(key)}\n\n_{md(machine_label(sub['machine'].iloc[0]))}: {len(sub)} runs._\n\n"]
+    if groups["contended"].any():
+        out.append(
+            "_Runs marked * shared the CPU with other work (see `busy_before_start` and "
+            "`cores_used_by_others_during_run` in their records): their times are upper bounds._\n\n"
+        )
+    out.append(_cost_table(groups, bench))
+    out.append("\nPeak MB is the process's peak RSS on CPU (it includes the dataset) or CUDA's allocator peak.\n")
+    base = _baselines(groups)
+    targets = sorted({round(float(a), 4) for a in base["acc_mean"]})
+    if targets:
+        out.append(f"\n#### Time to reach an accuracy on {md(key)} (targets: the seed recipe's final accuracy per net)\n\n")
+        rows = []
+        for _, g in groups.iterrows():
+            cells = []
+            for target in targets:
+                times = [_time_to(r, target) for _, r in g["runs"].iterrows()]
+                hit = [t for t in times if t is not None]
+                cells.append(f"{sum(hit) / len(hit):.0f} s ({len(hit)}/{len(times)})" if hit else f"not reached (0/{len(times)})")
+            rows.append([_label(g), *cells])
+        out.append(table(["model, loader, variant", *[f"≥ {t:.4f}" for t in targets]], rows))
+        out.append(
+            "\nMean training seconds to the first epoch whose test accuracy reaches the target (seeds reaching it / seeds).\n"
+        )
+    out.append(_seed_table(sub))
+    png = out_dir / f"accuracy-vs-cost-{dataset}-{key}.png"
+    plot(groups, dataset, key, png)
+    out.append(f"\n#### Plot, {md(key)}\n\n![accuracy vs cost, {dataset}, {md(key)}]({png.name})\n")
+    reading = _cost_reading(groups)
+    if reading:
+        out.append(f"\n#### Reading (cost on {md(key)})\n\n" + "\n".join(reading) + "\n")
     return "".join(out)
 
 
@@ -424,7 +433,7 @@ def _accuracy_table(sub: pd.DataFrame) -> str:
     for _, g in pooled:
         first = g.iloc[0]
         std = g["accuracy"].std(ddof=1) if len(g) > 1 else 0.0
-        machines = g["machine_key"].nunique()
+        per_machine = g["machine_key"].value_counts()
         rows.append(
             [
                 _label(first),
@@ -435,7 +444,7 @@ def _accuracy_table(sub: pd.DataFrame) -> str:
                 f"{g['seed_style'].mean():.4f}",
                 f"{first['params']:,}",
                 f"{first['flops'] / 1e6:.2f} M",
-                machines if machines > 1 else "1",
+                "; ".join(f"{md(k)}: {n}" for k, n in per_machine.items()),
             ]
         )
     return "### Accuracy (pooled over machines and thread counts)\n\n" + table(
@@ -448,39 +457,31 @@ def _accuracy_table(sub: pd.DataFrame) -> str:
             "seed-style",
             "params",
             "FLOPs / image",
-            "machines",
+            "runs per machine",
         ],
         rows,
         align="lrlrrrrrr",
     )
 
 
-def _cost_table(groups: pd.DataFrame, section_bench: dict | None, bench: dict | None) -> str:
-    """What a recipe costs, per machine and thread count: times never pool across machines."""
-    several = groups["machine_key"].nunique() > 1
+def _cost_table(groups: pd.DataFrame, bench: dict | None) -> str:
+    """What a recipe costs on one machine, per thread count; `bench`: that machine's benchmark JSON."""
     rows = []
     for _, g in groups.iterrows():
         rows.append(
             [
                 f"{_label(g)}{'*' if g['contended'] else ''}",
-                *([md(g["machine_key"])] if several else []),
                 g["threads"],
                 g["n"],
                 f"{g['sec_per_epoch']:.1f}",
                 f"{g['train_seconds']:.0f}",
                 f"{fmt_num(g['lat1_ms'], 2)} / {fmt_num(g['lat1000_ms'], 1)}",
-                # Only beside runs of the machine the benchmarks ran on: latencies do not transfer.
-                _bench_latency(
-                    section_bench if section_bench and g["machine_key"] == _bench_machine(bench) else None,
-                    g["model"],
-                    g["variant"],
-                ),
+                _bench_latency(bench, g["model"], g["variant"]),
                 fmt_num(g["peak_mb"], 0),
             ]
         )
     columns = [
         "model, loader, variant",
-        *(["machine"] if several else []),
         "threads",
         "runs",
         "s / epoch",
@@ -489,7 +490,7 @@ def _cost_table(groups: pd.DataFrame, section_bench: dict | None, bench: dict | 
         "bench b1 / b1000 ms",
         "peak MB",
     ]
-    return "\n### Cost (per machine)\n\n" + table(columns, rows, align="l" + ("l" if several else "") + "rrrrrrr")
+    return table(columns, rows, align="lrrrrrrr")
 
 
 def _seed_table(sub: pd.DataFrame) -> str:
@@ -510,7 +511,7 @@ def _seed_table(sub: pd.DataFrame) -> str:
     rows.append(["real acc"] + sum((["(not measured)", f"{ours[m]['accuracy']:.4f}", ""] for m in models), []))
     columns = ["epoch"] + sum(([f"{m}: seed's cost (MNIST)", f"{m}: our cost", f"{m}: our test acc"] for m in models), [])
     return (
-        "\n### The seed's table, reproduced (seed recipe, seed 777, 15 epochs)\n\n"
+        "\n#### The seed's table, reproduced (seed recipe, seed 777, 15 epochs)\n\n"
         "The seed's costs were printed on MNIST on a machine it does not name; ours are on this dataset. The seed's accuracies "
         "come from raw 0..255 test pixels; the matching figure here is the seed-style row.\n\n" + table(columns, rows)
     )

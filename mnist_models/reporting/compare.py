@@ -4,6 +4,10 @@ gate, and the trend over a folder of runs.
 Inputs are pytest-benchmark JSON files of any origin: the JSON written beside reports/benchmarks-*.md,
 `--benchmark-json`, or `--benchmark-autosave` files (stored per machine under .benchmarks/).
 
+Rows are matched by benchmark name, then by identity (core.bench_row): two rows of the same name
+that measured different work (another dataset, thread count, batch ...) are listed as not
+comparable, naming the fields that differ, and never form a ratio.
+
 Noise: a difference is "beyond noise" when the interquartile ranges of the two runs' rounds do not
 overlap (q3 of the faster below q1 of the slower). It is a plain, conservative test: rounds of one
 benchmark are not independent draws, so a bootstrap interval would claim more certainty than the data
@@ -18,10 +22,11 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.bench_row import BenchRow, bench_rows
 from ..system import atomic
 from ..system.errors import UsageError
-from ..system.machine import BUSY_CORES, machine_key, machine_slug
-from .benchmarks import achieved_gflops, bench_machine, bench_rows, ceiling_for, ceilings, is_baseline, load_bench_json, quartiles
+from ..system.machine import BUSY_CORES, evidence_dir, machine_key, machine_label
+from .benchmarks import bench_machine, ceiling_share, group_baseline, load_bench_json
 from .markdown import code, fmt_time, header, md, table
 
 
@@ -29,7 +34,7 @@ from .markdown import code, fmt_time, header, md, table
 class Run:
     path: Path
     data: dict
-    rows: dict[str, dict]  # benchmark name -> row
+    rows: dict[str, BenchRow]  # benchmark name -> row
 
     @property
     def machine(self) -> dict:
@@ -38,6 +43,10 @@ class Run:
     @property
     def key(self) -> str:
         return machine_key(self.machine)
+
+    @property
+    def label(self) -> str:
+        return machine_label(self.machine)
 
     @property
     def busy(self) -> str | None:
@@ -56,49 +65,46 @@ class Run:
     def speedup(self, name: str) -> float | None:
         """Speedup of a benchmark over its group's eager fp32 baseline, within this run."""
         row = self.rows[name]
-        group = [b for b in self.rows.values() if b.get("group") == row.get("group")]
-        base = next((b for b in group if is_baseline(b["extra_info"])), None)
-        return base["stats"]["median"] / row["stats"]["median"] if base else None
+        base = group_baseline(row, list(self.rows.values()))
+        return base.median / row.median if base else None
 
     def ceiling_share(self, name: str) -> float | None:
         """A benchmark's achieved GFLOP/s as a share of this run's own measured ceiling."""
-        row = self.rows[name]
-        gflops, peak = achieved_gflops(row), ceiling_for(row["extra_info"], ceilings(list(self.rows.values())))
-        return gflops / peak if gflops and peak else None
+        return ceiling_share(self.rows[name], list(self.rows.values()))
 
 
 def load_run(path: Path) -> Run:
     data = load_bench_json(Path(path))
-    rows = {b["name"]: b for b in bench_rows(data)}
+    rows = {r.name: r for r in bench_rows(data)}
     if not rows:
         raise UsageError(f"{path} holds no benchmark with timings")
     return Run(Path(path), data, rows)
 
 
-def beyond_noise(a: dict, b: dict) -> bool:
+def beyond_noise(a: BenchRow, b: BenchRow) -> bool:
     """Do the interquartile ranges of two benchmarks' rounds miss each other?"""
-    (a1, a3), (b1, b3) = quartiles(a), quartiles(b)
+    (a1, a3), (b1, b3) = a.quartiles(), b.quartiles()
     return a3 < b1 or b3 < a1
 
 
 @dataclass
 class Change:
     name: str
-    base: dict
-    new: dict
+    base: BenchRow
+    new: BenchRow
     beyond_noise: bool
 
     @property
     def ratio(self) -> float:
         """New time over base time: above 1 is slower."""
-        return self.new["stats"]["median"] / self.base["stats"]["median"]
+        return self.new.median / self.base.median
 
     @property
     def gated(self) -> bool:
         """The ceiling suite times torch's own matmul and convolution, no code of this project: a slower
         one says the host was slower (seen here: the same fp32 matmul at 11 ms and at 25 ms on one
         box, the old commit as slow as the new), so it is shown, never failed."""
-        return self.new.get("extra_info", {}).get("suite") != "ceiling"
+        return self.new.suite != "ceiling"
 
     def slower(self, threshold: float) -> bool:
         return self.beyond_noise and self.ratio > 1 + threshold
@@ -107,9 +113,34 @@ class Change:
         return self.gated and self.slower(threshold)
 
 
-def compare(base: Run, new: Run) -> list[Change]:
-    shared = [name for name in base.rows if name in new.rows]
-    return [Change(n, base.rows[n], new.rows[n], beyond_noise(base.rows[n]["stats"], new.rows[n]["stats"])) for n in shared]
+@dataclass
+class NotComparable:
+    """A benchmark of the same name in both runs that measured different work: no ratio is formed."""
+
+    name: str
+    base: BenchRow
+    new: BenchRow
+
+    @property
+    def fields(self) -> list[str]:
+        return self.base.identity.differences(self.new.identity)
+
+    def describe(self) -> str:
+        """'dataset mnist-5k → fashion-mnist, dataset_size 5000 → 60000'"""
+        mine, theirs = self.base.identity.to_info(), self.new.identity.to_info()
+        return ", ".join(f"{f} {mine[f]} → {theirs[f]}" for f in self.fields)
+
+
+def compare(base: Run, new: Run) -> tuple[list[Change], list[NotComparable]]:
+    """Rows of the same name and identity as changes; rows of the same name that differ in identity apart."""
+    changes, apart = [], []
+    for name in (n for n in base.rows if n in new.rows):
+        a, b = base.rows[name], new.rows[name]
+        if a.identity != b.identity:
+            apart.append(NotComparable(name, a, b))
+        else:
+            changes.append(Change(name, a, b, beyond_noise(a, b)))
+    return changes, apart
 
 
 def _verdict(change: Change) -> str:
@@ -126,15 +157,33 @@ def _x(value: float | None) -> str:
     return f"{value:.2f}x" if value is not None else "-"
 
 
-def render(base: Run, new: Run, changes: list[Change], threshold: float | None, command: str, png: Path | None) -> str:
+def _name(row: BenchRow) -> str:
+    return row.label
+
+
+def render(
+    base: Run,
+    new: Run,
+    changes: list[Change],
+    apart: list[NotComparable],
+    threshold: float | None,
+    command: str,
+    png: Path | None,
+) -> str:
     same = base.key == new.key
-    out = [
-        header(
-            "Benchmark comparison", new.machine, {b["extra_info"].get("dataset", "") for b in new.rows.values()} - {""}, command
-        )
-    ]
-    out.append(f"\n- **Base**: {code(base.path.name)} on {md(base.key)} ({md(base.data.get('datetime', '?'))[:16]})\n")
-    out.append(f"- **New**: {code(new.path.name)} on {md(new.key)} ({md(new.data.get('datetime', '?'))[:16]})\n")
+    title = "Benchmark comparison" + ("" if same else f": {base.key} vs {new.key} (two machines)")
+    datasets = {r.identity.dataset for run in (base, new) for r in run.rows.values() if r.identity.dataset}
+    out = [header(title, new.machine, datasets, command)]
+    slower = [c for c in changes if c.beyond_noise and c.ratio > 1]
+    faster = [c for c in changes if c.beyond_noise and c.ratio < 1]
+    out.append(
+        f"\n**Summary**: {len(changes)} compared; {len(faster)} faster and {len(slower)} slower beyond noise; "
+        f"{len(changes) - len(faster) - len(slower)} within noise"
+        + (f"; {len(apart)} not comparable (different work under the same name, below)" if apart else "")
+        + ".\n"
+    )
+    out.append(f"\n- **Base**: {code(base.path.name)} on {md(base.label)} ({md(base.data.get('datetime', '?'))[:16]})\n")
+    out.append(f"- **New**: {code(new.path.name)} on {md(new.label)} ({md(new.data.get('datetime', '?'))[:16]})\n")
     for run, what in ((base, "base"), (new, "new")):
         if run.busy:
             out.append(f"- **WARNING**: in the {what} run {md(run.busy)}: its times are upper bounds\n")
@@ -156,10 +205,10 @@ def render(base: Run, new: Run, changes: list[Change], threshold: float | None, 
     rows = []
     for c in sorted(changes, key=lambda c: -c.ratio):
         row = [
-            code(c.name.split("[")[-1].rstrip("]")),
-            md(c.base.get("group", "")),
-            fmt_time(c.base["stats"]["median"]),
-            fmt_time(c.new["stats"]["median"]),
+            code(_name(c.new)),
+            md(c.base.group),
+            fmt_time(c.base.median),
+            fmt_time(c.new.median),
             f"{c.ratio:.2f}",
             _verdict(c),
         ]
@@ -175,15 +224,21 @@ def render(base: Run, new: Run, changes: list[Change], threshold: float | None, 
     columns += ["speedup vs eager fp32", "% of own ceiling"] if not same else []
     columns += ["gate"] if threshold is not None else []
     out.append(table(columns, rows, align="ll" + "r" * 4 + "l" + "r" * (len(columns) - 7)))
+    if apart:
+        out.append(
+            "\n### Not comparable\n\nThese benchmarks share a name but measured different work; no ratio is formed "
+            "and the gate does not judge them.\n\n"
+        )
+        out.append(
+            table(
+                ["benchmark", "differs in", "base", "new"],
+                [[code(_name(a.base)), md(a.describe()), fmt_time(a.base.median), fmt_time(a.new.median)] for a in apart],
+                align="llrr",
+            )
+        )
     only = sorted(set(base.rows) ^ set(new.rows))
     if only:
         out.append(f"\n{len(only)} benchmarks are in one run only and are not compared.\n")
-    slower = [c for c in changes if c.beyond_noise and c.ratio > 1]
-    faster = [c for c in changes if c.beyond_noise and c.ratio < 1]
-    out.append(
-        f"\n**Summary**: {len(changes)} compared; {len(faster)} faster and {len(slower)} slower beyond noise; "
-        f"{len(changes) - len(faster) - len(slower)} within noise.\n"
-    )
     if png is not None:
         out.append(f"\n![ratios]({png.name})\n")
     return "".join(out)
@@ -199,12 +254,12 @@ def plot_ratios(changes: list[Change], path: Path) -> Path:
     changes = sorted(changes, key=lambda c: c.ratio)
     fig, ax = plt.subplots(figsize=(9, max(3, 0.28 * len(changes) + 1)))
     ys = range(len(changes))
-    lows = [c.ratio - quartiles(c.new["stats"])[0] / quartiles(c.base["stats"])[1] for c in changes]
-    highs = [quartiles(c.new["stats"])[1] / quartiles(c.base["stats"])[0] - c.ratio for c in changes]
+    lows = [c.ratio - c.new.quartiles()[0] / c.base.quartiles()[1] for c in changes]
+    highs = [c.new.quartiles()[1] / c.base.quartiles()[0] - c.ratio for c in changes]
     colours = ["tab:red" if c.beyond_noise and c.ratio > 1 else "tab:green" if c.beyond_noise else "tab:grey" for c in changes]
     ax.barh(list(ys), [c.ratio - 1 for c in changes], left=1, color=colours, xerr=[lows, highs], capsize=2)
     ax.axvline(1, color="black", linewidth=0.8)
-    ax.set_yticks(list(ys), [c.name.split("[")[-1].rstrip("]") for c in changes], fontsize=6)
+    ax.set_yticks(list(ys), [_name(c.new) for c in changes], fontsize=6)
     ax.set_xlabel("new / base median time (whiskers: quartile ratios; red slower, green faster beyond noise)")
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -213,29 +268,38 @@ def plot_ratios(changes: list[Change], path: Path) -> Path:
     return atomic.write_bytes(path, buffer.getvalue())
 
 
-def pick_baseline(folder: Path, new: Run) -> Path | None:
-    """The committed baseline for the new run's machine: <folder>/<machine slug>.json."""
-    path = Path(folder) / f"{machine_slug(new.machine)}.json"
+BASELINE = "baseline.json"  # in a machine's evidence folder: the quick benchmark subset the gate compares with
+
+
+def pick_baseline(machines_dir: Path, new: Run) -> Path | None:
+    """The committed baseline for the new run's machine: <machines_dir>/<machine key>/baseline.json."""
+    path = evidence_dir(new.machine, Path(machines_dir)) / BASELINE
     return path if path.is_file() else None
 
 
 def trend(runs: list[Run]) -> str:
-    """Median per benchmark over runs in time order (e.g. an autosave folder)."""
+    """Median per benchmark over runs in time order (e.g. an autosave folder). A line follows one
+    benchmark on one machine with one identity: a run that measured other work under the same name,
+    or ran elsewhere, starts its own line, so "last / first" never crosses them."""
     runs = sorted(runs, key=lambda r: r.data.get("datetime", ""))
-    names = sorted({n for r in runs for n in r.rows})
-    columns = ["benchmark", *[f"{i + 1}" for i in range(len(runs))], "last / first"]
+    lines: dict[tuple, list[float | None]] = {}
+    for i, run in enumerate(runs):
+        for row in run.rows.values():
+            lines.setdefault((row.name, run.key, row.identity), [None] * len(runs))[i] = row.median
+    several = len({r.key for r in runs}) > 1
+    columns = ["benchmark", *(["machine"] if several else []), *[f"{i + 1}" for i in range(len(runs))], "last / first"]
     rows = []
-    for name in names:
-        medians = [r.rows[name]["stats"]["median"] if name in r.rows else None for r in runs]
+    for (_, key, identity), medians in sorted(lines.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         present = [m for m in medians if m is not None]
         rows.append(
             [
-                code(name.split("[")[-1].rstrip("]")),
+                code(f"{identity.suite} {identity.label()}"),
+                *([md(key)] if several else []),
                 *[fmt_time(m) for m in medians],
                 f"{present[-1] / present[0]:.2f}" if len(present) > 1 else "-",
             ]
         )
     legend = "\n".join(
-        f"{i + 1}. {code(r.path.name)}: {md(r.data.get('datetime', '?'))[:16]}, {md(r.key)}" for i, r in enumerate(runs)
+        f"{i + 1}. {code(r.path.name)}: {md(r.data.get('datetime', '?'))[:16]}, {md(r.label)}" for i, r in enumerate(runs)
     )
     return "## Trend\n\n" + legend + "\n\n" + table(columns, rows)

@@ -1,5 +1,6 @@
 """`mnist-bench compare`: two benchmark runs side by side, a trend over a folder, and the regression
-gate (--fail-above, with per-machine --baselines). The CLI parses flags; this module decides."""
+gate (--fail-above, with --baselines: the folder of per-machine evidence, whose <machine>/baseline.json
+is the run a new one of that machine is gated against). The CLI parses flags; this module decides."""
 
 from __future__ import annotations
 
@@ -51,13 +52,15 @@ def compare_and_gate(
     failed, sections = [], []
     for other in paths[1:]:
         run = new if other == paths[-1] else load_run(other)
-        changes = compare(base, run)
-        if not changes:
+        changes, apart = compare(base, run)
+        if not changes and not apart:
             raise UsageError(f"{base.path} and {run.path} have no benchmark in common")
         png = out.with_name(f"{out.stem}-{len(sections) + 1}.png") if plot else None
-        if png is not None:
+        if png is not None and changes:
             plot_ratios(changes, png)
-        sections.append(render(base, run, changes, fail_above, command, png))
+        sections.append(render(base, run, changes, apart, fail_above, command, png if changes else None))
+        for a in apart:
+            log(f"not comparable: {a.name} ({a.describe()})")
         if fail_above is not None:
             failed += [c for c in changes if c.regression(fail_above)]
     write_text(out, "\n\n".join(sections))

@@ -34,13 +34,13 @@ from ..core.nets import MODELS, build_model
 from ..core.variants import Variant
 from ..system import atomic
 from ..system.errors import CheckpointError, MnistBenchError, RecordError, RunExists, UsageError
-from ..system.machine import BUSY_CORES, machine_key
-from ..system.paths import REPORTS_DIR, shown
+from ..system.machine import BUSY_CORES, evidence_dir, machine_key
+from ..system.paths import shown
 from .config import RunKey, TrainConfig
 
 SCHEMA_VERSION = 4
 KIND = "mnist-bench train run"
-DEFAULT_RUNS_DIR = REPORTS_DIR / "runs"
+DEFAULT_RUNS_DIR = evidence_dir() / "runs"  # this machine's records; another machine's live beside them
 BAD_SUFFIX = ".bad"  # a record that does not load is kept aside under this suffix, never deleted
 
 

@@ -12,7 +12,7 @@ Two phases, both through the one harness and the one training loop:
 The fastest epoch wins per net. Every candidate keeps the seed nets' accuracy: fp32 variants
 compute the same function (the fast path is tested equal to the seed's layer order), and bf16
 kept accuracy within the seed-to-seed spread in this project's sweeps. The result is stored per
-machine (`reports/tune/<machine>.json`) for `train --variant best` and `sweep --variants best`.
+machine (`reports/machines/<machine>/tune.json`) for `train --variant best` and `sweep --variants best`.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from ..core.harness import build, real_batch, warm_up
 from ..core.variants import Variant, render_tag
 from ..system import atomic
 from ..system.errors import UsageError
-from ..system.machine import EMULATED_BF16_SLOWDOWN, machine_info, machine_slug, native_bf16, set_threads
-from ..system.paths import REPORTS_DIR
+from ..system.machine import EMULATED_BF16_SLOWDOWN, evidence_dir, machine_info, native_bf16, set_threads
+from ..system.paths import MACHINES_DIR
 from .config import SEED, SPEC_FIELDS
 
 DEFAULT_BUDGET_S = 180
-DEFAULT_TUNE_DIR = REPORTS_DIR / "tune"
+DEFAULT_TUNE_DIR = MACHINES_DIR  # the result goes to <this>/<machine>/tune.json, beside the machine's other evidence
 STEP_REPEATS = 10
 EPOCH_FINALISTS = 3  # fastest step variants that go on to whole epochs
 BATCH = 100
@@ -187,8 +187,8 @@ def tune(
 
 
 def tune_path(tune_dir: Path | None = None, machine: dict | None = None) -> Path:
-    """This machine's tune result: one per CPU model and ISA, like the benchmark baselines."""
-    return Path(tune_dir or DEFAULT_TUNE_DIR) / f"{machine_slug(machine or machine_info())}.json"
+    """A machine's tune result (this machine's by default), in its evidence folder under `tune_dir`."""
+    return evidence_dir(machine, Path(tune_dir or DEFAULT_TUNE_DIR)) / "tune.json"
 
 
 def save_tuning(result: Tuning, tune_dir: Path | None = None) -> Path:

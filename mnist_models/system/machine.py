@@ -16,12 +16,20 @@ from pathlib import Path
 
 import torch
 
+# Where the CPU's identity is read. Tests point it at a made-up file to play a machine never seen
+# (tests/test_evidence.py); users have no reason to set it.
+CPUINFO_ENV = "MNIST_BENCH_CPUINFO"
+
+
+def _cpuinfo_path() -> str:
+    return os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo"
+
 
 @lru_cache(maxsize=1)
 def cpu_model() -> str:
     try:
         fields = {}
-        with open("/proc/cpuinfo") as fh:
+        with open(_cpuinfo_path()) as fh:
             for line in fh:
                 key, _, value = line.partition(":")
                 key = key.strip()
@@ -47,7 +55,7 @@ def cpu_isa() -> list[str]:
     """The vector/matrix extensions that decide which kernels run (bf16 needs AVX-512 BF16 or AMX)."""
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
     try:
-        with open("/proc/cpuinfo") as fh:
+        with open(_cpuinfo_path()) as fh:
             for line in fh:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
@@ -195,31 +203,52 @@ class CpuContention:
         return round(max(others, 0.0) / wall, 2) if wall > 0 else None
 
 
+# The ISA classes that decide which kernels run, fastest first: a key names the first the CPU has.
+# Virtual CPUs often report a generic name ("Intel(R) Xeon(R) Processor"), and two such machines
+# differ by 3x in bf16; the class tells them apart.
+ISA_CLASSES = (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
+# Words of a CPU's model name that say nothing about what it computes.
+_NAME_NOISE = re.compile(r"\((?:R|TM|tm)\)|\bCPU\b|\bProcessor\b|\b\d+-Core\b|@\s*[\d.]+\s*GHz")
+
+
+def isa_class(machine: dict) -> str:
+    isa = set(machine.get("cpu_isa") or [])
+    return next((name for flag, name in ISA_CLASSES if flag in isa), "baseline-isa")
+
+
 def machine_key(machine: dict) -> str:
-    """What makes two CPU timings comparable: the CPU and the extensions its kernels use."""
+    """The stable, readable name of a machine: CPU name, family, model, ISA class (and GPU), as a file
+    or folder name, e.g. 'AMD-EPYC-family-25-model-17-avx512bf16'. Evidence is stored under it."""
+    cpu = _NAME_NOISE.sub(" ", str(machine.get("cpu") or "unknown-cpu"))
+    gpu = f"-{machine['gpu']}" if machine.get("gpu") else ""
+    return re.sub(r"[^A-Za-z0-9]+", "-", f"{cpu}-{isa_class(machine)}{gpu}").strip("-")
+
+
+def machine_label(machine: dict) -> str:
+    """A machine as a reader wants it in a sentence: its CPU, the extensions its kernels use, its GPU."""
     isa = ", ".join(machine.get("cpu_isa") or []) or "ISA unknown"
     gpu = f"; GPU {machine['gpu']}" if machine.get("gpu") else ""
     return f"{machine.get('cpu', '?')} [{isa}]{gpu}"
 
 
-def machine_slug(machine: dict) -> str:
-    """The machine key as a file or folder name: 'AMD-EPYC-family-25-model-17-avx512bf16'."""
-    isa = set(machine.get("cpu_isa") or [])
-    level = next(
-        (
-            name
-            for flag, name in (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
-            if flag in isa
-        ),
-        "baseline-isa",
-    )
-    gpu = f"-{machine['gpu']}" if machine.get("gpu") else ""
-    return re.sub(r"[^A-Za-z0-9]+", "-", f"{machine.get('cpu', 'unknown-cpu')}-{level}{gpu}").strip("-")
+def this_machine() -> dict:
+    """The fields of machine_info that name this machine (cheap: no git, no torch config)."""
+    machine = {"cpu": cpu_model(), "cpu_isa": cpu_isa()}
+    if torch.cuda.is_available():
+        machine["gpu"] = torch.cuda.get_device_name()
+    return machine
+
+
+def evidence_dir(machine: dict | None = None, machines_dir: Path | None = None) -> Path:
+    """The folder of one machine's evidence (this machine's by default): <machines_dir>/<machine_key>."""
+    from .paths import MACHINES_DIR
+
+    return Path(machines_dir or MACHINES_DIR) / machine_key(machine or this_machine())
 
 
 def mixed_machines_warning(machines: list[dict], what: str = "runs") -> str | None:
     """One line when the records behind a table come from more than one machine, else None."""
-    counts = Counter(machine_key(machine) for machine in machines)
+    counts = Counter(machine_label(machine) for machine in machines)
     if len(counts) < 2:
         return None
     listed = "; ".join(f"{key}: {count} {what}" for key, count in counts.items())

@@ -42,3 +42,7 @@ def shown(path: Path | str) -> str:
 
 # Every generated file lives under this folder unless a flag names another place.
 REPORTS_DIR = home() / "reports"
+# Each machine's evidence (benchmarks, profiles, tune results, baselines, run records) lives in its
+# own folder below this one, named by system.machine.machine_key: a run on one machine never
+# replaces or mixes into another's. Summaries of all machines stay directly in REPORTS_DIR.
+MACHINES_DIR = REPORTS_DIR / "machines"

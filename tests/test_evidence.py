@@ -1,0 +1,114 @@
+"""Evidence per machine: the machine key, and a machine never seen before adding its evidence beside
+the committed evidence without touching another machine's files."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_models.system.machine import machine_key
+
+ROOT = Path(__file__).resolve().parent.parent
+ISA = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni"]
+
+
+def test_the_machine_key_names_cpu_family_model_and_isa_class():
+    zen4 = {"cpu": "AMD EPYC (family 25, model 17)", "cpu_isa": ISA}
+    assert machine_key(zen4) == "AMD-EPYC-family-25-model-17-avx512bf16"
+    # Marketing words and clock speeds say nothing about what the CPU computes: left out.
+    named = {"cpu": "AMD EPYC 9R14 96-Core Processor (family 25, model 17)", "cpu_isa": ISA}
+    assert machine_key(named) == "AMD-EPYC-9R14-family-25-model-17-avx512bf16"
+    # Two virtual CPUs with the same generic name are told apart by what they can do.
+    generic = "Intel(R) Xeon(R) Processor (family 6, model 143)"
+    amx = machine_key({"cpu": generic, "cpu_isa": [*ISA, "amx_bf16", "amx_tile"]})
+    avx2 = machine_key({"cpu": generic, "cpu_isa": ["avx2", "fma"]})
+    assert amx == "Intel-Xeon-family-6-model-143-amx" and avx2 == "Intel-Xeon-family-6-model-143-avx2"
+    assert machine_key({"cpu": "Intel(R) Xeon(R) CPU @ 2.20GHz (family 6, model 85)", "cpu_isa": ["avx512f"]}).endswith("-avx512")
+    assert machine_key({"cpu": "x", "cpu_isa": []}) == "x-baseline-isa"
+    assert machine_key({**zen4, "gpu": "NVIDIA H200"}) == "AMD-EPYC-family-25-model-17-avx512bf16-NVIDIA-H200"
+
+
+def test_the_committed_evidence_is_filed_by_machine():
+    """Every file under reports/machines/<key>/ that names a machine names that one."""
+    import json
+
+    for folder in sorted((ROOT / "reports" / "machines").iterdir()):
+        for path in folder.rglob("*.json"):
+            data = json.loads(path.read_text())
+            machine = data.get("machine") or (data.get("machine_info") or {}).get("mnist_bench")
+            assert machine, path
+            assert machine_key(machine) == folder.name, path
+    # Nothing a single machine measured lies outside its folder.
+    loose = [p.name for p in (ROOT / "reports").iterdir() if p.is_file() and p.suffix == ".json"]
+    assert loose == []
+
+
+FAKE_CPUINFO = """processor	: 0
+vendor_id	: GenuineIntel
+cpu family	: 6
+model		: 143
+model name	: Intel(R) Xeon(R) Processor
+flags		: fpu sse2 avx2 fma avx512f avx512_bf16 avx512_vnni amx_bf16 amx_tile
+
+"""
+
+
+@pytest.mark.slow
+def test_a_machine_never_seen_adds_its_evidence_beside_the_committed(tmp_path):
+    """The README's commands, run from a scratch folder in a copy of the checkout on a machine with a
+    new identity: what they write lands in that machine's folder, and git sees no other file change."""
+    copy = tmp_path / "checkout"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        if (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "copy"]):
+        subprocess.run([*git, *step], cwd=copy, check=True, timeout=60)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(FAKE_CPUINFO)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_BENCH_HOME"}
+    env |= {"MNIST_BENCH_CPUINFO": str(cpuinfo), "PYTHONPATH": str(copy)}
+
+    def run(*args: str) -> None:
+        done = subprocess.run([sys.executable, *args], cwd=scratch, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (args, done.stdout[-1500:], done.stderr[-1500:])
+
+    run("-m", "mnist_models", "profile", "--model", "simple", "--warmup", "1", "--active", "2")
+    run("-m", "mnist_models", "train", "--model", "simple", "--dataset", "mnist-5k", "--epochs", "1", "--no-latency")
+    bench = ["-m", "pytest", str(copy / "bench"), "-q", "--benchmark-only", "-p", "no:cacheprovider"]
+    run(*bench, "--rootdir", str(copy), "-k", "test_forward and simple-cpu-eager-fp32-b100]")
+
+    key = "Intel-Xeon-family-6-model-143-amx"
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=copy, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert status and all(line.startswith(f"?? reports/machines/{key}/") for line in status), status
+    new = copy / "reports" / "machines" / key
+    assert (new / "kernels" / "simple-train-cpu-eager-fp32-b100.json").is_file() and (new / "conv-kernels.md").is_file()
+    assert len(list((new / "runs" / "mnist-5k").glob("simple-*.json"))) == 1
+    assert (new / "benchmarks-cpu.subset.md").is_file()  # a subset: kept apart (and ignored by git)
+    assert "Intel(R) Xeon(R) Processor" in (new / "conv-kernels.md").read_text()
+
+
+def test_a_kernel_report_is_re_rendered_from_one_machines_summaries(tmp_path, capsys):
+    from mnist_models import cli
+
+    zen4 = ROOT / "reports" / "machines" / "AMD-EPYC-family-25-model-17-avx512bf16"
+    shutil.copytree(zen4 / "kernels", tmp_path / "kernels")
+    assert cli.main(["report", "--kernels", str(tmp_path), "--no-accuracy"]) == 0
+    text = (tmp_path / "conv-kernels.md").read_text()
+    assert "key `AMD-EPYC-family-25-model-17-avx512bf16`" in text and "different machines" not in text
+    assert cli.main(["report", "--no-accuracy"]) == 2 and "--kernels FOLDER" in capsys.readouterr().err
