@@ -353,6 +353,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
             distributed.start(rank, "auto", config.variant.resolved().device)
             distributed.agree("profile config", dataclasses.asdict(config))
         run_dir, summary = profile(config, rank=rank)
+    except (RuntimeError, OSError) as exc:  # under DDP: a collective failed, or this rank's own error
+        if rank is None or isinstance(exc, MnistBenchError):
+            raise
+        raise distributed.rank_failure(exc) from None
     finally:
         if rank:
             distributed.stop()

@@ -17,6 +17,7 @@ import torch
 from mnist_models.core.data import TensorBatches
 from mnist_models.runs.config import TrainConfig
 from mnist_models.runs.records import RunStore
+from mnist_models.scale.distributed import LOST_RANKS
 from mnist_models.system.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +80,78 @@ def test_two_ranks_end_with_identical_weights_and_one_record(two_ranks):
     # The other rank's CPU is the job's own, not a neighbour's (it once counted as a full core of contention).
     assert records[0].cores_used_by_others_during_run < 0.5
     assert result.stdout.count("[Epoch:    1]") == 1  # only rank 0 prints
+
+
+@pytest.mark.slow
+def test_only_rank_0_evaluates_and_the_stored_loss_is_the_jobs(two_ranks):
+    """Every rank once evaluated the whole test set each epoch, and the stored epoch loss was rank 0's
+    shard; now rank 0 alone evaluates (3 epochs + the seed-style pass) and the loss is the mean over ranks."""
+    out, _ = two_ranks
+    logs = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert logs[0]["evaluations"] == 4 and logs[1]["evaluations"] == 0
+    (record,), _ = RunStore(out / "runs").load_all()
+    for epoch, own0, own1 in zip(record.epochs, logs[0]["losses"], logs[1]["losses"]):
+        assert own0 != own1 and epoch.cost == pytest.approx((own0 + own1) / 2, rel=1e-12)
+    per_rank = record.distributed["epoch_seconds_per_rank"]
+    assert len(per_rank) == 2 and all(len(r) == 3 for r in per_rank)
+    assert [e.seconds for e in record.epochs] == [max(a, b) for a, b in zip(*per_rank)]  # the slowest rank's time
+
+
+def test_the_loop_reshuffles_a_distributed_sampler_every_epoch(small5k, monkeypatch):
+    """DDP with the seed's DataLoader shards through a DistributedSampler, which replays epoch 0's
+    order unless told the epoch: the loop tells it."""
+    import mnist_models.runs.train as training
+    from mnist_models.core.data import make_loader
+
+    config = TrainConfig(dataset="mnist-5k", loader="seed", epochs=2, measure_latency=False, eval_every_epoch=False)
+    setup = training._set_up(config, training.run_key(config), small5k, None)
+    setup.batches = make_loader("seed", small5k.train, 50, rank=0, world=2, shuffle_seed=config.seed)
+    firsts, real_epoch = [], training.train_epoch
+
+    def epoch(step, batches, *a, **k):
+        firsts.append(next(iter(batches))[1][:20].tolist())
+        return real_epoch(step, batches, *a, **k)
+
+    monkeypatch.setattr(training, "train_epoch", epoch)
+    training._fit(setup, progress=False, log=lambda line: None)
+    assert len(firsts) == 2 and firsts[0] != firsts[1]
+
+
+def planted_job(tmp_path, plant: str, timeout_s: float = 30):
+    """A 2-rank torchrun job of TRAIN with a fault planted by tests/helpers/ddp_plant.py."""
+    job = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", str(HELPERS / "ddp_plant.py"), plant]
+    env = os.environ | {"MNIST_BENCH_PG_TIMEOUT": str(timeout_s)}
+    return run([*job, *TRAIN, "--epochs", "2", "--runs-dir", str(tmp_path / "runs")], env=env)
+
+
+@pytest.mark.slow
+def test_a_rank_whose_loss_diverges_stops_the_job_on_every_rank_at_once(tmp_path):
+    """One rank's NaN once stopped that rank alone, leaving the other in a collective until the timeout."""
+    started = time.perf_counter()
+    result = planted_job(tmp_path, "nan:1", timeout_s=60)
+    assert result.returncode != 0 and time.perf_counter() - started < 45  # well before the 60 s timeout
+    for rank in (0, 1):  # both ranks, the same decision
+        assert f"error: rank {rank}: training diverged in epoch 1 of simple (loss became nan" in result.stderr
+    assert LOST_RANKS not in result.stderr and not (tmp_path / "runs" / "mnist-5k").exists()
+
+
+@pytest.mark.slow
+def test_a_ranks_own_error_keeps_its_words(tmp_path):
+    """Any RuntimeError was once relabelled 'lost the other ranks'; a rank's own error is its own."""
+    result = planted_job(tmp_path, "error:1")
+    assert result.returncode != 0
+    assert "rank 1: RuntimeError: CPU out of memory (planted)" in result.stderr
+    assert f"rank 1: {LOST_RANKS}" not in result.stderr
+
+
+@pytest.mark.slow
+def test_rank_0_alone_may_outlast_the_collective_timeout_at_the_end(tmp_path):
+    """The other ranks once waited at a final barrier, under the collective timeout, while rank 0
+    evaluated and saved alone: a slow end (here 16 s against an 8 s timeout) failed the whole job. (A
+    3 s timeout was seen to expire in an ordinary first epoch on 2 busy cores: 8 s leaves margin.)"""
+    result = planted_job(tmp_path, "slow-end:16", timeout_s=8)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(RunStore(tmp_path / "runs").load_all()[0]) == 1
 
 
 @pytest.mark.slow

@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.data import Dataset, Split, check_batch_size, load_dataset, make_loader
+from ..core.data import Dataset, Split, check_batch_size, load_dataset, make_loader, set_epoch
 from ..core.harness import Workload, build, make_forward
 from ..core.nets import NUM_CLASSES
 from ..core.variants import Variant, device_name
 from ..scale import distributed
 from ..scale.distributed import Rank
 from ..system.atomic import check_writable_dir
-from ..system.errors import RunExists, TrainingDiverged, UsageError
+from ..system.errors import MnistBenchError, RunExists, TrainingDiverged, UsageError
 from ..system.machine import (
     CpuContention,
     busy_check,
@@ -204,10 +204,16 @@ def _diverged(config: TrainConfig, epoch: int, why: str) -> TrainingDiverged:
 
 
 def _fit(s: _Setup, progress: bool, log: Callable[[str], None]) -> list[EpochStats]:
+    """The epochs. Under DDP every decision is the job's, made alike on every rank: the loss judged is
+    the mean over ranks, the epoch's time the slowest rank's, and only rank 0 evaluates (its accuracy
+    is shared for the final check), so no rank stops alone and leaves the others in a collective."""
     config, variant = s.config, s.work.variant
+    main = s.rank is None or s.rank.is_main
     epochs: list[EpochStats] = []
+    per_rank_seconds: list[list[float]] = []
     for epoch in range(1, config.epochs + 1):
         s.work.model.train()
+        set_epoch(s.batches, epoch)  # a DistributedSampler (DDP + the seed's loader) reshuffles only when told
         bar = _progress_bar(len(s.batches), f"epoch {epoch}/{config.epochs}", progress)
 
         def on_step(steps: int, total: torch.Tensor, bar=bar) -> None:
@@ -221,20 +227,26 @@ def _fit(s: _Setup, progress: bool, log: Callable[[str], None]) -> list[EpochSta
         finally:
             if bar is not None:
                 bar.close()
-        if not math.isfinite(result.mean_loss):
-            raise _diverged(config, epoch, f"loss became {result.mean_loss}")
-        if result.mean_loss > DIVERGED_LOSS:
-            raise _diverged(
-                config, epoch, f"mean loss {result.mean_loss:.3g} is above {DIVERGED_LOSS:.1f}, 10x a uniform guess's"
-            )
+        loss, seconds = result.mean_loss, result.seconds
+        if s.rank:
+            loss = distributed.mean(loss)
+            per_rank_seconds.append(distributed.gather(seconds))
+            seconds = max(per_rank_seconds[-1])
+        if not math.isfinite(loss):
+            raise _diverged(config, epoch, f"loss became {loss}")
+        if loss > DIVERGED_LOSS:
+            raise _diverged(config, epoch, f"mean loss {loss:.3g} is above {DIVERGED_LOSS:.1f}, 10x a uniform guess's")
         accuracy = None
-        if config.eval_every_epoch or epoch == config.epochs:
+        if main and (config.eval_every_epoch or epoch == config.epochs):
             # Evaluation runs the eager net in fp32 for every variant: one yardstick for all.
             accuracy = evaluate(s.work.model, s.dataset.test, variant.device, config.eval_batch_size)
-        epochs.append(EpochStats(epoch, result.mean_loss, result.seconds, result.steps, accuracy))
-        log(SEED_EPOCH_LINE.format(epoch, result.mean_loss))
-    if epochs[-1].test_accuracy <= CHANCE_ACCURACY:
-        raise _diverged(config, config.epochs, f"final test accuracy {epochs[-1].test_accuracy:.3f} is at chance")
+        epochs.append(EpochStats(epoch, loss, seconds, result.steps, accuracy))
+        log(SEED_EPOCH_LINE.format(epoch, loss))
+    final = distributed.from_main(epochs[-1].test_accuracy) if s.rank else epochs[-1].test_accuracy
+    if final <= CHANCE_ACCURACY:
+        raise _diverged(config, config.epochs, f"final test accuracy {final:.3f} is at chance")
+    if s.job is not None:
+        s.job["epoch_seconds_per_rank"] = [list(ranks) for ranks in zip(*per_rank_seconds)]  # [rank][epoch]
     return epochs
 
 
@@ -262,6 +274,8 @@ def train(
     wall = time.perf_counter() - started
     # The other local ranks' CPU time is this job's, not a neighbour's (a collective: before rank 0 goes on alone).
     siblings = distributed.siblings_cpu_seconds(s.contention.own_seconds()) if rank else 0.0
+    if rank:
+        distributed.finish()  # the job's collectives end here; rank 0's evaluation and saving run alone
     if not main:
         return s.work.model, None
 
@@ -325,14 +339,10 @@ def train_and_store(
         if main:
             check_writable_dir(store.folder(config.dataset))
         model, record = train(config, progress=progress, rank=rank, log=log, key=key)
-        if rank:
-            # Every rank waits here until rank 0 has evaluated: no rank tears the process group down (and
-            # exits) while another still uses the rendezvous store (seen: a SIGABRT in a store read).
-            distributed.barrier()
-    except RuntimeError as exc:  # a collective failed: another rank died, or hung past the timeout
-        if rank is None:
+    except (RuntimeError, OSError) as exc:  # under DDP: a collective failed, or this rank's own error
+        if rank is None or isinstance(exc, MnistBenchError):
             raise
-        raise distributed.lost_ranks(exc) from None
+        raise distributed.rank_failure(exc) from None
     finally:
         if rank:
             distributed.stop()

@@ -34,8 +34,21 @@ from ..system.errors import MnistBenchError, UsageError
 from ..system.machine import usable_cpus
 
 # How long a rank waits in a collective for the others (the job's bound when a rank hangs). A rank
-# that dies is noticed sooner: its peers' sockets close, and torchrun ends the other ranks.
-PG_TIMEOUT = timedelta(seconds=60)
+# that dies is noticed sooner: its peers' sockets close, and torchrun ends the other ranks. Only
+# training runs under it: rank 0's solo work at the end (evaluation, latency, saving) starts after
+# the process group is gone. $MNIST_BENCH_PG_TIMEOUT (seconds) changes it, e.g. for slow nodes.
+PG_TIMEOUT_ENV = "MNIST_BENCH_PG_TIMEOUT"
+
+
+def pg_timeout() -> timedelta:
+    raw = os.environ.get(PG_TIMEOUT_ENV, "60")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise UsageError(f"${PG_TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+    return timedelta(seconds=seconds)
 
 
 class RankFailed(MnistBenchError):
@@ -94,12 +107,17 @@ def start(rank: Rank, backend: str, device: str) -> str:
             raise UsageError(f"local rank {rank.local_rank} has no GPU of its own ({torch.cuda.device_count()} visible)")
         torch.cuda.set_device(rank.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=PG_TIMEOUT)
+        dist.init_process_group(backend, timeout=pg_timeout())
     return backend
 
 
-def barrier() -> None:
-    dist.barrier()
+def finish() -> None:
+    """The ranks' last collective: all wait here, then leave the process group. No rank tears it
+    down while another still uses the rendezvous store (seen: a SIGABRT in a store read), and what
+    rank 0 does alone afterwards runs under no collective timeout."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def stop() -> None:
@@ -134,12 +152,27 @@ def decide(rank: Rank, problem: str | None) -> None:
 
 
 def mean(value: float) -> float:
-    """The mean of a number over all ranks (an epoch's loss: each rank saw its own shard)."""
+    """The mean of a number over all ranks (an epoch's loss: each rank saw its own shard). Every rank
+    gets the same value, so decisions made from it (divergence) are the same on every rank."""
     t = torch.tensor([value], dtype=torch.float64)
     if dist.get_backend() == "nccl":
         t = t.cuda()
     dist.all_reduce(t)
     return float(t) / dist.get_world_size()
+
+
+def gather(value: object) -> list:
+    """Every rank's `value`, in rank order, on every rank."""
+    values: list = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def from_main(value: object) -> object:
+    """Rank 0's `value` on every rank (e.g. the accuracy only rank 0 measured)."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def siblings_cpu_seconds(own_seconds: float) -> float:
@@ -202,6 +235,28 @@ LOST_RANKS = "lost the other ranks"
 
 def lost_ranks(exc: BaseException) -> RankFailed:
     return RankFailed(f"{LOST_RANKS} ({collective_error(exc)})")
+
+
+# gloo and NCCL raise plain RuntimeErrors when a peer dies or a collective times out; these are the
+# messages that say so. Any other error is the rank's own (an out-of-memory, a bug) and keeps its words.
+_COLLECTIVE = re.compile(
+    r"gloo|nccl|Connection closed by peer|Connection reset|Broken pipe|Timed out waiting|timed out|"
+    r"ProcessGroup|process group|rendezvous|TCPStore|Socket Timeout",
+    re.IGNORECASE,
+)
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """Did a collective fail (another rank died or hung), rather than this rank's own work?"""
+    return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and bool(_COLLECTIVE.search(str(exc))))
+
+
+def rank_failure(exc: BaseException) -> RankFailed:
+    """A failure of a rank under DDP as one line: a follow-on 'lost the other ranks' when a collective
+    failed, else the rank's own error, named by its type (torchrun's launcher reports that one)."""
+    if is_collective_failure(exc):
+        return lost_ranks(exc)
+    return RankFailed(f"{type(exc).__name__}: {collective_error(exc)}")
 
 
 def first_cause(failures: dict) -> tuple[int, object]:
