@@ -1,16 +1,15 @@
 """Data-parallel scaling: a DDP train step with 1, 2, ... ranks up to the cores (gloo, loopback).
 
-Each case is one torchrun job (`python -m mnist_models.scale.scaling`) in which rank 0 times every step
-itself; the rounds of the benchmark replay those in-rank times (a replay clock), so process start-up
-and rendezvous stay out of the numbers. Per net:
+Each case is one torchrun job (`python -m mnist_models.scale.scaling`) in which every rank times its
+steps; a step's time is its slowest rank's, and the rounds of the benchmark replay those in-rank times
+(a replay clock), so process start-up and rendezvous stay out of the numbers. The cases per net come
+from mnist_models.scale.scaling.scaling_cases: 1 rank x t threads for every t the ranks use (the
+baselines of the efficiencies), 1 rank x all cores (the process the ranks compete with), and N ranks x
+cores/N threads, strong (global batch 100, only where N divides it) and weak (100 per rank).
 
-- 1 rank x 1 thread, batch 100: the baseline of the efficiencies;
-- 1 rank x all cores, batch 100: the plain process that the ranks compete with;
-- N ranks x cores/N threads, global batch 100 (strong scaling: 100/N per rank), and
-  100 per rank (weak scaling: global batch 100 x N).
-
-extra_info carries world size, threads per rank, images/s and the all-reduce share of a step; the
-report computes efficiencies from the baseline measured in the same session.
+extra_info carries the identity (ranks, threads per rank, global batch), images/s, the step split into
+compute, waiting for the slowest rank and exposed communication, and any straggler; the report
+computes efficiencies from the baselines measured in the same session.
 """
 
 from __future__ import annotations
@@ -27,9 +26,10 @@ from mnist_models.core.bench_row import BenchIdentity
 from mnist_models.core.nets import build_model
 from mnist_models.core.timing import describe, rates
 from mnist_models.core.variants import Variant, render_tag
+from mnist_models.scale.scaling import scaling_cases
+from mnist_models.system.machine import usable_cpus
 
-CORES = os.cpu_count() or 1
-RANKS = [n for n in (2, 4, 8) if n <= CORES]
+CORES = usable_cpus()
 
 
 class ReplayClock:
@@ -80,13 +80,7 @@ class ScalingCase:
 
 
 def cases() -> list:
-    out = []
-    for model in ("simple", "deep"):
-        out.append(ScalingCase(model, 1, 1, 100, "baseline"))
-        if CORES > 1:
-            out.append(ScalingCase(model, 1, CORES, 100, "plain"))
-        for n in RANKS:
-            out += [ScalingCase(model, n, CORES // n, 100 // n, "strong"), ScalingCase(model, n, CORES // n, 100, "weak")]
+    out = [ScalingCase(model, *case) for model in ("simple", "deep") for case in scaling_cases(CORES)]
     return [pytest.param(c, id=c.id, marks=[pytest.mark.quick] if c.kind == "strong" else []) for c in out]
 
 
@@ -146,6 +140,7 @@ def test_ddp_step(benchmark, case, tmp_path, request):
         per_rank_batch=case.per_rank_batch,
         scaling=case.kind,
         allreduce_share=job["allreduce_share"],
+        **{k: job[k] for k in ("compute_s", "wait_s", "comm_s", "straggler", "straggler_ratio")},
     )
     CLOCK.pending = list(job["step_s"])
     benchmark.pedantic(CLOCK.replay, rounds=len(job["step_s"]), iterations=1)

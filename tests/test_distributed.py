@@ -370,3 +370,17 @@ def test_the_job_names_the_rank_that_died_not_a_follow_on():
     raised = SimpleNamespace(message="CUDA out of memory", timestamp=101)
     assert first_cause({0: raised, 1: SimpleNamespace(message="lost the other ranks (x)", timestamp=100)}) == (0, raised)
     assert first_cause({0: lost}) == (0, lost)  # only follow-ons: still one line
+
+
+@pytest.mark.slow
+def test_a_slow_rank_is_named_a_straggler(tmp_path):
+    """Every rank's step times are gathered; a rank planted 15 ms slower per step is named, and the
+    others' wait for it shows in the step's split."""
+    out = tmp_path / "step.json"
+    job = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", str(HELPERS / "slow_rank.py"), "1", "0.015"]
+    result = run([*job, "--model", "simple", "--per-rank-batch", "50", "--steps", "12", "--threads", "1", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    step = json.loads(out.read_text())
+    assert len(step["per_rank"]) == 2 and all(len(r["step_s"]) == 12 for r in step["per_rank"])
+    assert step["straggler"] == 1 and step["straggler_ratio"] > 1.2
+    assert step["wait_s"] > 0.005  # on average a rank waits half of rank 1's 15 ms

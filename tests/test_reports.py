@@ -273,37 +273,63 @@ def test_retrained_runs_give_the_noise_floor(runs_dir, tmp_path):
     assert "Same seed, run again" not in render(runs[2:], [], None, tmp_path, "test")
 
 
-def test_scaling_table_efficiencies_and_verdict():
+def test_scaling_efficiencies_compare_with_one_rank_of_the_same_threads():
+    """On an 8-core box '2 ranks x 4 threads' once read against 1 rank x 1 thread: a few hundred percent."""
     from mnist_models.reporting.benchmarks import scaling_rows
 
-    def case(kind, ranks, threads, per_rank, median, share=0.0):
+    def case(kind, ranks, threads, per_rank, median, **split):
         return _bench(
             f"simple-t{threads}-r{ranks}-b{per_rank * ranks}",
             "scaling-simple-cpu",
             median,
             suite="scaling",
             scaling=kind,
-            world_size=ranks,
-            threads_per_rank=threads,
+            ranks=ranks,
+            threads=threads,
             per_rank_batch=per_rank,
             batch=per_rank * ranks,
-            allreduce_share=share,
+            **split,
         )
 
     benches = [
-        case("baseline", 1, 1, 100, 0.040),
-        case("plain", 1, 2, 100, 0.025),
-        case("strong", 2, 1, 50, 0.025, 0.2),
-        case("weak", 2, 1, 100, 0.050, 0.1),
+        case("baseline", 1, 4, 100, 0.020),
+        case("baseline", 1, 1, 100, 0.080),
+        case("plain", 1, 8, 100, 0.012),
+        case("strong", 2, 4, 50, 0.0125, compute_s=0.010, wait_s=0.0005, comm_s=0.002),
+        case("weak", 2, 4, 100, 0.025, compute_s=0.020, wait_s=0.004, comm_s=0.001, straggler=1, straggler_ratio=1.2),
     ]
     rows, verdict = scaling_rows([BenchRow.from_json(b) for b in benches])
-    by_kind = {row[1]: row for row in rows}
-    assert by_kind["strong"][9] == "80% (strong)"  # 40 ms / (2 x 25 ms)
-    assert by_kind["weak"][9] == "80% (weak)"  # per-rank rate: 100/50 ms over 100/40 ms
-    assert by_kind["strong"][10] == "20%" and by_kind["baseline"][10] == "-"
-    assert verdict == "2 ranks x 1 thread do not beat 1 rank x 2 threads at the same global batch: 1.00x its throughput"
-    benches[2]["stats"]["median"] = 0.020
-    assert scaling_rows([BenchRow.from_json(b) for b in benches])[1].startswith("2 ranks x 1 thread beat 1 rank x 2 threads")
+    by_kind = {row[1]: row for row in rows if row[1] in ("strong", "weak")}
+    assert by_kind["strong"][9] == "80% (strong)"  # 1 x 4 threads: 20 ms / (2 x 12.5 ms); against 1 x 1 it read 320%
+    assert by_kind["weak"][9] == "80% (weak)"  # 20 ms / 25 ms
+    assert by_kind["strong"][10] == "80% / 4% / 16%" and by_kind["strong"][11] == "-"
+    assert by_kind["weak"][11] == "rank 1 (1.20x)"
+    assert verdict == "2 ranks x 4 threads (strong) do not beat 1 rank x 8 threads on the same cores: 0.96x its throughput"
+
+
+def test_the_scaling_cases_hold_on_any_core_count():
+    from mnist_models.scale.scaling import scaling_cases
+
+    two = scaling_cases(2)
+    assert two == [(1, 1, 100, "baseline"), (1, 2, 100, "plain"), (2, 1, 50, "strong"), (2, 1, 100, "weak")]
+    eight = scaling_cases(8)
+    assert {(n, t) for n, t, _, kind in eight if kind == "baseline"} == {(1, 4), (1, 2), (1, 1)}  # one per t the ranks use
+    assert (8, 1, 12, "strong") not in eight and (8, 1, 100, "weak") in eight  # 8 does not divide 100: no strong case
+    assert (4, 2, 25, "strong") in eight and (2, 4, 50, "strong") in eight
+    assert scaling_cases(1) == [(1, 1, 100, "baseline")]
+
+
+def test_a_step_splits_into_compute_wait_and_communication_and_names_a_straggler():
+    from mnist_models.scale.scaling import breakdown
+
+    steps = [0.030 + 0.0001 * (i % 5) for i in range(30)]
+    even = breakdown(steps, [[0.020 + 0.0001 * (i % 5) for i in range(30)], [0.0201 + 0.0001 * (i % 5) for i in range(30)]])
+    assert even["straggler"] is None and even["comm_s"] == pytest.approx(
+        0.0302 - 0.0203, abs=1e-6
+    )  # medians: step less the slowest rank
+    slow = breakdown(steps, [[0.020 + 0.0001 * (i % 5) for i in range(30)], [0.026 + 0.0001 * (i % 5) for i in range(30)]])
+    assert slow["straggler"] == 1 and slow["straggler_ratio"] == pytest.approx(0.0262 / 0.0202)  # against the others
+    assert slow["wait_s"] == pytest.approx(0.003)  # rank 0 waits 6 ms, rank 1 none: 3 ms on average
 
 
 def test_the_benchmark_report_draws_speedups_and_images_per_batch(tmp_path):

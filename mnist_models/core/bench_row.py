@@ -152,6 +152,11 @@ class BenchRow:
     scaling: str | None = None  # scaling suite: baseline | plain | strong | weak
     per_rank_batch: int | None = None
     allreduce_share: float | None = None
+    compute_s: float | None = None  # scaling: a step's split (medians) into a typical rank's compute,
+    wait_s: float | None = None  # waiting for the slowest rank,
+    comm_s: float | None = None  # and exposed communication
+    straggler: int | None = None  # scaling: the rank whose compute is slower beyond noise
+    straggler_ratio: float | None = None
     device_name: str | None = None
 
     @classmethod
@@ -173,6 +178,7 @@ class BenchRow:
         described = {f.name for f in fields(cls)} - {"name", "group", "identity", "median", "iqr", "rounds", "q1", "q3"}
         measured = {k: _number(info.get(k)) for k in described if k not in ("threads_pinned", "scaling", "device_name")}
         measured["per_rank_batch"] = _int(info.get("per_rank_batch"))
+        measured["straggler"] = _int(info.get("straggler"))
         return cls(
             name=bench["name"],
             group=str(bench.get("group") or "ungrouped"),

@@ -156,21 +156,24 @@ def _beats_ceiling(rows: list[BenchRow], peaks: dict) -> bool:
 
 
 def scaling_rows(group: list[BenchRow]) -> tuple[list[list], str | None]:
-    """One row per DDP case, with efficiencies against the 1-rank x 1-thread baseline of the same
-    run, and a line answering: do N ranks x cores/N threads beat one process on all the cores?"""
-    by_kind: dict[str, list[BenchRow]] = {}
-    for r in group:
-        by_kind.setdefault(r.scaling or "?", []).append(r)
-    base = (by_kind.get("baseline") or [None])[0]
-    t1 = base.median if base else None
+    """One row per DDP case, with efficiencies against 1 rank with the same threads per rank in the
+    same run (the same work per rank, so they hold on any core count), the step split into compute,
+    waiting for the slowest rank and exposed communication, any straggler, and a line answering: do
+    N ranks x cores/N threads beat one process on all the cores?"""
+    baselines = {r.identity.threads: r for r in group if r.scaling == "baseline"}
     rows = []
-    for r in sorted(group, key=lambda r: (r.identity.ranks, r.scaling or "")):
-        n, kind = r.identity.ranks, r.scaling or "?"
+    for r in sorted(group, key=lambda r: (r.identity.ranks, r.scaling or "", -(r.identity.threads or 0))):
+        n, kind, base = r.identity.ranks, r.scaling or "?", baselines.get(r.identity.threads)
         efficiency = "-"
-        if t1 and kind == "strong":
-            efficiency = f"{100 * t1 / (n * r.median):.0f}% (strong)"
-        elif t1 and kind == "weak":
-            efficiency = f"{100 * t1 / r.median:.0f}% (weak)"
+        if base and kind == "strong":
+            efficiency = f"{100 * base.median / (n * r.median):.0f}% (strong)"
+        elif base and kind == "weak":
+            efficiency = f"{100 * base.median / r.median:.0f}% (weak)"
+        split = "-"
+        if n > 1 and r.compute_s is not None and r.wait_s is not None and r.comm_s is not None:
+            total = r.compute_s + r.wait_s + r.comm_s
+            split = " / ".join(f"{100 * part / total:.0f}%" for part in (r.compute_s, r.wait_s, r.comm_s))
+        straggler = f"rank {r.straggler} ({r.straggler_ratio:.2f}x)" if r.straggler is not None and r.straggler_ratio else "-"
         rows.append(
             [
                 code(r.label),
@@ -183,19 +186,24 @@ def scaling_rows(group: list[BenchRow]) -> tuple[list[list], str | None]:
                 fmt_time(r.iqr),
                 fmt_num(r.images_per_s, 0),
                 efficiency,
-                f"{100 * r.allreduce_share:.0f}%" if n > 1 and r.allreduce_share is not None else "-",
+                split,
+                straggler,
             ]
         )
-    plain = (by_kind.get("plain") or [None])[0]
+    plain = next((r for r in group if r.scaling == "plain"), None)
     verdict = None
-    for strong in sorted(by_kind.get("strong", []), key=lambda r: r.identity.ranks)[:1]:
-        if plain:
-            n, t = strong.identity.ranks, strong.identity.threads
-            ratio = plain.median / strong.median
-            verdict = (
-                f"{n} ranks x {t} thread{'s' if t != 1 else ''} {'beat' if ratio > 1 else 'do not beat'} 1 rank x "
-                f"{plain.identity.threads} threads at the same global batch: {ratio:.2f}x its throughput"
-            )
+    everything = [
+        r
+        for r in group
+        if r.scaling in ("strong", "weak") and plain and r.identity.ranks * (r.identity.threads or 0) == plain.identity.threads
+    ]
+    for ranked in sorted(everything, key=lambda r: (r.scaling != "strong", r.identity.ranks))[:1]:
+        n, t = ranked.identity.ranks, ranked.identity.threads
+        ratio = (ranked.images_per_s or 0) / (plain.images_per_s or 1)
+        verdict = (
+            f"{n} ranks x {t} thread{'s' if t != 1 else ''} ({ranked.scaling}) {'beat' if ratio > 1 else 'do not beat'} 1 rank x "
+            f"{plain.identity.threads} threads on the same cores: {ratio:.2f}x its throughput"
+        )
     return rows, verdict
 
 
@@ -321,12 +329,19 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
                         "median step",
                         "IQR",
                         "images/s",
-                        "efficiency",
-                        "all-reduce share",
+                        "efficiency (vs 1 rank, same threads)",
+                        "compute / wait / comm",
+                        "straggler",
                     ],
                     cells,
-                    align="llrrrrrrrrr",
+                    align="llrrrrrrrrrl",
                 )
+            )
+            out.append(
+                "\nEfficiency: N ranks x t threads against 1 rank x t threads in this run (strong: the same global batch, "
+                "ideal 100%; weak: the batch on every rank). compute / wait / comm: a step's median split into the ranks' "
+                "own compute (their mean), their wait for the slowest rank, and the all-reduce left exposed. A straggler is a rank "
+                "whose compute is slower beyond noise (its interquartile range above every other rank's).\n"
             )
             if verdict:
                 out.append(f"\n**{verdict}.**\n")

@@ -5,9 +5,16 @@
 
 Every rank builds the net through the harness (DDP-wrapped when there is more than one rank),
 warms up, then runs `--steps` synchronised train steps, and as many again under DDP's no_sync(),
-which skips the gradient all-reduce. Rank 0 writes both lists of step times: the all-reduce's share
-of a step is 1 - median(no_sync) / median(step). The benchmark suite (bench/test_scaling.py) runs
-this for 1..cores ranks and reports throughput, scaling efficiency and that share.
+which skips the gradient all-reduce. Every rank's times are gathered and rank 0 writes them all.
+
+A synchronised step ends when the slowest rank's gradients are reduced, so its time splits into
+(`breakdown`): compute (the ranks' own forward + backward + step: their no_sync medians, averaged),
+waiting for the slowest rank (the slowest rank's compute beyond that average), and exposed
+communication (what is left: the all-reduce not hidden behind backward). A rank whose compute is
+slower beyond noise (its interquartile range above every other rank's) is named a straggler.
+
+The benchmark suite (bench/test_scaling.py) runs this for 1..cores ranks and reports throughput,
+scaling efficiency, this split and any straggler.
 """
 
 from __future__ import annotations
@@ -18,8 +25,6 @@ import os
 import statistics
 import sys
 import time
-
-import torch
 
 from ..core.data import load_dataset
 from ..core.harness import build, real_batch, warm_up
@@ -59,9 +64,11 @@ def measure(
         return times
 
     step_s, nosync_s = timed(False), timed(True)
+    per_rank = [{"step_s": step_s, "nosync_step_s": nosync_s}]
     if ddp:
-        torch.distributed.barrier()
-        distributed.stop()
+        per_rank = distributed.gather(per_rank[0])
+        distributed.finish()
+    job_steps = [max(times) for times in zip(*(r["step_s"] for r in per_rank))]  # a step ends on its slowest rank
     return {
         "model": model,
         "device": device,
@@ -70,9 +77,65 @@ def measure(
         "threads_per_rank": threads,
         "per_rank_batch": per_rank_batch,
         "global_batch": per_rank_batch * rank.world_size,
-        "step_s": step_s,
+        "step_s": job_steps,
         "nosync_step_s": nosync_s,
+        "per_rank": per_rank,
         "allreduce_share": max(0.0, 1 - statistics.median(nosync_s) / statistics.median(step_s)) if ddp else 0.0,
+        **breakdown(job_steps, [r["nosync_step_s"] for r in per_rank]),
+    }
+
+
+# The global batch of the scaling suite: the seed's.
+GLOBAL_BATCH = 100
+
+
+def scaling_cases(cores: int) -> list[tuple[int, int, int, str]]:
+    """(ranks, threads per rank, per-rank batch, kind) of the scaling suite on a machine with `cores`:
+
+    - baseline: 1 rank x t threads, for every t a multi-rank case uses: efficiencies compare N ranks
+      x t threads with 1 rank x t threads (the same work per rank), so they hold on any core count;
+    - plain: 1 rank x all the cores, the one process the ranks compete with;
+    - strong: N ranks x cores/N threads sharing the global batch, only where N divides it (8 ranks of
+      12 would time 96 images against 100);
+    - weak: N ranks x cores/N threads, the global batch on every rank.
+    """
+    ranks = [n for n in (2, 4, 8) if n <= cores]
+    threads = sorted({cores // n for n in ranks} | {1}, reverse=True)
+    out = [(1, t, GLOBAL_BATCH, "baseline") for t in threads]
+    if cores not in threads:
+        out.append((1, cores, GLOBAL_BATCH, "plain"))
+    for n in ranks:
+        if GLOBAL_BATCH % n == 0:
+            out.append((n, cores // n, GLOBAL_BATCH // n, "strong"))
+        out.append((n, cores // n, GLOBAL_BATCH, "weak"))
+    return out
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return q[0], q[2]
+
+
+def breakdown(job_steps: list[float], compute_per_rank: list[list[float]]) -> dict:
+    """A synchronised step split into compute, waiting for the slowest rank and exposed communication
+    (seconds, medians), and the straggler: the rank whose compute is slower beyond noise, or None."""
+    step = statistics.median(job_steps)
+    own = [statistics.median(times) for times in compute_per_rank]
+    mean, slowest = statistics.fmean(own), max(own)
+    worst = own.index(slowest)
+    others = [c for r, c in enumerate(own) if r != worst]
+    straggler = None
+    if others:
+        q1 = _quartiles(compute_per_rank[worst])[0]
+        if all(q1 > _quartiles(times)[1] for r, times in enumerate(compute_per_rank) if r != worst):
+            straggler = worst
+    return {
+        "step_median_s": step,
+        "compute_s": mean,  # the ranks' own work, on average
+        "wait_s": slowest - mean,  # the average rank's wait for the slowest at the all-reduce
+        "comm_s": max(0.0, step - slowest),  # what the all-reduce adds beyond the slowest rank's compute
+        "straggler": straggler,
+        "straggler_ratio": slowest / statistics.median(others) if straggler is not None else None,
     }
 
 
