@@ -273,12 +273,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     configs = sweep_configs(_train_config(args), args.models, args.variants, args.seeds)
     check_writable_dir(Path(args.runs_dir))
     if args.cluster == "ray":
-        from .runs.cluster import DEFAULT_ADDRESS, DEFAULT_MAX_RETRIES, run_cluster_sweep
+        from .runs.cluster import DEFAULT_MAX_RETRIES, cluster_address, run_cluster_sweep
 
         result = run_cluster_sweep(
             configs,
             Path(args.runs_dir),
-            address=args.address or DEFAULT_ADDRESS,
+            address=cluster_address(args.address),
             cpus_per_run=args.cpus_per_run,
             max_retries=DEFAULT_MAX_RETRIES if args.max_retries is None else args.max_retries,
             progress=_show_progress(args),
@@ -550,7 +550,8 @@ def _sweep_parser(sub) -> None:
     p.add_argument(
         "--address",
         help="with --cluster ray: 'local' starts a private Ray instance on this machine for the sweep, 'auto' joins the "
-        "cluster that `ray start` runs here, HOST:PORT joins a head node (default: local)",
+        "cluster that `ray start` runs here, HOST:PORT or [IPv6]:PORT joins a head node, ray://HOST:PORT goes through "
+        "Ray Client (default: $RAY_ADDRESS, else local)",
     )
     p.add_argument(
         "--cpus-per-run",

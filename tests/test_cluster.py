@@ -1,8 +1,8 @@
 """Sweeps on a Ray cluster (mnist_models/cluster.py): a two-node cluster on this machine, loopback only.
 
-The cluster (ray.cluster_utils.Cluster: a head and one more node, one CPU each, both on 127.0.0.1)
-starts once for the module (about 10 s) and is shut down at its end; each test then runs a small
-mnist-5k sweep on it. Skipped only where ray is not installed (pip install -e ".[cluster]").
+The cluster (ray.cluster_utils.Cluster on 127.0.0.1: a head with no CPUs, as Ray advises for heads,
+and two nodes of one CPU each) starts once for the module (about 10 s) and is shut down at its end;
+each test then runs a small mnist-5k sweep on it. Skipped only where ray is not installed (pip install -e ".[cluster]").
 """
 
 import os
@@ -12,7 +12,16 @@ from dataclasses import replace
 
 import pytest
 
-from mnist_models.runs.cluster import reservation, run_cluster_sweep, train_on_node
+from mnist_models.runs import cluster as ray_sweep
+from mnist_models.runs.cluster import (
+    cluster_address,
+    device_for,
+    parse_address,
+    reservation,
+    run_cluster_sweep,
+    train_on_node,
+    unplaceable,
+)
 from mnist_models.runs.config import TrainConfig
 from mnist_models.runs.records import RunStore, load_weights
 from mnist_models.runs.sweep import sweep_configs
@@ -33,9 +42,11 @@ def cluster():
 
     assert not ray_constants.ENABLE_RAY_CLUSTER, "tests/conftest.py keeps Ray on loopback"
     nodes = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+        initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False}
     )
     try:
+        # A head with no CPUs once made every run reserve 0 CPUs and set 0 torch threads.
+        nodes.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         nodes.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         nodes.wait_for_nodes(timeout=60)
         yield nodes
@@ -105,7 +116,7 @@ def test_a_sweep_mixing_best_and_a_plain_variant_skips_every_finished_run_on_a_r
     home = tmp_path / "home"
     best = tune.Candidate("simple", 2, Variant("cpu", "off", "fp32", True, True))
     result = tune.Tuning({}, {}, {"simple": best}, {"simple": 1.0}, [], [], 0.0)
-    tune.save_tuning(result, home / "reports" / "tune")
+    tune.save_tuning(result, home / "reports" / "machines")  # where tune stores it under that home
     env = {"MNIST_BENCH_HOME": str(home)}
     runs = tmp_path / "runs"
     args = ("--models", "simple", "--variants", "best", "seed-eager-fp32")
@@ -137,11 +148,11 @@ def test_a_run_that_raises_fails_alone_and_the_sweep_says_so(cluster, tmp_path):
 def test_a_killed_worker_is_retried_and_the_sweep_completes(cluster, tmp_path):
     marker = tmp_path / "killed-once"
 
-    def dies_once(config, key, dataset, cpus):  # a worker process killed in the middle of its run, once
+    def dies_once(config, key, dataset, cpus, driver_code=None):  # a worker process killed mid-run, once
         if not marker.exists():
             marker.touch()
             os._exit(9)
-        return train_on_node(config, key, dataset, cpus)
+        return train_on_node(config, key, dataset, cpus, driver_code)
 
     configs = sweep_configs(BASE, ["simple"], ["tensor-eager-fp32"], [1])
     counts = run_cluster_sweep(
@@ -165,7 +176,54 @@ def test_a_killed_worker_is_retried_and_the_sweep_completes(cluster, tmp_path):
 def test_runs_reserve_a_whole_node_unless_packed():
     lines = []
     assert reservation([4, 4], None, lines.append) == 4 and lines == []
+    assert reservation([0, 4, 4], None, lines.append) == 4 and lines == []  # a head without CPUs runs nothing
     assert reservation([2, 8], None, lines.append) == 2 and "differ in CPUs" in lines[0]
     assert reservation([2, 8], 1, lines.append) == 1
     with pytest.raises(UsageError, match="more than any node has"):
         reservation([2, 2], 3, lines.append)
+
+
+def test_addresses_ray_accepts_are_accepted(monkeypatch):
+    assert parse_address("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert parse_address("[::1]:6379") == ("::1", 6379)  # IPv6
+    assert parse_address("ray://head.example:10001") == ("head.example", 10001)  # Ray Client
+    with pytest.raises(UsageError, match="HOST:PORT"):
+        parse_address("head-without-port")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cluster_address(None) == "local" and cluster_address("auto") == "auto"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # Ray's own convention, once ignored
+    assert cluster_address(None) == "10.0.0.5:6379" and cluster_address("local") == "local"
+
+
+def test_a_runs_device_is_resolved_for_the_cluster_not_the_driver():
+    cpu_only, with_gpu = [(0, 0), (4, 0)], [(0, 0), (4, 0), (8, 1)]
+    auto = TrainConfig(dataset="mnist-5k")
+    assert device_for(auto, cpu_only) == "cpu" and device_for(auto, with_gpu) == "cuda"
+    cuda = TrainConfig(dataset="mnist-5k", variant=replace(auto.variant, device="cuda"))
+    assert device_for(cuda, cpu_only) == "cuda"  # the driver may have no GPU: the nodes decide
+    assert cuda.resolve(1, device_for(cuda, cpu_only)).variant.device == "cuda"  # no DeviceError on the driver
+    assert unplaceable(4, 1, cpu_only) == "it needs a GPU and no live node of the Ray cluster has one"
+    assert unplaceable(4, 1, with_gpu) is None and unplaceable(4, 0, cpu_only) is None
+    assert "reserves 16 CPUs" in unplaceable(16, 0, with_gpu)
+
+
+def test_a_node_with_other_code_refuses_to_train_in_one_line(small5k):
+    config = TrainConfig(dataset="mnist-5k", epochs=1, measure_latency=False)
+    with pytest.raises(UsageError, match="this node runs code .*, the driver 0000000: install the driver's commit"):
+        train_on_node(config, config.resolve(1), small5k, 1, driver_code="0000000")
+
+
+@pytest.mark.slow
+def test_cuda_runs_on_a_cluster_without_gpus_and_a_code_mismatch_fail_in_one_line(cluster, tmp_path, monkeypatch):
+    """A CUDA run on a CPU-only cluster was refused by the driver's own device check (or, resolved on a
+    GPU driver, waited for ever for a GPU no node has); a node on other code trained anyway."""
+    cuda = sweep_configs(replace(BASE, variant=replace(BASE.variant, device="cuda")), ["simple"], ["seed-eager-fp32"], [1])
+    counts = run_cluster_sweep(cuda, tmp_path / "a", address=cluster.address, progress=False, log=lambda line: None)
+    [(name, reason)] = counts["failed"]
+    assert "-cuda-" in name and reason == "cannot be placed: it needs a GPU and no live node of the Ray cluster has one"
+    monkeypatch.setattr(ray_sweep, "code_version", lambda: "0000000")  # the driver's version; the nodes run the real one
+    cpu = sweep_configs(BASE, ["simple"], ["seed-eager-fp32"], [1])
+    counts = run_cluster_sweep(cpu, tmp_path / "b", address=cluster.address, progress=False, log=lambda line: None)
+    [(name, reason)] = counts["failed"]
+    assert "the driver 0000000: install the driver's commit on every node" in reason
+    assert not list((tmp_path / "b").rglob("*.json"))

@@ -143,15 +143,17 @@ class TrainConfig:
             )
         check_choice("backend", self.backend, BACKENDS)
 
-    def resolve(self, default_threads: int | None = None) -> RunKey:
-        """The run's identity, resolved once when it starts: the device on this machine, and the threads
-        the run will use: the config's own, else `default_threads` (what the launcher gives each rank or
-        Ray task), else torch's default in this process."""
+    def resolve(self, default_threads: int | None = None, device: str | None = None) -> RunKey:
+        """The run's identity, resolved once when it starts: the device on this machine (or `device`,
+        chosen by whoever places the run: a Ray driver resolves for the cluster, not for itself), and
+        the threads the run will use: the config's own, else `default_threads` (what the launcher
+        gives each rank or Ray task), else torch's default in this process."""
+        variant = replace(self.variant, device=device) if device else self.variant.resolved()
         return RunKey(
             dataset=self.dataset,
             model=self.model,
             loader=self.loader,
-            variant=self.variant.resolved(),
+            variant=variant,
             threads=self.threads or default_threads or torch.get_num_threads(),
             ranks=self.ranks,
             epochs=self.epochs,

@@ -75,15 +75,21 @@ def _plan(store: RunStore, key: RunKey, redo_contended: bool) -> _Plan:
 
 
 def plan_sweep(
-    configs: list[TrainConfig], store: RunStore, redo_contended: bool, log, default_threads: int | None = None
+    configs: list[TrainConfig],
+    store: RunStore,
+    redo_contended: bool,
+    log,
+    default_threads: int | None = None,
+    device_for=None,
 ) -> tuple[list[Run], int]:
     """Clean what killed writers left, resolve every run's key (devices fail here, before hours of
-    training; threads are each config's own, else `default_threads`: a Ray task's reserved CPUs), and
+    training; threads are each config's own, else `default_threads`: a Ray task's reserved CPUs;
+    `device_for(config)`: the device where the sweep places the run, when not this machine), and
     return (runs still to train, finished runs)."""
     for dataset in sorted({c.dataset for c in configs}):
         for line in store.clean_leftovers(dataset):
             log(line)
-    runs = [Run(c, c.resolve(default_threads)) for c in configs]
+    runs = [Run(c, c.resolve(default_threads, device_for(c) if device_for else None)) for c in configs]
     todo = [run for run in runs if _plan(store, run.key, redo_contended).needed]
     return todo, len(runs) - len(todo)
 
