@@ -27,6 +27,7 @@ from mnist_models.system.machine import (
     busy_check,
     busy_warning,
     evidence_dir,
+    git_commit,
     machine_key,
     set_threads,
     this_machine,
@@ -43,6 +44,7 @@ class BenchState:
     report: Path | None = None
     partial: bool = False
     subset: bool = False  # -k / -m left benchmarks out: never written over the full report
+    history: Path | None = None  # this session's copy in the machine's history folder
 
 
 STATE = pytest.StashKey[BenchState]()
@@ -163,9 +165,25 @@ def pytest_sessionfinish(session, exitstatus):
         report = report.with_suffix(".partial.md")
         output["mnist_bench"]["partial"] = f"pytest exit status {int(exitstatus)}: the session failed or was interrupted"
     # params hold Case objects; like pytest-benchmark's own JSON, write them as text (their ids).
-    atomic.write_text(report.with_suffix(".json"), json.dumps(output, indent=2, default=str) + "\n")
+    text = json.dumps(output, indent=2, default=str) + "\n"
+    atomic.write_text(report.with_suffix(".json"), text)
     write_report(output, report)
     state.report = report
+    if not state.partial:
+        state.history = append_history(text, "subset" if state.subset else "full")
+
+
+def append_history(text: str, kind: str) -> Path:
+    """Every timed session, full or subset, kept in this machine's history folder under its date and
+    commit (asv-like): appended, never rewritten. `mnist-bench compare <that folder>` draws the trend."""
+    folder = evidence_dir() / "history"
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    commit = (git_commit() or "unknown").replace("+", "-")
+    for n in range(100):
+        path = folder / f"{stamp}-{commit}-{kind}{f'-{n}' if n else ''}.json"
+        if not path.exists():
+            return atomic.write_text(path, text)
+    raise DataError(f"too many history files named {stamp}-{commit}-{kind} in {folder}")
 
 
 def pytest_terminal_summary(terminalreporter, config):
@@ -173,6 +191,8 @@ def pytest_terminal_summary(terminalreporter, config):
     if state.report is not None:
         what = "PARTIAL report (the session failed or was interrupted)" if state.partial else "report"
         terminalreporter.write_line(f"mnist-bench: {what} written to {state.report} (data: {state.report.with_suffix('.json')})")
+        if state.history is not None:
+            terminalreporter.write_line(f"mnist-bench: kept in this machine's history as {state.history}")
     if config.getoption("benchmark_disable"):
         return
     warning = busy_warning(state.busy)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .core.data import DATASETS, DEFAULT_ROOT, LOADERS
 from .core.nets import MODELS
-from .core.variants import COMPILE_MODES, DEVICES, PRECISIONS, Variant
+from .core.variants import COMPILE_MODES, DEVICES, PRECISIONS, Variant, parse_tag
 from .profiling.profiler import DEFAULT_KERNEL_REPORT, DEFAULT_SUMMARY_DIR, ProfileConfig
 from .runs.config import BACKENDS, MAX_SEED, MAX_THREADS_PER_CPU, SEED, TrainConfig
 from .runs.records import DEFAULT_RUNS_DIR
@@ -244,6 +244,59 @@ def cmd_tune(args: argparse.Namespace) -> int:
             f"(mnist-bench train --model {model} --variant best)"
         )
     print(f"\nstored in {path}")
+    return 0
+
+
+def _ab_side(args: argparse.Namespace, label: str, spec: str, source: Path | None = None):
+    from .runs.ab import Side
+    from .system.paths import SOURCE_ROOT
+
+    parse_tag(spec, ("compile", "precision", "channels_last", "fast"))  # one line for a bad spec, before any process
+    return Side(label, args.model, spec, source or SOURCE_ROOT, args.threads)
+
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    """Two variants or two commits, interleaved; with --gate, exit 1 when B is slower beyond noise."""
+    from .runs.ab import checkout_of, compare, threshold_for
+
+    if bool(args.commits) == bool(args.b):
+        raise UsageError("give --b SPEC (two variants) or --commits A B (two commits), one of the two")
+    with contextlib.ExitStack() as stack:
+        if args.commits:
+            sources = [stack.enter_context(checkout_of(rev)) for rev in args.commits]
+            a = _ab_side(args, f"{args.commits[0]} {args.a}", args.a, sources[0])
+            b = _ab_side(args, f"{args.commits[1]} {args.a}", args.a, sources[1])
+        else:
+            a, b = _ab_side(args, args.a, args.a), _ab_side(args, args.b, args.b)
+        threshold, source = (args.threshold, "--threshold") if args.threshold is not None else threshold_for(a.benchmark)
+        print(f"A: {a.label}\nB: {b.label}\n{args.rounds} interleaved rounds of {args.steps} {args.model} train steps each")
+        ratio = compare(a, b, args.rounds, args.steps)
+        verdict = ratio.verdict(threshold)
+        print(f"B / A = {ratio}: {verdict} (threshold {100 * threshold:.1f}%, from {source})")
+        if args.gate and verdict == "slower":
+            # A gate that fails a build confirms first: a second comparison must agree (a false alarm
+            # twice in a row is the square of its rate).
+            print("slower: confirming with a second comparison")
+            again = compare(a, b, args.rounds, args.steps)
+            print(f"B / A = {again}: {again.verdict(threshold)}")
+            if again.verdict(threshold) == "slower":
+                print(
+                    f"mnist-bench: regression: B is slower than A beyond noise ({ratio.estimate:.3f}x, {again.estimate:.3f}x)",
+                    file=sys.stderr,
+                )
+                return 1
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .runs.ab import calibrate, save_calibration
+
+    side = _ab_side(args, args.spec, args.spec)
+    print(f"calibrating {side.benchmark}: {args.runs} A/A and {args.runs} planted +{100 * args.slowdown:.0f}% comparisons")
+    result = calibrate(side, args.runs, args.rounds, args.steps, args.slowdown)
+    path = save_calibration(result)
+    print(result.summary())
+    print(f"stored in {path}")
     return 0
 
 
@@ -719,6 +772,63 @@ def _tune_parser(sub) -> None:
     p.set_defaults(func=cmd_tune)
 
 
+def _ab_common(p) -> None:
+    from .runs.ab import DEFAULT_ROUNDS, DEFAULT_STEPS
+
+    p.add_argument("--model", default="simple", choices=list(MODELS), help="which net's train step (default: simple)")
+    p.add_argument("--rounds", type=_positive_int, default=DEFAULT_ROUNDS, help=f"interleaved rounds (default: {DEFAULT_ROUNDS})")
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=DEFAULT_STEPS,
+        help=f"train steps per block; a block is their median (default: {DEFAULT_STEPS})",
+    )
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads of both sides (default: torch's choice)")
+
+
+def _ab_parser(sub) -> None:
+    p = sub.add_parser(
+        "ab",
+        help="compare two variants or two commits by interleaving them on this machine, with an interval",
+        description="Time the train step of two sides in alternating rounds (A B, B A, ...), each side in its own process, "
+        "and print B's time over A's with a 95%% bootstrap interval over rounds. Sides: two variant specs (--a, --b) or "
+        "one spec at two commits (--commits A B, each run from a git worktree). Run it alone on the machine.",
+    )
+    p.add_argument("--a", default="eager-fp32", help="side A's switches as a spec, e.g. eager-fp32-cl (default: eager-fp32)")
+    p.add_argument("--b", default=None, help="side B's switches as a spec (or use --commits)")
+    p.add_argument(
+        "--commits", nargs=2, metavar=("A", "B"), default=None, help="two git revisions of this checkout, both with --a's spec"
+    )
+    p.add_argument(
+        "--threshold",
+        type=_percent,
+        default=None,
+        help="a difference smaller than this is noise (default: this machine's calibration, else 5%%)",
+    )
+    p.add_argument(
+        "--gate",
+        action="store_true",
+        help="exit 1 when B is slower than A beyond noise and the threshold, in two comparisons running (the second confirms)",
+    )
+    _ab_common(p)
+    p.set_defaults(func=cmd_ab)
+
+
+def _calibrate_parser(sub) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="measure this machine's noise: A/A comparisons and a planted slowdown; stores the gate's threshold",
+        description="Run A/A comparisons of one train step against itself and A/B comparisons against a planted slowdown, "
+        "report how often each is flagged, and store the threshold (the largest A/A effect) in "
+        "reports/machines/<machine>/noise.json for mnist-bench ab and the gate. Run it alone on the machine.",
+    )
+    p.add_argument("--spec", default="eager-fp32", help="the variant's switches as a spec (default: eager-fp32)")
+    p.add_argument("--runs", type=_positive_int, default=10, help="A/A comparisons, and as many planted ones (default: 10)")
+    p.add_argument("--slowdown", type=_percent, default=0.10, help="the planted slowdown (default: 10%%)")
+    _ab_common(p)
+    p.set_defaults(func=cmd_calibrate)
+
+
 def _data_parser(sub) -> None:
     p = sub.add_parser("data", help="show which datasets are available here, and where from (exit 1 if a named one is not)")
     p.add_argument("names", nargs="*", metavar="DATASET", help=f"any of: {', '.join(DATASETS)} (default: all but synthetic)")
@@ -747,6 +857,8 @@ def build_parser() -> argparse.ArgumentParser:
     _report_parser(sub)
     _compare_parser(sub)
     _tune_parser(sub)
+    _ab_parser(sub)
+    _calibrate_parser(sub)
     _data_parser(sub)
     return parser
 

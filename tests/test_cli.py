@@ -13,6 +13,7 @@ import torch
 
 from mnist_models import cli
 from mnist_models.core.nets import build_model
+from mnist_models.system.machine import machine_key, this_machine
 
 FAST = ["--dataset", "mnist-5k", "--epochs", "1", "--loader", "tensor", "--no-progress", "--no-latency"]
 
@@ -69,7 +70,7 @@ def test_help_explains_every_flag():
 def test_every_option_of_every_subcommand_has_help_text():
     parser = cli.build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(subcommands) == {"train", "sweep", "tune", "profile", "report", "compare", "data"}
+    assert set(subcommands) == {"train", "sweep", "tune", "profile", "report", "compare", "ab", "calibrate", "data"}
     for name, sub in subcommands.items():
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction):
@@ -212,8 +213,10 @@ def test_default_paths_are_relative_to_the_home_not_the_current_folder(tmp_path)
     run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=600, env=env)
     trained = run([sys.executable, "-m", "mnist_models", "train", *FAST], cwd=elsewhere)
     assert trained.returncode == 0, trained.stderr
-    [record] = (home / "reports" / "runs" / "mnist-5k").glob("*.json")
-    assert json.loads(record.read_text())["weights"].startswith("reports/runs/mnist-5k/weights/")  # shown relative to the home
+    runs = home / "reports" / "machines" / machine_key(this_machine()) / "runs" / "mnist-5k"  # this machine's folder
+    [record] = runs.glob("*.json")
+    shown = json.loads(record.read_text())["weights"]
+    assert shown == str((runs / "weights" / f"{record.stem}.pt").relative_to(home))  # shown relative to the home
     reported = run([sys.executable, "-m", "mnist_models", "report"], cwd=elsewhere / "..")
     assert reported.returncode == 0, reported.stderr
     assert (home / "reports" / "accuracy-vs-cost.md").exists()

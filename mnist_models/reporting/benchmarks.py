@@ -131,6 +131,8 @@ def _group_rows(group: list[BenchRow], peaks: dict, emulated: bool, everything: 
             extras.append(f"acc {r.test_accuracy:.4f}")
         if r.identity.loader:
             extras.append(f"{md(r.identity.loader)} loader")
+        if r.rounds < 5:
+            extras.append(f"{r.rounds} rounds: no real spread")
         if emulated and r.variant.device == "cpu" and r.variant.precision != "fp32":
             extras.append("**emulated** (no native bf16 on this CPU)")
         rows.append(
@@ -142,13 +144,25 @@ def _group_rows(group: list[BenchRow], peaks: dict, emulated: bool, everything: 
                 fmt_num(r.images_per_s, 0),
                 fmt_num(gflops, 1),
                 f"{100 * gflops / peak:.1f}% of {ceiling_source(r, everything)}" if gflops and peak else "-",
-                f"{baseline.median / r.median:.2f}x" if baseline else "-",
+                speedup_cell(baseline, r) if baseline else "-",
                 "; ".join(extras),
             ]
         )
     if baseline is None:
         notes.append("no eager fp32 contiguous baseline in this group: no speedups")
     return rows, notes
+
+
+def speedup_cell(baseline: BenchRow, row: BenchRow) -> str:
+    """A speedup with the range its quartiles allow ('1.52x (1.41-1.60)'); 'within noise' when that
+    range holds 1. Rounds of one benchmark are not independent draws: this is the runs' spread, not
+    a confidence interval (for one, compare the two interleaved: mnist-bench ab)."""
+    if row is baseline:
+        return "1.00x"
+    (bq1, bq3), (q1, q3) = baseline.quartiles(), row.quartiles()
+    low, high = bq1 / q3, bq3 / q1
+    cell = f"{baseline.median / row.median:.2f}x ({low:.2f}-{high:.2f})"
+    return cell + (" within noise" if low <= 1 <= high else "")
 
 
 def _beats_ceiling(rows: list[BenchRow], peaks: dict) -> bool:
@@ -279,7 +293,7 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
         "cache: a warm cache makes them short. Forward and train-step batches are real mnist-5k digits (the work does not "
         "depend on pixel values); the epoch suite's dataset is named in its rows. "
         "Speedup is against the group's eager fp32 contiguous baseline at the session's thread count (for epochs: the "
-        "seed's DataLoader pipeline). Ids ending `-t1-b...` ran with one torch thread, all others with the header's count.\n"
+        "seed's DataLoader pipeline), with the range the two rows' quartiles allow, and *within noise* when that range holds 1. Ids ending `-t1-b...` ran with one torch thread, all others with the header's count.\n"
     )
     peaks = ceilings(rows)
     groups: dict[str, list[BenchRow]] = {}

@@ -278,25 +278,32 @@ def pick_baseline(machines_dir: Path, new: Run) -> Path | None:
 
 
 def trend(runs: list[Run]) -> str:
-    """Median per benchmark over runs in time order (e.g. an autosave folder). A line follows one
+    """Median per benchmark over runs in time order (e.g. a machine's history folder). A line follows one
     benchmark on one machine with one identity: a run that measured other work under the same name,
-    or ran elsewhere, starts its own line, so "last / first" never crosses them."""
+    or ran elsewhere, starts its own line, so "last / first" never crosses them. A change is marked
+    only where the first and last runs' interquartile ranges miss each other (beyond noise)."""
     runs = sorted(runs, key=lambda r: r.data.get("datetime", ""))
-    lines: dict[tuple, list[float | None]] = {}
+    lines: dict[tuple, list[BenchRow | None]] = {}
     for i, run in enumerate(runs):
         for row in run.rows.values():
-            lines.setdefault((row.name, run.key, row.identity), [None] * len(runs))[i] = row.median
+            lines.setdefault((row.name, run.key, row.identity), [None] * len(runs))[i] = row
     several = len({r.key for r in runs}) > 1
     columns = ["benchmark", *(["machine"] if several else []), *[f"{i + 1}" for i in range(len(runs))], "last / first"]
     rows = []
-    for (_, key, identity), medians in sorted(lines.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        present = [m for m in medians if m is not None]
+    for (_, key, identity), found in sorted(lines.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        present = [r for r in found if r is not None]
+        change = "-"
+        if len(present) > 1:
+            first, last = present[0], present[-1]
+            change = f"{last.median / first.median:.2f}"
+            if beyond_noise(first, last):
+                change += f" **{'slower' if last.median > first.median else 'faster'}**"
         rows.append(
             [
                 code(f"{identity.suite} {identity.label()}"),
                 *([md(key)] if several else []),
-                *[fmt_time(m) for m in medians],
-                f"{present[-1] / present[0]:.2f}" if len(present) > 1 else "-",
+                *[fmt_time(r.median if r else None) for r in found],
+                change,
             ]
         )
     legend = "\n".join(

@@ -1,0 +1,75 @@
+"""One side of an A/B comparison: a process that holds one warmed-up train step and times blocks of
+it on request (mnist_models.runs.ab drives two of them in alternation).
+
+    python -m mnist_models.runs.ab_worker --model simple --spec tensor-eager-fp32-cl --threads 2
+
+Protocol, one line each: it prints {"ready": ...} once warmed up; then for each line "N" on stdin it
+times N steps and prints {"median_s": ...}; "quit" or end of input ends it. It imports only what
+has been in the package since the layout of issue 20 (core.harness, core.data, core.variants,
+system.machine), so
+run from an older commit's worktree it times that commit's code.
+
+`--slowdown F` stretches every step by F of its own time (a planted regression: calibration checks
+that the comparison catches it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mnist_models.runs.ab_worker")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--spec", default="eager-fp32", help="switches as a sweep spec without the loader")
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--slowdown", type=float, default=0.0)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from mnist_models.core.data import load_dataset
+    from mnist_models.core.harness import build, real_batch, warm_up
+    from mnist_models.core.variants import Variant, parse_tag
+
+    if args.threads:
+        from mnist_models.system.machine import set_threads
+
+        set_threads(args.threads)
+    fields = parse_tag(args.spec)
+    variant = Variant(
+        "cpu",
+        fields.get("compile", "off"),
+        fields.get("precision", "fp32"),
+        bool(fields.get("channels_last")),
+        bool(fields.get("fast")),
+    )
+    work = build(args.model, variant, "train")
+    x, y = real_batch(load_dataset("mnist-5k").train, args.batch, variant)
+    call = work.call_on(x, y)
+    warm_up(call, calls=5)
+    print(json.dumps({"ready": True, "pid": os.getpid(), "threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        if line.strip() in ("", "quit"):
+            break
+        times = []
+        for _ in range(int(line)):
+            start = time.perf_counter()
+            call()
+            elapsed = time.perf_counter() - start
+            if args.slowdown:
+                time.sleep(args.slowdown * elapsed)
+                elapsed = time.perf_counter() - start
+            times.append(elapsed)
+        print(json.dumps({"median_s": statistics.median(times)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

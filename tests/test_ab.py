@@ -1,0 +1,80 @@
+"""Interleaved A/B comparisons: the paired-ratio statistics, the engine's two processes, commits
+from worktrees, and the per-machine calibration."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_models.core.stats import paired_ratio
+from mnist_models.system.machine import machine_key, this_machine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rounds(ratio: float, n: int = 10, drift: float = 0.4, noise: float = 0.01, seed: int = 1):
+    """Paired times whose B/A is `ratio`, on a machine drifting by up to `drift` between rounds."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        base = 0.030 * (1 + drift * rng.random())  # the machine's speed this round: both sides see it
+        out.append((base * (1 + noise * rng.gauss(0, 1)), base * ratio * (1 + noise * rng.gauss(0, 1))))
+    return out
+
+
+def test_pairing_by_round_cancels_drift_and_the_interval_says_so():
+    slower = paired_ratio(rounds(1.10))
+    assert slower.estimate == pytest.approx(1.10, abs=0.02) and slower.low > 1.05 and slower.excludes_one()
+    assert slower.verdict(0.05) == "slower" and slower.verdict(0.15) == "within noise"  # beyond noise, not beyond 15%
+    same = paired_ratio(rounds(1.0))
+    assert same.low < 1 < same.high and same.verdict(0.0) == "within noise"
+    # Unpaired, the 40% drift would swamp a 10% difference; paired it does not.
+    assert paired_ratio(rounds(1.10)) == slower  # seeded: one set of rounds, one interval
+    with pytest.raises(ValueError):
+        paired_ratio([(0.0, 1.0)])
+
+
+def ab(*args, env=None):
+    cmd = [sys.executable, "-m", "mnist_models", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=os.environ | (env or {}))
+
+
+def test_a_bad_side_is_one_line():
+    result = ab("ab", "--a", "eager-fp32", "--b", "eager-fp33")
+    assert result.returncode == 2 and "unknown token 'fp33'" in result.stderr and "Traceback" not in result.stderr
+    result = ab("ab", "--a", "eager-fp32")
+    assert result.returncode == 2 and "--b SPEC (two variants) or --commits A B" in result.stderr
+
+
+@pytest.mark.slow
+def test_two_variants_and_two_commits_are_compared_interleaved(tmp_path):
+    result = ab("ab", "--a", "eager-fp32", "--b", "eager-fp32-cl", "--rounds", "4", "--steps", "3", "--threads", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "B / A = " in result.stdout and "95% interval" in result.stdout and "4 rounds" in result.stdout
+    before = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    result = ab("ab", "--commits", "HEAD", "HEAD", "--rounds", "2", "--steps", "2", "--threads", "1", "--gate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "A: HEAD eager-fp32" in result.stdout and "B / A = " in result.stdout
+    after = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert after == before  # the worktrees are gone again
+    result = ab("ab", "--commits", "HEAD", "no-such-revision", "--rounds", "2")
+    assert result.returncode == 2 and "no commit 'no-such-revision'" in result.stderr
+
+
+@pytest.mark.slow
+def test_calibration_is_stored_with_the_machines_evidence_and_sets_the_threshold(tmp_path):
+    home = {"MNIST_BENCH_HOME": str(tmp_path)}
+    result = ab("calibrate", "--runs", "2", "--rounds", "3", "--steps", "2", "--threads", "1", env=home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    noise = tmp_path / "reports" / "machines" / machine_key(this_machine()) / "noise.json"
+    entry = json.loads(noise.read_text())["benchmarks"]["train-step simple b100 eager-fp32"]
+    assert len(entry["aa"]) == 2 and len(entry["planted"]) == 2 and entry["threshold"] >= 0.01
+    assert entry["threshold"] == pytest.approx(max(0.01, *(abs(r["estimate"] - 1) for r in entry["aa"])))
+    assert entry["slowdown"] == 0.10 and all(r["rounds"] == 3 for r in entry["aa"] + entry["planted"])
+    # (How often a planted 10% is caught is a benchmark figure, from a real calibration: not asserted here.)
+    result = ab("ab", "--a", "eager-fp32", "--b", "eager-fp32", "--rounds", "2", "--steps", "2", "--threads", "1", env=home)
+    assert "from this machine's calibration" in result.stdout
