@@ -69,6 +69,19 @@ def test_seed_style_accuracy_differs_from_real_accuracy(small5k):
     assert record.seed_style_accuracy != record.test_accuracy
 
 
+@pytest.mark.parametrize("name", ["simple", "deep"])
+def test_the_fast_evaluation_is_the_same_yardstick(name, small5k, mnist5k):
+    """channels_last, inference_mode and batches of 100 count the same correct images as the eager
+    contiguous evaluation in batches of 1000, with both pixel scalings; the trained net is untouched."""
+    model, _ = train(TrainConfig(model=name, **FAST), small5k, log=quiet)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for scale in (True, False):
+        slow = evaluate(model, mnist5k.test, "cpu", batch_size=1000, scale=scale, fast=False)
+        assert evaluate(model, mnist5k.test, "cpu", scale=scale) == slow
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.is_contiguous() for p in model.parameters())  # its layout stays the training's
+
+
 def test_evaluate_restores_train_mode(small5k):
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     model.train()

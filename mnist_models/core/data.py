@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,28 +79,53 @@ def load_dataset(name: str, root: Path | str = DEFAULT_ROOT, download: bool = Tr
 # torchvision's IDX datasets
 
 
-def _torchvision_class(name: str):
-    from torchvision.datasets import MNIST, FashionMNIST
+# torchvision's folder per dataset and the four IDX files in it. Reading them needs no torchvision:
+# importing torchvision.datasets pulls in its models and ops and with them torch._dynamo (2.7 s of
+# a run's start-up on one machine), so torchvision is imported only to download.
+IDX_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_TYPES = {0x08: torch.uint8}
 
-    return MNIST if name == "mnist" else FashionMNIST
+
+def _raw_folder(name: str, root: Path) -> Path:
+    return root / IDX_FOLDERS[name] / "raw"
 
 
-def _missing_files(cls, root: Path) -> list[str]:
-    raw = root / cls.__name__ / "raw"
-    names = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
-    return [n for n in names if not (raw / n).is_file()]
+def _missing_files(name: str, root: Path) -> list[str]:
+    raw = _raw_folder(name, root)
+    return [f for pair in IDX_FILES.values() for f in pair if not (raw / f).is_file()]
 
 
-def _stage_debian_fashion(root: Path, cls) -> bool:
+def read_idx(path: Path, dims: int) -> torch.Tensor:
+    """An IDX file (the MNIST format: a magic number naming the type and rank, the sizes, the data)
+    as a uint8 tensor; a DataError naming the file when it is not one."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) < 4 + 4 * dims or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES or data[3] != dims:
+        raise DataError(f"corrupt IDX file {path}: not a {dims}-dimensional uint8 IDX file")
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    body = data[4 + 4 * dims :]
+    if len(body) != math.prod(shape):
+        raise DataError(f"corrupt IDX file {path}: {len(body)} bytes of data, its header says {math.prod(shape)}")
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
+
+
+def _stage_debian_fashion(root: Path) -> bool:
     """Copy Debian's .gz files, decompressed, into torchvision's layout under the data root.
 
-    torchvision reads raw IDX files from <root>/FashionMNIST/raw; Debian ships them gzipped.
+    torchvision's layout is <root>/FashionMNIST/raw/<IDX files>; Debian ships them gzipped.
     Returns False when the Debian package is not installed.
     """
-    if not all((DEBIAN_FASHION_DIR / (n + ".gz")).is_file() for n in _missing_files(cls, root)):
+    missing = _missing_files("fashion-mnist", root)
+    if not all((DEBIAN_FASHION_DIR / (n + ".gz")).is_file() for n in missing):
         return False
-    raw = root / cls.__name__ / "raw"
-    for name in _missing_files(cls, root):
+    raw = _raw_folder("fashion-mnist", root)
+    for name in missing:
         source = DEBIAN_FASHION_DIR / (name + ".gz")
         try:
             with gzip.open(source, "rb") as fh:
@@ -109,26 +135,35 @@ def _stage_debian_fashion(root: Path, cls) -> bool:
     return True
 
 
+def _download(name: str, root: Path) -> None:
+    """torchvision's own download (mirrors, checksums) into its layout; only here is torchvision imported."""
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    cls = MNIST if name == "mnist" else FashionMNIST
+    try:
+        cls(str(root), train=True, download=True)
+    except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError on failure
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{name} is not in {root} and could not be downloaded ({reason}); {OFFLINE_HINT}") from None
+
+
 def _load_torchvision(name: str, root: Path, download: bool) -> Dataset:
-    cls = _torchvision_class(name)
-    source = str(root / cls.__name__ / "raw")
-    if name == "fashion-mnist" and _missing_files(cls, root) and _stage_debian_fashion(root, cls):
+    raw = _raw_folder(name, root)
+    source = str(raw)
+    if name == "fashion-mnist" and _missing_files(name, root) and _stage_debian_fashion(root):
         source = f"{DEBIAN_FASHION_DIR} (Debian dataset-fashion-mnist)"
-    if _missing_files(cls, root):
+    if _missing_files(name, root):
         if not download:
             raise DataError(f"{name} is not in {root} and downloading is off; {OFFLINE_HINT}")
-        try:
-            cls(str(root), train=True, download=True)
-        except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError on failure
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DataError(f"{name} is not in {root} and could not be downloaded ({reason}); {OFFLINE_HINT}") from None
+        _download(name, root)
         source = f"{source} (downloaded)"
-    try:
-        splits = [cls(str(root), train=train, download=False) for train in (True, False)]
-    except Exception as exc:  # torchvision's IDX reader asserts or fails to view a short buffer
-        raise DataError(f"corrupt IDX file in {root / cls.__name__ / 'raw'}: {exc or type(exc).__name__}") from None
-    train, test = (Split(s.data.contiguous(), s.targets.long()) for s in splits)
-    return Dataset(name, train, test, source)
+    splits = []
+    for images, labels in IDX_FILES.values():
+        x, y = read_idx(raw / images, 3), read_idx(raw / labels, 1)
+        if len(x) != len(y):
+            raise DataError(f"corrupt IDX files in {raw}: {len(x)} images but {len(y)} labels in {images} / {labels}")
+        splits.append(Split(x.contiguous(), y.long()))
+    return Dataset(name, splits[0], splits[1], source)
 
 
 # ---------------------------------------------------------------------------------------------

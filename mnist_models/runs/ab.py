@@ -229,9 +229,14 @@ def save_calibration(result: Calibration, machines_dir: Path | None = None) -> P
     path = noise_path(machines_dir)
     data = load_noise(path) or {"kind": "mnist-bench calibrate", "benchmarks": {}}
     data["machine"] = machine_info()
-    data["benchmarks"][result.benchmark] = result.to_json() | {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")
+    entry = result.to_json() | {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "code": data["machine"]["code"],
     }
+    old = data["benchmarks"].get(result.benchmark)
+    if old:  # a calibration asked for again replaces the threshold; the earlier one stays, under "previous"
+        entry["previous"] = [*old.pop("previous", []), old]
+    data["benchmarks"][result.benchmark] = entry
     return atomic.write_json(path, data)
 
 

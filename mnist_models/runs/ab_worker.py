@@ -4,7 +4,8 @@ it on request (mnist_models.runs.ab drives two of them in alternation).
     python -m mnist_models.runs.ab_worker --model simple --spec tensor-eager-fp32-cl --threads 2
 
 Protocol, one line each: it prints {"ready": ...} once warmed up; then for each line "N" on stdin it
-times N steps and prints {"median_s": ...}; "quit" or end of input ends it. It imports only what
+runs one untimed step (the other side's block has just evicted its caches), times N steps and
+prints {"median_s": ...}; "quit" or end of input ends it. It imports only what
 has been in the package since the layout of issue 20 (core.harness, core.data, core.variants,
 system.machine), so
 run from an older commit's worktree it times that commit's code.
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in sys.stdin:
         if line.strip() in ("", "quit"):
             break
+        call()  # untimed: caches and threads come back from the other side's block
         times = []
         for _ in range(int(line)):
             start = time.perf_counter()

@@ -108,7 +108,7 @@ class TrainConfig:
     seed: int = SEED
     variant: Variant = Variant("auto")  # device 'auto' resolves when the run starts (resolve)
     loader: str = "seed"  # the seed's DataLoader; "tensor" batches from device memory
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 100  # runs.train.EVAL_BATCH: small batches stay in cache
     eval_every_epoch: bool = True  # test accuracy after each epoch, for accuracy-per-epoch curves
     threads: int | None = None  # torch intra-op threads (per rank); None: torch's default, or CPUs / local ranks under DDP
     measure_latency: bool = True  # forward latency at batch 1 and 1000 after training

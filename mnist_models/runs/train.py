@@ -12,6 +12,7 @@ the `train` command around it: the stored-run check, DDP's process group, and th
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -49,23 +50,35 @@ DIVERGED_LOSS = 10 * math.log(NUM_CLASSES)
 CHANCE_ACCURACY = 1.5 / NUM_CLASSES
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Split, device: str, batch_size: int = 1000, scale: bool = True) -> float:
-    """Test accuracy, in batches, in eval mode.
+# Test-set batches for evaluation. Measured on a Zen 3 (AVX2, 2 threads), 10,000 fashion-mnist images:
+# simple 3.7 s contiguous at 1000, 0.93 s channels_last at 100; deep 5.4 s and 2.3 s. Large batches
+# leave the caches (batch 1000 of the first conv's output alone is 100 MB).
+EVAL_BATCH = 100
+
+
+def evaluate(
+    model: nn.Module, split: Split, device: str, batch_size: int = EVAL_BATCH, scale: bool = True, fast: bool = True
+) -> float:
+    """Test accuracy, in batches, in eval mode, fp32 eager for every variant: one yardstick.
 
     scale=True feeds pixels / 255 as in training; scale=False feeds raw 0..255 floats, which is
-    what the seed's script did (its printed accuracies come from this).
+    what the seed's script did (its printed accuracies come from this). fast=True evaluates a
+    channels_last copy of the net on CPU under inference_mode (the same function: the tests check
+    that both nets' accuracies equal the contiguous evaluation's); the training net is left as it is.
     """
     was_training = model.training
-    model.eval()
+    layout = torch.channels_last if fast and device == "cpu" else torch.contiguous_format
+    net = copy.deepcopy(model).to(memory_format=layout) if layout is torch.channels_last else model
+    net.eval()
     correct = 0
     try:
-        for start in range(0, len(split), batch_size):
-            x = split.images[start : start + batch_size].to(device).unsqueeze(1).float()
-            if scale:
-                x = x.div_(255)
-            y = split.labels[start : start + batch_size].to(device)
-            correct += int((model(x).argmax(1) == y).sum())
+        with torch.inference_mode():
+            for start in range(0, len(split), batch_size):
+                x = split.images[start : start + batch_size].to(device).unsqueeze(1).float()
+                if scale:
+                    x = x.div_(255)
+                y = split.labels[start : start + batch_size].to(device)
+                correct += int((net(x.contiguous(memory_format=layout)).argmax(1) == y).sum())
     finally:
         model.train(was_training)
     return correct / len(split)
