@@ -170,13 +170,13 @@ def pytest_sessionfinish(session, exitstatus):
     write_report(output, report)
     state.report = report
     if not state.partial:
-        state.history = append_history(text, "subset" if state.subset else "full")
+        state.history = append_history(report.parent / "history", text, "subset" if state.subset else "full")
 
 
-def append_history(text: str, kind: str) -> Path:
-    """Every timed session, full or subset, kept in this machine's history folder under its date and
-    commit (asv-like): appended, never rewritten. `mnist-bench compare <that folder>` draws the trend."""
-    folder = evidence_dir() / "history"
+def append_history(folder: Path, text: str, kind: str) -> Path:
+    """Every timed session, full or subset, kept in the history folder beside its report (by default
+    this machine's evidence folder) under its date and commit (asv-like): appended, never rewritten.
+    `mnist-bench compare <that folder>` draws the trend."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     commit = (git_commit() or "unknown").replace("+", "-")
     for n in range(100):

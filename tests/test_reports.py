@@ -184,6 +184,8 @@ def test_bench_session_writes_report(tmp_path):
     data = json.loads(report.with_suffix(".json").read_text())
     assert data["benchmarks"][0]["extra_info"]["gflops_per_s"] > 0
     assert "## Machine ceiling" in report.read_text()
+    [kept] = (tmp_path / "history").glob("*-subset.json")  # the session's copy, beside its report
+    assert json.loads(kept.read_text())["benchmarks"] == data["benchmarks"]
 
 
 def test_half_precision_ceiling_is_never_below_fp32():
