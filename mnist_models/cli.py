@@ -494,6 +494,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write_text(out, render(runs, problems, benches, out.parent, command="mnist-bench report"))
     print(f"accuracy-vs-cost report written to {out} ({len(runs)} runs)")
+    if out.resolve().parent == REPORTS_DIR.resolve() and MACHINES_DIR.is_dir():  # the summary of all machines
+        from .reporting.index import render_index
+
+        write_text(REPORTS_DIR / "index.md", render_index(REPORTS_DIR, MACHINES_DIR))
+        print(f"index of every machine's reports written to {REPORTS_DIR / 'index.md'}")
     return 0
 
 
