@@ -238,12 +238,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
         for name in ranking:
             print(f"  {name:45s} {result.epochs[name]:6.2f} s")
         print(f"  {'the seed pipeline (seed-eager-fp32)':45s} {result.reference[model]:6.2f} s")
-        speedup = result.reference[model] / result.epochs[best.name]
+        print(f"decided: {result.decisions[model]}")
         print(
-            f"best for {model}: {best.spec} with {best.threads} thread(s), {speedup:.2f}x the seed pipeline's epoch "
-            f"(mnist-bench train --model {model} --variant best)"
+            f"best for {model}: {best.spec} with {best.threads} thread(s); the seed pipeline's epoch over its epoch, "
+            f"interleaved: {result.speedups[model]} (mnist-bench train --model {model} --variant best)"
         )
-    print(f"\nstored in {path}")
+    print(f"\nstored in {path} (report: {path.with_suffix('.md')})")
     return 0
 
 

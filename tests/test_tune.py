@@ -119,3 +119,26 @@ def test_a_sweep_mixing_best_and_a_plain_variant_skips_every_finished_run_on_a_r
     assert "2 trained, 0 already finished" in capsys.readouterr().out
     assert cli.main(argv) == 0
     assert "0 trained, 2 already finished" in capsys.readouterr().out
+
+
+def test_a_pick_within_noise_of_a_simpler_runner_up_goes_to_the_simpler(monkeypatch):
+    """The pick rests on interleaved epoch pairs, never on one timing each: within noise, fewer switches win."""
+    fast = tune.Candidate("simple", 2, Variant("cpu", "off", "bf16", True, True))
+    plain = tune.Candidate("simple", 2, Variant("cpu", "off", "bf16", True, False))
+    noisy = {fast.name: iter([1.00, 1.25, 1.00]), plain.name: iter([1.10, 1.00, 1.10])}  # fastest by its median
+    pick, why = tune.decide(fast, plain, lambda c, d: next(noisy[c.name]), None)
+    assert pick == plain and "within noise" in why and "simpler" in why
+    steady = {fast.name: iter([1.0] * 3), plain.name: iter([1.2] * 3)}
+    pick, why = tune.decide(fast, plain, lambda c, d: next(steady[c.name]), None)
+    assert pick == fast and "beyond noise" in why
+
+
+def test_the_speedup_over_the_seed_pipeline_is_interleaved_with_its_interval(tuned):
+    result, path = tuned
+    stored = json.loads(path.read_text())
+    for model in ("simple", "deep"):
+        ratio = result.speedups[model]
+        assert ratio.rounds == 3 and ratio.estimate == pytest.approx(
+            result.reference[model] / result.epochs[result.best[model].name]
+        )
+        assert stored["speedup_over_seed_pipeline"][model]["rounds"] == 3 and model in stored["decisions"]

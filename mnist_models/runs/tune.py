@@ -9,7 +9,8 @@ Two phases, both through the one harness and the one training loop:
 2. a whole mnist-5k epoch (40 steps, the input pipeline included) for the fastest step variants
    through both loaders, the seed's DataLoader and the tensor loader.
 
-The fastest epoch wins per net. Every candidate keeps the seed nets' accuracy: fp32 variants
+The fastest epoch wins per net, unless a simpler runner-up is within noise of it in interleaved
+epoch pairs; the speedup over the seed pipeline is measured the same way (3 pairs, with an interval). Every candidate keeps the seed nets' accuracy: fp32 variants
 compute the same function (the fast path is tested equal to the seed's layer order), and bf16
 kept accuracy within the seed-to-seed spread in this project's sweeps. The result is stored per
 machine (`reports/machines/<machine>/tune.json`) for `train --variant best` and `sweep --variants best`.
@@ -21,7 +22,7 @@ import itertools
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import torch
 
 from ..core.data import load_dataset, make_loader
 from ..core.harness import build, real_batch, warm_up
+from ..core.stats import Ratio, paired_ratio
 from ..core.variants import Variant, render_tag
 from ..system import atomic
 from ..system.errors import UsageError
@@ -130,11 +132,47 @@ def time_epoch(c: Candidate, dataset) -> float:
 class Tuning:
     steps: dict[str, float]  # candidate name -> seconds per step
     epochs: dict[str, float]  # candidate name -> seconds per epoch
-    best: dict[str, Candidate]  # model -> the fastest epoch
+    best: dict[str, Candidate]  # model -> the pick
     reference: dict[str, float]  # model -> seconds of an epoch of the seed's pipeline (DataLoader, eager fp32), same run
     skipped: list[str]
     unmeasured: list[str]  # candidates the budget left out
     seconds: float
+    decisions: dict[str, str] = field(default_factory=dict)  # model -> how the pick was decided, one sentence
+    speedups: dict[str, Ratio] = field(default_factory=dict)  # model -> seed pipeline epoch / pick's epoch, interleaved
+
+
+DECIDING_PAIRS = 3  # interleaved epoch pairs behind each decision
+
+
+def complexity(c: Candidate) -> int:
+    """How many switches a candidate turns on: of two within noise, the one with fewer wins."""
+    v = c.variant
+    return (v.compile != "off") + (v.precision != "fp32") + v.channels_last + v.fast + (c.loader != "seed") + (c.threads == 1)
+
+
+def interleaved(first: Candidate, second: Candidate, timer, dataset, pairs: int = DECIDING_PAIRS) -> Ratio:
+    """second's epoch over first's, timed in alternating order (first second, second first, ...)."""
+    rounds = []
+    for i in range(pairs):
+        if i % 2 == 0:
+            a = timer(first, dataset)
+            rounds.append((a, timer(second, dataset)))
+        else:
+            b = timer(second, dataset)
+            rounds.append((timer(first, dataset), b))
+    return paired_ratio(rounds)
+
+
+def decide(fastest: Candidate, runner_up: Candidate | None, timer, dataset) -> tuple[Candidate, str]:
+    """The fastest epoch, unless the runner-up is within noise of it (interleaved pairs) and simpler."""
+    if runner_up is None:
+        return fastest, f"{fastest.spec}: the only candidate measured"
+    ratio = interleaved(runner_up, fastest, timer, dataset)  # fastest / runner-up: below 1 is faster
+    if ratio.high < 1:
+        return fastest, f"{fastest.spec} beats {runner_up.spec} beyond noise: {ratio}"
+    if complexity(runner_up) < complexity(fastest):
+        return runner_up, f"{runner_up.spec} ties {fastest.spec} within noise ({ratio}) and is simpler: it is taken"
+    return fastest, f"{fastest.spec} ties {runner_up.spec} within noise ({ratio}); it is no more complex: kept"
 
 
 def tune(
@@ -179,11 +217,32 @@ def tune(
                 log(f"epoch {c.name:45s} {epochs[c.name]:8.2f} s")
                 if model not in best or epochs[c.name] < epochs[best[model].name]:
                     best[model] = c
+        # The decisions rest on interleaved, repeated epochs, never on one timing each.
+        decisions, speedups = {}, {}
+        for model, fastest in best.items():
+            ranked = sorted((c for c in finalists_of(model, best, epochs, grid)), key=lambda c: epochs[c.name])
+            runner_up = next((c for c in ranked if c.name != fastest.name), None)
+            best[model], decisions[model] = decide(fastest, runner_up, epoch_timer, dataset)
+            log(f"decided {model}: {decisions[model]}")
+            seed_pipeline = Candidate(model, threads_before, loader="seed")
+            speedups[model] = interleaved(best[model], seed_pipeline, epoch_timer, dataset)  # seed / pick
+            log(f"{model}: the seed pipeline's epoch over the pick's: {speedups[model]}")
     finally:
         set_threads(threads_before)
     if not best:
         raise UsageError(f"a budget of {budget_s:g} s measured nothing; give tune more time (--budget)")
-    return Tuning(steps, epochs, best, reference, skipped, unmeasured, time.perf_counter() - started)
+    return Tuning(steps, epochs, best, reference, skipped, unmeasured, time.perf_counter() - started, decisions, speedups)
+
+
+def finalists_of(model: str, best: dict, epochs: dict, grid: list[Candidate]) -> list[Candidate]:
+    """The candidates of a net whose epoch was timed."""
+    out = []
+    for c in grid:
+        for loader in ("tensor", "seed"):
+            timed = replace(c, loader=loader)
+            if c.model == model and timed.name in epochs:
+                out.append(timed)
+    return out
 
 
 def tune_path(tune_dir: Path | None = None, machine: dict | None = None) -> Path:
@@ -202,10 +261,39 @@ def save_tuning(result: Tuning, tune_dir: Path | None = None) -> Path:
         "step_ms": {name: 1e3 * s for name, s in sorted(result.steps.items(), key=lambda kv: kv[1])},
         "epoch_s": dict(sorted(result.epochs.items(), key=lambda kv: kv[1])),
         "seed_pipeline_epoch_s": result.reference,
+        "decisions": result.decisions,
+        "speedup_over_seed_pipeline": {model: r.to_json() for model, r in result.speedups.items()},
         "skipped": result.skipped,
         "unmeasured": result.unmeasured,
     }
-    return atomic.write_json(tune_path(tune_dir, machine), data)
+    path = atomic.write_json(tune_path(tune_dir, machine), data)
+    atomic.write_text(path.with_suffix(".md"), render_tuning(result, machine))
+    return path
+
+
+def render_tuning(result: Tuning, machine: dict) -> str:
+    """tune.md beside tune.json: per net the pick, how it was decided, its interleaved speedup over the
+    seed pipeline, then every epoch and step timing."""
+    from ..system.machine import machine_label
+
+    out = [
+        "# Tune: the fastest way to train each net on this machine\n",
+        f"\nGenerated by `mnist-bench tune`; do not edit by hand. Machine: {machine_label(machine)}; code {machine.get('code')}.\n",
+    ]
+    for model, best in result.best.items():
+        speedup = result.speedups.get(model)
+        out.append(f"\n## {model}: `{best.spec}`, {best.threads} thread(s)\n\n")
+        out.append(f"- **Speedup over the seed pipeline's epoch** (mnist-5k, interleaved pairs): {speedup}\n" if speedup else "")
+        out.append(f"- **Decided**: {result.decisions.get(model, 'by the fastest epoch')}\n")
+        out.append("\n| epoch (one timing each) | seconds |\n|---|---:|\n")
+        for name, seconds in sorted(
+            ((n, t) for n, t in result.epochs.items() if n.startswith(f"{model}-")), key=lambda kv: kv[1]
+        ):
+            out.append(f"| `{name}` | {seconds:.2f} |\n")
+        out.append(f"| the seed pipeline | {result.reference[model]:.2f} |\n")
+    if result.skipped:
+        out.append("\n## Left out\n\n" + "".join(f"- {line}\n" for line in result.skipped))
+    return "".join(out)
 
 
 def load_best(model: str, tune_dir: Path | None = None) -> Candidate:
