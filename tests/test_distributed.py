@@ -384,3 +384,5 @@ def test_a_slow_rank_is_named_a_straggler(tmp_path):
     assert len(step["per_rank"]) == 2 and all(len(r["step_s"]) == 12 for r in step["per_rank"])
     assert step["straggler"] == 1 and step["straggler_ratio"] > 1.2
     assert step["wait_s"] > 0.005  # on average a rank waits half of rank 1's 15 ms
+    low, high = step["allreduce_share_interval"]  # from synced and no_sync steps interleaved
+    assert 0 <= low <= step["allreduce_share"] <= high <= 1

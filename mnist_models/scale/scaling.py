@@ -4,8 +4,9 @@
         --model simple --per-rank-batch 50 --steps 30 --out step.json
 
 Every rank builds the net through the harness (DDP-wrapped when there is more than one rank),
-warms up, then runs `--steps` synchronised train steps, and as many again under DDP's no_sync(),
-which skips the gradient all-reduce. Every rank's times are gathered and rank 0 writes them all.
+warms up, then runs `--steps` synchronised train steps interleaved with as many under DDP's
+no_sync(), which skips the gradient all-reduce (the all-reduce's share: 1 - the median paired ratio,
+with its bootstrap interval). Every rank's times are gathered and rank 0 writes them all.
 
 A synchronised step ends when the slowest rank's gradients are reduced, so its time splits into
 (`breakdown`): compute (the ranks' own forward + backward + step: their no_sync medians, averaged),
@@ -28,6 +29,7 @@ import time
 
 from ..core.data import load_dataset
 from ..core.harness import build, real_batch, warm_up
+from ..core.stats import paired_ratio
 from ..core.variants import Variant
 from ..system import atomic
 from ..system.machine import set_threads
@@ -54,16 +56,23 @@ def measure(
     call = work.call_on(x, y)
     warm_up(call, calls=5)
 
-    def timed(no_sync: bool) -> list[float]:
-        times = []
-        for _ in range(steps):
-            with work.wrapped.no_sync() if no_sync and ddp else contextlib.nullcontext():
-                start = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - start)
-        return times
+    def timed(no_sync: bool) -> float:
+        with work.wrapped.no_sync() if no_sync and ddp else contextlib.nullcontext():
+            start = time.perf_counter()
+            call()
+            return time.perf_counter() - start
 
-    step_s, nosync_s = timed(False), timed(True)
+    # Synced and no_sync steps interleaved (the order alternating, the same on every rank), so that the
+    # all-reduce's share comes from paired steps on the same machine state, with an interval.
+    step_s, nosync_s = [], []
+    for i in range(steps):
+        if i % 2 == 0:
+            step_s.append(timed(False))
+            nosync_s.append(timed(True))
+        else:
+            nosync_s.append(timed(True))
+            step_s.append(timed(False))
+    share = paired_ratio(list(zip(step_s, nosync_s))) if ddp else None  # no_sync / synced
     per_rank = [{"step_s": step_s, "nosync_step_s": nosync_s}]
     if ddp:
         per_rank = distributed.gather(per_rank[0])
@@ -80,7 +89,8 @@ def measure(
         "step_s": job_steps,
         "nosync_step_s": nosync_s,
         "per_rank": per_rank,
-        "allreduce_share": max(0.0, 1 - statistics.median(nosync_s) / statistics.median(step_s)) if ddp else 0.0,
+        "allreduce_share": max(0.0, 1 - share.estimate) if share else 0.0,
+        "allreduce_share_interval": [max(0.0, 1 - share.high), max(0.0, 1 - share.low)] if share else None,
         **breakdown(job_steps, [r["nosync_step_s"] for r in per_rank]),
     }
 
