@@ -88,7 +88,14 @@ def _tune_lines(folder: Path) -> list[str]:
         spec = render_tag(loader=best.get("loader"), **{k: v for k, v in Variant(**variant).fields().items() if k != "device"})
         seed = (data.get("seed_pipeline_epoch_s") or {}).get(model)
         epoch = (data.get("epoch_s") or {}).get(f"{model}-{spec}-t{best.get('threads')}")
-        ratio = f", {seed / epoch:.2f}x the seed pipeline's mnist-5k epoch (one timing each)" if seed and epoch else ""
+        interleaved = (data.get("speedup_over_seed_pipeline") or {}).get(model)
+        if interleaved:  # tune since issue 23: interleaved pairs, with an interval
+            ratio = (
+                f", {interleaved['estimate']:.2f}x ({interleaved['low']:.2f}-{interleaved['high']:.2f}, "
+                f"{interleaved['rounds']} interleaved pairs) the seed pipeline's mnist-5k epoch"
+            )
+        else:
+            ratio = f", {seed / epoch:.2f}x the seed pipeline's mnist-5k epoch (one timing each)" if seed and epoch else ""
         lines.append(
             f"- tune's pick for {model}: {code(spec)} with {best.get('threads')} threads{ratio} ([tune.json](tune.json))"
         )
