@@ -101,7 +101,10 @@ def one_line_error(capsys, argv, code=2):
         (["sweep", "--variants", "tensor-fp64", *FAST], "unknown token 'fp64'"),
         (["sweep", "--cpus-per-run", "1", *FAST], "--cpus-per-run: for a sweep on a cluster"),
         (["sweep", "--cluster", "ray", "--address", "127.0.0.1:1", *FAST], "cannot reach a Ray cluster at '127.0.0.1:1'"),
-        (["sweep", "--cluster", "ray", "--address", "nowhere", *FAST], "--address must be local, auto, HOST:PORT, [IPv6]:PORT or ray://HOST:PORT"),
+        (
+            ["sweep", "--cluster", "ray", "--address", "nowhere", *FAST],
+            "--address must be local, auto, HOST:PORT, [IPv6]:PORT or ray://HOST:PORT",
+        ),
         (["data", "cifar10"], "unknown dataset 'cifar10'"),
         ([], "required: COMMAND"),
     ],
