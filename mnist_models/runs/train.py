@@ -287,6 +287,8 @@ def train(
     wall = time.perf_counter() - started
     # The other local ranks' CPU time is this job's, not a neighbour's (a collective: before rank 0 goes on alone).
     siblings = distributed.siblings_cpu_seconds(s.contention.own_seconds()) if rank else 0.0
+    # Contention over the training, the timed part; not over rank 0's solo end, while the other ranks exit.
+    others = s.contention.cores_used_by_others(siblings)
     if rank:
         distributed.finish()  # the job's collectives end here; rank 0's evaluation and saving run alone
     if not main:
@@ -312,7 +314,7 @@ def train(
         device_name=device_name(variant.device),
         machine=s.machine,
         busy_before_start=s.busy,
-        cores_used_by_others_during_run=s.contention.cores_used_by_others(siblings),
+        cores_used_by_others_during_run=others,
         inference_ms=latency,
         peak_memory_mb=peak,
         peak_memory_kind=peak_kind,
