@@ -166,4 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if distributed.under_torchrun():
+        distributed.leave(code)  # without the interpreter's teardown of gloo (see leave)
+    sys.exit(code)
