@@ -9,6 +9,7 @@ code that training and profiling run. Session state lives in `config.stash`.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,10 +165,12 @@ def pytest_sessionfinish(session, exitstatus):
     if state.partial:
         report = report.with_suffix(".partial.md")
         output["mnist_bench"]["partial"] = f"pytest exit status {int(exitstatus)}: the session failed or was interrupted"
+    # The command as it was typed (a subset's -m/-k included): the report names what it ran.
+    output["mnist_bench"]["command"] = "pytest " + shlex.join(config.invocation_params.args)
     # params hold Case objects; like pytest-benchmark's own JSON, write them as text (their ids).
     text = json.dumps(output, indent=2, default=str) + "\n"
     atomic.write_text(report.with_suffix(".json"), text)
-    write_report(output, report)
+    write_report(output, report, command=output["mnist_bench"]["command"])
     state.report = report
     if not state.partial:
         state.history = append_history(report.parent / "history", text, "subset" if state.subset else "full")

@@ -453,7 +453,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     bench = load_bench_json(Path(args.bench_json)) if args.bench_json else None
     if bench is not None and args.bench_out:
-        write_report(bench, Path(args.bench_out), command=f"mnist-bench report --bench-json {args.bench_json}")
+        write_report(bench, Path(args.bench_out), command=_rerender_command(bench, args.bench_json))
         print(f"benchmark report written to {args.bench_out}")
     if args.kernels:
         from .profiling.profiler import load_summaries
@@ -499,7 +499,31 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         write_text(REPORTS_DIR / "index.md", render_index(REPORTS_DIR, MACHINES_DIR))
         print(f"index of every machine's reports written to {REPORTS_DIR / 'index.md'}")
+        _refresh_readme_results()
     return 0
+
+
+def _rerender_command(bench: dict, path: str) -> str:
+    """How a re-rendered benchmark report came about: this command, and the one that timed it."""
+    timed = (bench.get("mnist_bench") or {}).get("command") if isinstance(bench.get("mnist_bench"), dict) else None
+    return f"mnist-bench report --bench-json {path}" + (f"` from a run of `{timed}" if timed else "")
+
+
+def _refresh_readme_results() -> None:
+    """The README beside the reports folder (the checkout's, with an editable install) carries a results
+    table generated from the same evidence as the index: rewritten here, so it is never stale."""
+    from .reporting.index import results_table, with_results
+    from .system.atomic import write_text
+
+    readme = REPORTS_DIR.parent / "README.md"
+    try:
+        text = readme.read_text()
+    except OSError:
+        return
+    updated = with_results(text, results_table(MACHINES_DIR, "reports/machines"))
+    if updated is not None and updated != text:
+        write_text(readme, updated)
+        print(f"results table in {readme} re-rendered")
 
 
 def _percent(text: str) -> float:
@@ -796,7 +820,7 @@ def _ab_parser(sub) -> None:
         "ab",
         help="compare two variants or two commits by interleaving them on this machine, with an interval",
         description="Time the train step of two sides in alternating rounds (A B, B A, ...), each side in its own process, "
-        "and print B's time over A's with a 95%% bootstrap interval over rounds. Sides: two variant specs (--a, --b) or "
+        "and print B's time over A's with a 95% bootstrap interval over rounds. Sides: two variant specs (--a, --b) or "
         "one spec at two commits (--commits A B, each run from a git worktree). Run it alone on the machine.",
     )
     p.add_argument("--a", default="eager-fp32", help="side A's switches as a spec, e.g. eager-fp32-cl (default: eager-fp32)")

@@ -399,7 +399,12 @@ def _machine_section(sub: pd.DataFrame, dataset: str, key: str, bench: dict | No
             "`cores_used_by_others_during_run` in their records): their times are upper bounds._\n\n"
         )
     out.append(_cost_table(groups, bench))
-    out.append("\nPeak MB is the process's peak RSS on CPU (it includes the dataset) or CUDA's allocator peak.\n")
+    out.append(
+        "\nProcess peak MB is the whole training process's peak resident memory on CPU: torch itself, the dataset in "
+        "memory and the evaluation, so it says what a run needs from the machine, not what the net costs (the simple net "
+        "can read above the deep one). What one train step allocates is the step memory peak of the kernel report "
+        "(`mnist-bench profile`). On CUDA it is the allocator's peak.\n"
+    )
     base = _baselines(groups)
     targets = sorted({round(float(a), 4) for a in base["acc_mean"]})
     if targets:
@@ -488,7 +493,7 @@ def _cost_table(groups: pd.DataFrame, bench: dict | None) -> str:
         "train s",
         "latency b1 / b1000 ms (run)",
         "bench b1 / b1000 ms",
-        "peak MB",
+        "process peak MB",
     ]
     return table(columns, rows, align="lrrrrrrr")
 

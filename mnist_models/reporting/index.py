@@ -39,26 +39,38 @@ def _machine_of(folder: Path) -> dict:
     return {}
 
 
-def _fastest_lines(folder: Path) -> list[str]:
-    """Per train-step group at batch 100 and per epoch group: the fastest variant against eager fp32."""
-    # The full run, else the quick subset kept as the gate's baseline.
-    name = next((n for n in ("benchmarks-cpu.json", "benchmarks-cuda.json", "baseline.json") if (folder / n).is_file()), None)
+def _evidence_json(folder: Path) -> str | None:
+    """The benchmark JSON a machine's verdicts come from: the full run, else the gate's quick subset."""
+    return next((n for n in ("benchmarks-cpu.json", "benchmarks-cuda.json", "baseline.json") if (folder / n).is_file()), None)
+
+
+def fastest(folder: Path) -> dict[str, tuple[BenchRow, BenchRow]]:
+    """Per train-step group at batch 100 and per epoch group that timed more than its baseline:
+    (fastest row, its eager fp32 baseline)."""
+    name = _evidence_json(folder)
     if name is None:
-        return []
+        return {}
     try:
         rows = bench_rows(load_bench_json(folder / name))
     except UsageError:
-        return []
+        return {}
     groups: dict[str, list[BenchRow]] = {}
     for r in rows:
         if (r.suite == "train-step" and r.identity.batch == 100) or r.suite == "epoch":
             groups.setdefault(r.group, []).append(r)
-    lines = []
+    out = {}
     for group_name, group in sorted(groups.items()):
         best = min(group, key=lambda r: r.median)
         base = group_baseline(best, group)
-        if base is None:
-            continue
+        if base is not None and len(group) > 1:  # a group of its baseline alone has no verdict
+            out[group_name] = (best, base)
+    return out
+
+
+def _fastest_lines(folder: Path) -> list[str]:
+    name = _evidence_json(folder)
+    lines = []
+    for group_name, (best, base) in fastest(folder).items():
         where = f" on {md(best.identity.dataset)}" if best.suite == "epoch" else ""
         lines.append(
             f"- {md(group_name)}{where}: fastest {code(best.label)} {fmt_time(best.median)}, "
@@ -80,12 +92,17 @@ def _noise_lines(folder: Path) -> list[str]:
     return lines
 
 
+def _tune_spec(best: dict) -> str:
+    """A tune pick as a sweep spec (tune.json files before issue 21 hold the variant's fields loose)."""
+    variant = best.get("variant") or {k: best.get(k) for k in ("compile", "precision", "channels_last", "fast")}
+    return render_tag(loader=best.get("loader"), **{k: v for k, v in Variant(**variant).fields().items() if k != "device"})
+
+
 def _tune_lines(folder: Path) -> list[str]:
     data = _load(folder / "tune.json") or {}
     lines = []
     for model, best in sorted((data.get("best") or {}).items()):
-        variant = best.get("variant") or {k: best.get(k) for k in ("compile", "precision", "channels_last", "fast")}
-        spec = render_tag(loader=best.get("loader"), **{k: v for k, v in Variant(**variant).fields().items() if k != "device"})
+        spec = _tune_spec(best)
         seed = (data.get("seed_pipeline_epoch_s") or {}).get(model)
         epoch = (data.get("epoch_s") or {}).get(f"{model}-{spec}-t{best.get('threads')}")
         interleaved = (data.get("speedup_over_seed_pipeline") or {}).get(model)
@@ -125,3 +142,58 @@ def render_index(reports_dir: Path, machines_dir: Path) -> str:
         links += [f"[cluster-sweep/]({rel}/cluster-sweep/)"] if (folder / "cluster-sweep").is_dir() else []
         out.append("\nReports: " + "; ".join(links) + "\n" if links else "")
     return "".join(out)
+
+
+def _spec(row: BenchRow) -> str:
+    """The variant as a sweep spec (with the loader for epochs): what to pass to --variant."""
+    fields = {k: v for k, v in row.variant.fields().items() if k != "device"}
+    return render_tag(loader=row.identity.loader, **fields)
+
+
+def _tune_epoch_cell(folder: Path, model: str) -> str:
+    """Where no benchmark run timed epochs: tune's pick against the seed pipeline, from its interleaved pairs."""
+    data = _load(folder / "tune.json") or {}
+    best = (data.get("best") or {}).get(model)
+    ratio = (data.get("speedup_over_seed_pipeline") or {}).get(model)
+    if not best or not ratio:
+        return "-"
+    spec = _tune_spec(best)
+    return f"{ratio['estimate']:.2f}x ({ratio['low']:.2f}-{ratio['high']:.2f}) {code(spec)} on mnist-5k (tune)"
+
+
+def results_table(machines_dir: Path, link_prefix: str) -> str:
+    """The README's answer: per machine, the fastest variant of each net's train step (batch 100) and
+    epoch against eager fp32 / the seed pipeline, with the range the quartiles allow (an epoch from
+    tune's interleaved pairs where no benchmark run timed one), and the gate's calibrated noise. `link_prefix` is the machines folder as the reader's page links it."""
+    head = "| machine | train step, simple | train step, deep | epoch, simple | epoch, deep | noise (gate threshold) |\n"
+    out = [head, "|---|---|---|---|---|---|\n"]
+    for folder in sorted(p for p in Path(machines_dir).iterdir() if p.is_dir()):
+        best = fastest(folder)
+        cells = []
+        for suite in ("train-step", "epoch"):
+            for model in ("simple", "deep"):
+                found = next(((b, base) for b, base in best.values() if b.suite == suite and b.identity.model == model), None)
+                if found is None:
+                    cells.append(_tune_epoch_cell(folder, model) if suite == "epoch" else "-")
+                    continue
+                row, base = found
+                where = f" on {md(row.identity.dataset)}" if suite == "epoch" else ""
+                cells.append(f"{speedup_cell(base, row)} {code(_spec(row))}{where}")
+        noise = (_load(folder / "noise.json") or {}).get("benchmarks") or {}
+        threshold = ", ".join(f"{100 * e.get('threshold', 0):.1f}%" for e in noise.values()) or "-"
+        source = _evidence_json(folder)
+        link = f"[{md(folder.name)}]({link_prefix}/{folder.name}/{source.replace('.json', '.md')})" if source else md(folder.name)
+        out.append(f"| {link} | " + " | ".join(cells) + f" | {threshold} |\n")
+    return "".join(out)
+
+
+README_START = "<!-- results: generated by mnist-bench report; do not edit by hand -->"
+README_END = "<!-- end of results -->"
+
+
+def with_results(readme: str, table: str) -> str | None:
+    """The README with its generated results block replaced by `table`; None when it has no block."""
+    start, end = readme.find(README_START), readme.find(README_END)
+    if start < 0 or end < start:
+        return None
+    return readme[: start + len(README_START)] + "\n" + table + readme[end:]

@@ -12,10 +12,33 @@ def _shapes(shapes: list) -> str:
     return md(" ".join("x".join(str(d) for d in s) for s in shapes[:3]))
 
 
+COMPILED_GRAPH = "## Call CompiledFxGraph "
+
+
+def _op_name(name: str, width: int = 60) -> str:
+    """An op as a user can place it: inductor's generated code is named by its graph's hash in the
+    trace (`## Call CompiledFxGraph f...`); shown as `inductor graph f...`."""
+    if name.startswith(COMPILED_GRAPH):
+        return f"inductor graph {code(name.removeprefix(COMPILED_GRAPH)[:10])}"
+    return code(name[:width])
+
+
+def _compiled_line(s: dict) -> str:
+    """Under compile: how much of the step inductor's generated graphs take together."""
+    graphs = [r for r in s["other_rows"] if r["name"].startswith(COMPILED_GRAPH)]
+    if not graphs:
+        return ""
+    share = sum(r["share"] for r in graphs)
+    return (
+        f"inductor's generated code ({len(graphs)} graph{'s' if len(graphs) > 1 else ''} among the rows below: fused ReLU, pooling, "
+        f"their backward, the optimizer's elementwise work) takes {100 * share:.1f}% of the step together. "
+    )
+
+
 def _op_row(r: dict, fourth: str) -> list[str]:
     """An op's row: name, calls, self ms, `fourth` (its share, or its total ms), input shapes."""
     return [
-        code(r["name"][:60]),
+        _op_name(r["name"], 60),
         fmt_num(r["calls_per_step"], 0),
         f"{r['self_ms_per_step']:.2f}",
         fourth,
@@ -45,7 +68,7 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
         "Convolution FLOPs come from the nets' own per-layer count (`layer_flops`), not the profiler, which counts no backward or "
         "compiled convolution: backward = 2x forward, except the first layer (1x: images need no gradient). "
         "Rows that only wrap other rows (aten::conv2d, autograd nodes, any row whose self time is under half its total) are left out. "
-        "Under torch.compile, `## Call CompiledFxGraph ...` is the time of inductor's generated kernels (fused ReLU, pooling, "
+        "Under torch.compile, an `inductor graph` row (the trace's `## Call CompiledFxGraph` with the graph's hash) is the time of inductor's generated kernels (fused ReLU, pooling, "
         "their backward and the optimizer's elementwise work); convolutions stay library calls (extern kernels).\n"
     )
     overview = []
@@ -56,7 +79,7 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
                 code(s["run"]),
                 f"{s['step_ms']:.1f} ms",
                 f"{100 * s['conv_share']:.0f}%",
-                f"{code(top['name'][:50])} ({100 * top['share']:.0f}%)" if top else "-",
+                f"{_op_name(top['name'], 50)} ({100 * top['share']:.0f}%)" if top else "-",
                 f"{s['memory']['step_peak_mb']:.1f} MB" if s.get("memory") else "-",
             ]
         )
@@ -67,11 +90,11 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
         out.append(
             f"{md(s['config']['mode'])} step, batch {md(s['config']['batch_size'])}, {md(s['device_name'])}; {md(s['timeline'])} per step "
             f"{s['step_ms']:.1f} ms (wall {s['wall_ms_per_step_while_profiling']:.1f} ms while profiling); "
-            f"convolutions {100 * s['conv_share']:.0f}% of it. Trace: {code(s['trace_dir'])}.\n\n"
+            f"convolutions {100 * s['conv_share']:.0f}% of it. {_compiled_line(s)}Trace: {code(s['trace_dir'])}.\n\n"
         )
         rows = [
             [
-                code(r["name"][:60]),
+                _op_name(r["name"], 60),
                 md(r.get("layer", "-")),
                 fmt_num(r["calls_per_step"], 0),
                 f"{r['self_ms_per_step']:.2f}",
@@ -139,7 +162,7 @@ def _trace_check_text(check: dict | None) -> str:
         rep, tr = r["report"], r["trace"]
         cells.append(
             [
-                code(r["name"][:50]),
+                _op_name(r["name"], 50),
                 _shapes(r["input_shapes"]),
                 f"{rep['calls_per_step']:.0f} / {tr['calls_per_step']:.0f}",
                 f"{rep['total_ms_per_step']:.2f} / {tr['total_ms_per_step']:.2f}",
