@@ -58,7 +58,7 @@ MODELS = ("simple", "deep")
 # (pytest_configure has applied --bench-threads before the suites are collected.)
 SINGLE_THREAD = [1] if torch.get_num_threads() > 1 else []
 # A CPU bf16 epoch is only worth its minutes where the CPU has bf16 hardware; elsewhere autocast
-# falls back to a reference convolution 6-16x slower than fp32 (the train-step suite shows that).
+# falls back to a reference convolution, 6-14x slower than fp32 (system.machine.EMULATED_BF16_SLOWDOWN) (the train-step suite shows that).
 CPU_HAS_BF16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_isa()))
 
 

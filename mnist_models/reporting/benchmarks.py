@@ -249,7 +249,9 @@ def headlines(groups: dict[str, list[BenchRow]], peaks: dict) -> list[str]:
             line += f", {100 * share:.0f}% of the {ceiling_source(best, everything)} ceiling"
         known = baseline.test_accuracy is not None and best.test_accuracy is not None
         if best.suite == "epoch" and best is not baseline and known:
-            line += f"; test accuracy after the epoch {baseline.test_accuracy:.4f} (the seed pipeline) vs {best.test_accuracy:.4f}"
+            line += (
+                f"; test accuracy after the epoch {baseline.test_accuracy:.4f} (the seed pipeline) vs {best.test_accuracy:.4f}"
+            )
         lines.append(line)
     return sorted(lines)
 

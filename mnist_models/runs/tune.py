@@ -4,7 +4,7 @@ Two phases, both through the one harness and the one training loop:
 
 1. the train step (batch 100, real digits) of every candidate: threads (all cores, one), memory
    format, the fast path, precision (bf16 only where the CPU has it natively: emulated bf16 is
-   7-20x slower and is skipped, saying why), and torch.compile when asked for (it costs tens of
+   6-14x slower and is skipped, saying why), and torch.compile when asked for (it costs tens of
    seconds per compile and slowed the CPU train step on this project's machines);
 2. a whole mnist-5k epoch (40 steps, the input pipeline included) for the fastest step variants
    through both loaders, the seed's DataLoader and the tensor loader.

@@ -69,7 +69,9 @@ def cpu_isa() -> list[str]:
 # fp32 conversions: on a Zen 3 EPYC (AVX2 only) a bf16 train step measured 7x (simple) to 20x (deep)
 # slower than fp32, and a bf16 matmul 1.2 against 170 GFLOP/s.
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
-EMULATED_BF16_SLOWDOWN = "7-20x slower than fp32 (a train step, measured on a Zen 3 EPYC with AVX2 only)"
+# Measured with `mnist-bench ab --a eager-fp32 --b eager-bf16 --rounds 10 --steps 5` on a Zen 3 EPYC (AVX2 only, 2 threads):
+# simple 6.05x (5.56-6.71), deep 13.57x (13.26-15.14), train step at batch 100. Quoted everywhere from here.
+EMULATED_BF16_SLOWDOWN = "6-14x slower than fp32 (a train step at batch 100, measured on a Zen 3 EPYC with AVX2 only)"
 
 
 def native_bf16(machine: dict | None = None) -> bool:
