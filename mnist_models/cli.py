@@ -380,9 +380,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from .profiling.profiler import load_summaries, profile, save_summary
-    from .reporting.kernels import render_kernel_report
+    from .reporting.kernels import write_kernel_report
     from .scale import distributed
-    from .system.atomic import write_text
 
     launched, rank = distributed.launch_or_join(args.nproc, args.argv)
     if launched:
@@ -417,11 +416,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return 0  # not rank 0: its trace is written; rank 0 writes the summary and report
     save_summary(summary, Path(args.summary_dir))
     report = Path(args.report)
-    write_text(
-        report, render_kernel_report(load_summaries(Path(args.summary_dir)), "mnist-bench profile ... (one run per section)")
-    )
+    write_kernel_report(report, load_summaries(Path(args.summary_dir)), "mnist-bench profile ... (one run per section)")
     print(f"trace: {run_dir}  (tensorboard --logdir {args.out})")
-    print(f"profiled step {summary['step_ms']:.1f} ms, convolutions {100 * summary['conv_share']:.0f}%; kernel report: {report}")
+    roofline = summary.get("roofline")
+    against = f", {100 * roofline['step']['roofline_ms'] / summary['step_ms']:.0f}% of its roofline" if roofline else ""
+    print(
+        f"profiled step {summary['step_ms']:.1f} ms, convolutions {100 * summary['conv_share']:.0f}%{against}; kernel report: {report}"
+    )
     return 0
 
 
@@ -457,11 +458,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"benchmark report written to {args.bench_out}")
     if args.kernels:
         from .profiling.profiler import load_summaries
-        from .reporting.kernels import render_kernel_report
+        from .reporting.kernels import write_kernel_report
 
         folder = Path(args.kernels)
         command = f"mnist-bench report --kernels {args.kernels} (summaries of mnist-bench profile runs)"
-        write_text(folder / "conv-kernels.md", render_kernel_report(load_summaries(folder / "kernels"), command))
+        write_kernel_report(folder / "conv-kernels.md", load_summaries(folder / "kernels"), command)
         print(f"kernel report written to {folder / 'conv-kernels.md'}")
     if args.no_accuracy:
         return 0

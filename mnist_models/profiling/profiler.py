@@ -28,13 +28,15 @@ import torch
 from ..core.data import load_dataset
 from ..core.harness import build, real_batch, warm_up
 from ..core.nets import MODELS
+from ..core.roofline import RoofMeasurement, measure_roofs
 from ..core.variants import MODES, Variant, device_name, render_tag
 from ..runs.config import check_choice, check_threads
 from ..scale import distributed
 from ..system import atomic
 from ..system.errors import UsageError
-from ..system.machine import busy_check, evidence_dir, machine_info, set_threads
+from ..system.machine import busy_check, cache_capacity, evidence_dir, machine_info, native_bf16, set_threads
 from ..system.paths import shown
+from .roofline import roofline_summary
 
 # This machine's evidence folder: a profile made here never replaces another machine's summary.
 DEFAULT_TRACE_DIR = evidence_dir() / "traces"
@@ -112,8 +114,9 @@ def _row_flops(name: str, shapes: list, conv_flops: dict) -> tuple[int | None, s
     return None, None
 
 
-def summarise(prof, config: ProfileConfig, variant: Variant, model) -> dict:
-    """Per-row tables from a finished profiler: convolution rows and the top other rows."""
+def summarise(prof, config: ProfileConfig, variant: Variant, model, roofs: RoofMeasurement | None = None) -> dict:
+    """Per-row tables from a finished profiler: convolution rows and the top other rows; with the
+    machine's `roofs`, each layer against its roofline."""
     on_cuda = variant.device == "cuda"
     events = prof.key_averages(group_by_input_shape=True)
 
@@ -125,14 +128,17 @@ def summarise(prof, config: ProfileConfig, variant: Variant, model) -> dict:
 
     step_us = sum(self_us(e) for e in events) / config.active  # time of one step, as the profiler saw it
     conv_flops = _conv_flops_by_shape(model, config.batch_size, config.mode)
-    convs, comms, others = [], [], []
+    convs, comms, others, own = [], [], [], []
     for e in events:
+        shapes = [list(s) for s in (e.input_shapes or []) if s]
+        if self_us(e) > 0 and not _COMM.search(e.key):
+            # Every op's own time, for the roofline (self times never count a child twice).
+            own.append({"name": e.key, "self_ms_per_step": self_us(e) / config.active / 1e3, "input_shapes": shapes[:3]})
         # Keep the rows that do the work: a wrapper's time is mostly its children's. Communication
         # rows stay whatever their self time: c10d's op only enqueues the backend's work.
         comm = bool(_COMM.search(e.key))
         if not comm and (self_us(e) <= 0 or _WRAPPERS.match(e.key) or self_us(e) < 0.5 * total_us(e)):
             continue
-        shapes = [list(s) for s in (e.input_shapes or []) if s]
         row = {
             "name": e.key,
             "calls_per_step": e.count / config.active,
@@ -144,7 +150,7 @@ def summarise(prof, config: ProfileConfig, variant: Variant, model) -> dict:
         if _CONV.search(e.key):
             flops, layer = _row_flops(e.key, shapes, conv_flops)
             if flops is not None:
-                row["layer"] = layer
+                row["layer"] = own[-1]["layer"] = layer
                 row["flops_per_call"] = flops
                 row["gflops_per_s"] = flops * e.count / (self_us(e) / 1e6) / 1e9
             convs.append(row)
@@ -155,6 +161,10 @@ def summarise(prof, config: ProfileConfig, variant: Variant, model) -> dict:
     convs.sort(key=lambda r: -r["self_ms_per_step"])
     others.sort(key=lambda r: -r["self_ms_per_step"])
     conv_share = sum(r["share"] for r in convs)
+    roofline = None
+    if roofs is not None:
+        precision = variant.precision
+        roofline = roofline_summary(model, config.batch_size, precision, config.mode, own, step_us / 1e3, roofs)
     return {
         "kind": "mnist-bench profile",
         "run": config.run_name(variant),
@@ -170,6 +180,7 @@ def summarise(prof, config: ProfileConfig, variant: Variant, model) -> dict:
         "other_rows": others[:8],
         "flop_source": "per-layer count from the nets' own layer shapes (mnist_models.core.nets.layer_flops)",
         "machine": machine_info(),
+        "roofline": roofline,
     }
 
 
@@ -234,6 +245,16 @@ def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = No
     if main:
         log(f"warm-up (compile included) {seconds:.1f} s for the first call; profiling {run_name}")
 
+    # The roofs at the profile's threads, measured before it (a few seconds; CPU, one process only:
+    # under DDP the other ranks would be computing beside the measurement).
+    roofs = None
+    if variant.device == "cpu" and rank is None:
+        threads_now = torch.get_num_threads()
+        roofs = measure_roofs(variant.precision, cache_capacity(threads_now), threads_now, native_bf16())
+        log(
+            f"roofs: {roofs.roofs.compute_gflops:.0f} GFLOP/s ({roofs.roofs.compute_source}), bandwidth "
+            + ", ".join(f"{k} {v:.0f} GB/s" for k, v in roofs.roofs.bandwidth_gbs.items())
+        )
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if variant.device == "cuda" else [])
     worker = run_name + (f"-rank{rank.rank}" if rank else "")
     wall = []
@@ -255,7 +276,7 @@ def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = No
             prof.step()
     if not main:
         return run_dir, None
-    summary = summarise(prof, config, variant, work.model)
+    summary = summarise(prof, config, variant, work.model, roofs)
     summary["wall_ms_per_step_while_profiling"] = 1e3 * statistics.median(wall[-config.active :])
     summary["busy_before_start"] = busy
     summary["trace_dir"] = shown(run_dir)

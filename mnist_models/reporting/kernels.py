@@ -81,10 +81,23 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
                 f"{100 * s['conv_share']:.0f}%",
                 f"{_op_name(top['name'], 50)} ({100 * top['share']:.0f}%)" if top else "-",
                 f"{s['memory']['step_peak_mb']:.1f} MB" if s.get("memory") else "-",
+                _roofline_cell(s.get("roofline")),
             ]
         )
     out.append("\n## Overview\n\n")
-    out.append(table(["run", "profiled step", "conv share", "largest non-conv row", "step memory peak"], overview, align="lrrlr"))
+    out.append(
+        table(
+            ["run", "profiled step", "conv share", "largest non-conv row", "step memory peak", "of its roofline"],
+            overview,
+            align="lrrlrr",
+        )
+    )
+    answers = [line for s in summaries if (line := _roofline_answer(s))]
+    if answers:
+        out.append(
+            "\n**Against the roofline** (the rate the machine's measured roofs allow each layer; see each run's section):\n\n"
+        )
+        out.append("\n".join(answers) + "\n")
     for s in summaries:
         out.append(f"\n## {code(s['run'])}\n\n")
         out.append(
@@ -117,6 +130,7 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
         rows = [_op_row(r, f"{100 * r['share']:.1f}%") for r in s["other_rows"]]
         out.append("\nTop other ops:\n\n")
         out.append(table(["op", "calls", "self ms", "share", "input shapes"], rows, align="lrrrl"))
+        out.append(_roofline_text(s))
         out.append(_memory_text(s.get("memory")))
         out.append(_trace_check_text(s.get("trace_check")))
         if s.get("comm_rows"):
@@ -127,6 +141,163 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
             )
             out.append(table(["op", "calls", "self ms", "total ms", "input shapes"], rows, align="lrrrl"))
     return "".join(out)
+
+
+def _roofline_cell(roofline: dict | None) -> str:
+    """The step's roofline time over its measured time: the share of the rate the roofs allow."""
+    if not roofline:
+        return "-"
+    step = roofline["step"]
+    return f"{100 * step['roofline_ms'] / step['measured_ms']:.0f}%"
+
+
+def _headroom(layers: list[dict]) -> list[dict]:
+    """Measured layers, the most time above their roofline first."""
+    timed = [r for r in layers if r["measured_ms"]]
+    return sorted(timed, key=lambda r: r["roofline_ms"] - r["measured_ms"])
+
+
+def _layer_name(r: dict) -> str:
+    return f"{r['layer']} {r['kind']} {r['phase']}" if r["kind"] != "adam" else "Adam step"
+
+
+def _roofline_answer(s: dict) -> str | None:
+    r = s.get("roofline")
+    if not r:
+        return None
+    step, far = r["step"], _headroom(r["layers"])[:2]
+    gaps = ", ".join(f"{md(_layer_name(x))} ({x['measured_ms']:.1f} ms, its roof {x['roofline_ms']:.2f} ms)" for x in far)
+    return (
+        f"- {code(s['run'])}: {_roofline_cell(r)} of its roofline ({step['roofline_ms']:.1f} ms allowed, "
+        f"{step['measured_ms']:.1f} ms taken); farthest above their roof: {gaps}"
+    )
+
+
+def _roofline_text(s: dict) -> str:
+    r = s.get("roofline")
+    if not r:
+        return ""
+    roofs, step = r["roofs"], r["step"]
+    bandwidth = ", ".join(f"{level} {roofs['bandwidth_gbs'][level]:.0f}" for level in ("L2", "LLC", "DRAM"))
+    capacity = ", ".join(f"{level} {v / 2**20:.1f} MB" for level, v in roofs["capacity_bytes"].items())
+    rows = []
+    for x in r["layers"]:
+        share = f"{100 * x['roofline_ms'] / x['measured_ms']:.0f}%" if x["measured_ms"] else "-"
+        rows.append(
+            [
+                md(x["layer"]),
+                md(x["kind"]),
+                md(x["phase"]),
+                f"{x['flops'] / 1e9:.3f}",
+                f"{x['bytes'] / 2**20:.1f}",
+                f"{x['intensity']:.1f}",
+                md(x["level"]),
+                f"{x['roofline_ms']:.3f}",
+                f"{x['measured_ms']:.3f}" if x["measured_ms"] else "not in the profile",
+                share,
+                f"**{md(x['verdict'])}**" if x["verdict"] else md(x["roof"]),
+            ]
+        )
+    rest = step["measured_ms"] - step["matched_measured_ms"]
+    return (
+        f"\nRoofline ({r['precision']} activations, {roofs['threads']} threads; roofs measured by the profile: compute "
+        f"{roofs['compute_gflops']:.0f} GFLOP/s ({md(roofs['compute_source'])}), copy bandwidth {bandwidth} GB/s; cache sizes "
+        f"{capacity}). At its roofline the step would take {step['roofline_ms']:.2f} ms; it took {step['measured_ms']:.2f} ms "
+        f"({_roofline_cell(r)} of the rate the roofs allow). The layers below account for {step['matched_measured_ms']:.2f} ms; "
+        f"the rest, {rest:.2f} ms, is the loss, casts and framework code no layer claims. Bytes: {md(r['bytes_model'])}. "
+        "A layer's bound is the roof that sets its roofline time (compute, or the bandwidth of the memory level its bytes "
+        "fit in); *overhead* marks one measured far above its roof yet under 0.2 ms, the scale of an op's dispatch.\n\n"
+        + table(
+            [
+                "layer",
+                "kind",
+                "pass",
+                "GFLOP",
+                "MB moved",
+                "FLOP/byte",
+                "fits in",
+                "roofline ms",
+                "measured ms",
+                "of roof",
+                "bound",
+            ],
+            rows,
+            align="lllrrrlrrrl",
+        )
+        + (f"\n![roofline of {md(s['run'])}](roofline-{s['run']}.png)\n" if s.get("roofline_plot") else "")
+    )
+
+
+def write_roofline_plot(s: dict, folder) -> object | None:
+    """roofline-<run>.png beside the report: roofs as lines, each measured layer a labelled point
+    (x: FLOPs per byte, y: achieved GFLOP/s); None without roofline data."""
+    r = s.get("roofline")
+    points = [x for x in (r or {}).get("layers", []) if x["measured_ms"] and x["flops"]]
+    if not points:
+        return None
+    import io
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..system import atomic
+    from ..system.machine import machine_key
+
+    roofs = r["roofs"]
+    compute = roofs["compute_gflops"]
+    xs = [x["intensity"] for x in points]
+    lo, hi = min(xs + [0.01]) / 2, max(xs + [100]) * 2
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    grid = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+    for level, style in (("L2", ":"), ("LLC", "--"), ("DRAM", "-.")):
+        bw = roofs["bandwidth_gbs"][level]
+        ax.plot(grid, [min(compute, bw * i) for i in grid], style, color="gray", label=f"{level} {bw:.0f} GB/s")
+    ax.axhline(compute, color="black", linewidth=1, label=f"compute {compute:.0f} GFLOP/s ({roofs['compute_source']})")
+    colours = {
+        "conv": "tab:blue",
+        "linear": "tab:green",
+        "relu": "tab:orange",
+        "pool": "tab:red",
+        "dropout": "tab:purple",
+        "adam": "tab:brown",
+    }
+    for x in points:
+        rate = x["flops"] / (x["measured_ms"] / 1e3) / 1e9
+        marker = "o" if x["phase"] == "forward" else ("s" if x["phase"] == "backward" else "^")
+        ax.scatter([x["intensity"]], [rate], color=colours.get(x["kind"], "black"), marker=marker, zorder=3)
+        ax.annotate(
+            f"{x['layer']} {x['phase'][0]}", (x["intensity"], rate), fontsize=6, xytext=(3, 3), textcoords="offset points"
+        )
+    for kind, colour in colours.items():
+        if any(x["kind"] == kind for x in points):
+            ax.scatter([], [], color=colour, label=kind)
+    ax.scatter([], [], color="gray", marker="o", label="forward (o), backward (s), step (^)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOPs per byte moved, the bytes model of the report)")
+    ax.set_ylabel("achieved GFLOP/s (measured)")
+    ax.set_title(f"Roofline of {s['run']}, {machine_key(s['machine'])}, {roofs['threads']} threads", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(alpha=0.3, which="both")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return atomic.write_bytes(Path(folder) / f"roofline-{s['run']}.png", buffer.getvalue())
+
+
+def write_kernel_report(path, summaries: list[dict], command: str):
+    """The kernel report and its roofline plots beside it."""
+    from pathlib import Path
+
+    from ..system.atomic import write_text
+
+    path = Path(path)
+    for s in summaries:
+        s["roofline_plot"] = write_roofline_plot(s, path.parent) is not None
+    return write_text(path, render_kernel_report(summaries, command))
 
 
 def _memory_text(memory: dict | None) -> str:

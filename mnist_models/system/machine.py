@@ -136,6 +136,31 @@ def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, cpus)
 
 
+def _size(text: str) -> int:
+    """'512K' / '32768K' / '1M' (sysfs cache sizes) in bytes."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    text = text.strip()
+    return int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text or 0)
+
+
+def cache_capacity(threads: int, cache_root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> dict[str, int]:
+    """Bytes of L2 (per core, times the threads that run: each brings its own) and of the last-level
+    cache (shared), read from sysfs; {} where it cannot be read."""
+    levels: dict[int, int] = {}
+    try:
+        for index in cache_root.glob("index*"):
+            if (index / "type").read_text().strip() in ("Unified", "Data"):
+                levels[int((index / "level").read_text())] = _size((index / "size").read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    if 2 in levels:
+        out["L2"] = levels[2] * max(1, threads)
+    if levels and max(levels) > 2:
+        out["LLC"] = levels[max(levels)]
+    return out
+
+
 def set_threads(threads: int) -> int:
     """The one place torch's intra-op thread count is set; returns the count it replaced."""
     before = torch.get_num_threads()
