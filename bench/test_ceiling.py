@@ -1,4 +1,5 @@
-"""The machine's own ceiling in this run: large matmuls and a large convolution, per device and precision.
+"""The machine's own ceiling in this run: large matmuls and a large convolution, per device and
+precision, and the copy bandwidth of each memory level (the roofs of the roofline, core/roofline.py).
 
 Every other benchmark's GFLOP/s is reported as a share of the best of these per device and precision
 (bench_report.ceiling_for). A matmul alone is no ceiling for these nets: oneDNN's convolutions ran
@@ -10,7 +11,9 @@ import torch
 from grid import HAVE_CUDA, NO_CUDA
 
 from mnist_models.core.bench_row import BenchIdentity
+from mnist_models.core.roofline import bandwidth_sizes, conv_op, copy_op, matmul_op
 from mnist_models.core.variants import Variant
+from mnist_models.system.machine import cache_capacity
 
 # The ceiling is the best rate over a few sizes: on a CPU a 2048 fp32 matmul can be memory-bound
 # (seen here: 213 GFLOP/s, while the nets' own batch-100 forward reached 285), a smaller one fits
@@ -43,20 +46,9 @@ def ceiling_identity(device: str, precision: str, op: str, batch: int) -> BenchI
     )
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 @pytest.mark.parametrize("device, precision, n", _cases())
 def test_matmul_ceiling(benchmark, device, precision, n):
-    a = torch.randn(n, n, device=device, dtype=DTYPES[precision])
-    b = torch.randn(n, n, device=device, dtype=DTYPES[precision])
-
-    def matmul():
-        out = a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return out
-
+    matmul, flops = matmul_op(n, precision, device)
     matmul()  # first-call allocation and library start-up, outside the timing
     benchmark.group = "ceiling"
     benchmark.extra_info.update(
@@ -66,11 +58,10 @@ def test_matmul_ceiling(benchmark, device, precision, n):
     out = benchmark(matmul)
     assert out.shape == (n, n) and torch.isfinite(out[:4, :4].float()).all()
     if getattr(benchmark, "stats", None):
-        benchmark.extra_info["gflops_per_s"] = 2 * n**3 / benchmark.stats.stats.median / 1e9
+        benchmark.extra_info["gflops_per_s"] = flops / benchmark.stats.stats.median / 1e9
 
 
-# A conv layer in the nets' style (3x3, same padding), large enough for oneDNN's / cuDNN's best kernels:
-# 64 -> 64 channels on 56x56 images, in channels_last (the layout both libraries prefer).
+# The ceiling's convolution (core/roofline.conv_op: 64 -> 64 channels, 3x3, 56x56, channels_last), per device.
 CONV = {"cpu": 32, "cuda": 256}  # batch
 
 
@@ -86,25 +77,25 @@ def _conv_cases() -> list:
 
 @pytest.mark.parametrize("device, precision", _conv_cases())
 def test_conv_ceiling(benchmark, device, precision):
-    batch, channels, side = CONV[device], 64, 56
-    dtype = DTYPES[precision]
-    x = torch.randn(batch, channels, side, side, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(
-        device=device, dtype=dtype, memory_format=torch.channels_last
-    )
-
-    @torch.inference_mode()
-    def convolve():
-        out = conv(x)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return out
-
+    batch = CONV[device]
+    convolve, flops = conv_op(precision, device, batch)
     convolve()  # oneDNN / cuDNN pick and prepare their kernel on the first call
     benchmark.group = "ceiling"
     benchmark.extra_info.update(**ceiling_identity(device, precision, f"conv-b{batch}", batch).to_info())
     out = benchmark(convolve)
-    assert out.shape == x.shape and torch.isfinite(out[:1, :4].float()).all()
+    assert out.shape == (batch, 64, 56, 56) and torch.isfinite(out[:1, :4].float()).all()
     if getattr(benchmark, "stats", None):
-        flops = 2 * channels * 9 * channels * side * side * batch
         benchmark.extra_info["gflops_per_s"] = flops / benchmark.stats.stats.median / 1e9
+
+
+# Bandwidth roofs (core/roofline.py): a streaming copy sized to sit inside L2 (all the threads' L2
+# together), inside the last-level cache, and far beyond it; bytes = source read + destination written.
+@pytest.mark.parametrize("level", ["L2", "LLC", "DRAM"], ids=lambda level: f"cpu-copy-{level}")
+def test_bandwidth_ceiling(benchmark, level):
+    size = bandwidth_sizes(cache_capacity(torch.get_num_threads()))[level]
+    call, moved = copy_op(size)
+    call()  # first touch of both tensors, outside the timing
+    benchmark.group = "ceiling"
+    benchmark.extra_info.update(**ceiling_identity("cpu", "fp32", f"copy-{level}", None).to_info(), bytes_per_call=moved)
+    out = benchmark(call)
+    assert 2 * out.numel() * out.element_size() == moved

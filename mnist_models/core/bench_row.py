@@ -148,6 +148,7 @@ class BenchRow:
     mean_loss: float | None = None
     first_loss: float | None = None
     gflops_per_s: float | None = None  # set by the ceiling suite, which counts its own FLOPs
+    bytes_per_call: float | None = None  # the ceiling suite's copies: bytes read + written per call
     threads_pinned: bool = False  # the case chose its thread count (else the session's)
     scaling: str | None = None  # scaling suite: baseline | plain | strong | weak
     per_rank_batch: int | None = None
@@ -212,6 +213,11 @@ class BenchRow:
     def is_baseline(self) -> bool:
         """Eager fp32 contiguous at the session's thread count (and, for epochs, the seed's DataLoader)."""
         return self.variant.is_plain and (self.identity.loader or "seed") == "seed" and not self.threads_pinned
+
+    @property
+    def achieved_gbytes(self) -> float | None:
+        """A bandwidth row's rate, GB/s (bytes read + written per second)."""
+        return self.bytes_per_call / self.median / 1e9 if self.bytes_per_call else None
 
     @property
     def achieved_gflops(self) -> float | None:

@@ -41,6 +41,7 @@ from torch import nn
 from .nets import IMAGE_SIZE
 
 ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 WEIGHT_BYTES = 4  # fp32 master weights, grads and Adam moments, whatever the autocast precision
 ADAM_FLOPS_PER_PARAM = 12
 OVERHEAD_FACTOR = 10  # measured above 10x the roofline time ...
@@ -198,23 +199,42 @@ def copy_op(size_bytes: int) -> tuple[Callable[[], torch.Tensor], int]:
     return (lambda: dst.copy_(src)), copy_bytes(numel)
 
 
-def conv_op(precision: str) -> tuple[Callable[[], torch.Tensor], int]:
-    """The ceiling suite's convolution (64 -> 64 channels, 3x3, 56x56, batch 32, channels_last): (call, FLOPs)."""
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    conv = nn.Conv2d(64, 64, 3, padding=1).to(dtype=dtype, memory_format=torch.channels_last)
-    x = torch.randn(32, 64, 56, 56, dtype=dtype).to(memory_format=torch.channels_last)
+CONV_CHANNELS, CONV_SIDE = 64, 56
+
+
+def conv_op(precision: str, device: str = "cpu", batch: int = 32) -> tuple[Callable[[], torch.Tensor], int]:
+    """The ceiling's convolution: a layer in the nets' style (3x3, same padding) large enough for
+    oneDNN's / cuDNN's best kernels, 64 -> 64 channels on 56x56 images in channels_last (the layout
+    both libraries prefer), under inference_mode: (call, FLOPs per call). CUDA calls synchronize."""
+    dtype = DTYPES[precision]
+    x = torch.randn(batch, CONV_CHANNELS, CONV_SIDE, CONV_SIDE, device=device, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(CONV_CHANNELS, CONV_CHANNELS, 3, padding=1, bias=False)
+    conv = conv.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def call() -> torch.Tensor:
+        out = conv(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return call, 2 * CONV_CHANNELS * 9 * CONV_CHANNELS * CONV_SIDE * CONV_SIDE * batch
+
+
+def matmul_op(n: int, precision: str, device: str = "cpu") -> tuple[Callable[[], torch.Tensor], int]:
+    """A square n x n matmul: (call, FLOPs per call). CUDA calls synchronize."""
+    dtype = DTYPES[precision]
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
 
     def call() -> torch.Tensor:
-        with torch.inference_mode():
-            return conv(x)
+        out = a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
 
-    return call, 2 * 64 * 9 * 32 * 64 * 56 * 56
-
-
-def matmul_op(n: int, precision: str) -> tuple[Callable[[], torch.Tensor], int]:
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return (lambda: a @ b), 2 * n**3
+    return call, 2 * n**3
 
 
 def _median_seconds(call: Callable[[], object], min_seconds: float = 0.2, rounds: int = 7) -> float:

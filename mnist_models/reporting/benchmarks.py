@@ -19,7 +19,7 @@ from .markdown import code, fmt_num, fmt_time, header, md, table
 
 SUITE_ORDER = ("ceiling", "forward", "train-step", "epoch", "scaling")
 SUITE_TITLES = {
-    "ceiling": "Machine ceiling: large matmuls and a large convolution",
+    "ceiling": "Machine ceiling: large matmuls, a large convolution, and copy bandwidth",
     "forward": "Forward (inference_mode)",
     "train-step": "Train step: forward + loss + backward + Adam",
     "epoch": "Full epoch through the input pipeline",
@@ -367,7 +367,7 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
         if suite == "ceiling":
             out.append(
                 table(
-                    ["benchmark", "op", "median", "IQR", "rounds", "GFLOP/s"],
+                    ["benchmark", "op", "median", "IQR", "rounds", "GFLOP/s", "GB/s (copy: read + write)"],
                     [
                         [
                             code(r.label),
@@ -376,11 +376,18 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
                             fmt_time(r.iqr),
                             r.rounds,
                             fmt_num(r.achieved_gflops, 1),
+                            fmt_num(r.achieved_gbytes, 1),
                         ]
                         for r in groups[name]
                     ],
                 )
             )
+            if any(r.achieved_gbytes for r in groups[name]):
+                out.append(
+                    "\nThe copies are the roofline's bandwidth roofs: a tensor sized to fit all the threads' L2, the "
+                    "last-level cache, or neither (DRAM). An L2-sized copy is short enough that torch's per-call dispatch "
+                    "shows in it. Each profile measures the same roofs for its roofline (conv-kernels.md).\n"
+                )
             continue
         cells, notes = _group_rows(groups[name], peaks, emulated, rows)
         out.append(f"\n### {md(name)}\n")
