@@ -1,7 +1,10 @@
 """mnist-bench profile: the trace, the kernel summary, bad input, and TensorBoard's profiler plugin."""
 
 import copy
+import gzip
 import json
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -152,8 +155,9 @@ def _get(port: int, route: str, **params):
         return json.loads(response.read())
 
 
-@pytest.mark.slow
-def test_tensorboard_profiler_plugin_loads_the_trace(profiled):
+@pytest.fixture(scope="module")
+def tensorboard(profiled):
+    """A TensorBoard server on loopback over the profiled run: (port, run name), once it lists the run."""
     out, run_dir, _ = profiled
     port = _free_port()
     server = subprocess.Popen(
@@ -184,29 +188,72 @@ def test_tensorboard_profiler_plugin_loads_the_trace(profiled):
                 pass  # not listening yet
             time.sleep(1)
         assert runs and run_dir.name in runs["runs"], f"run never listed: {runs}"
-
-        views = _get(port, "/views", run=run_dir.name)
-        assert {"Overview", "Operator"} <= set(views)
-        workers = _get(port, "/workers", run=run_dir.name, view="Operator")
-        assert workers
-        spans = _get(port, "/spans", run=run_dir.name, worker=workers[0])
-        table = _get(
-            port,
-            "/operation/table",
-            run=run_dir.name,
-            worker=workers[0],
-            span=spans[0] if spans else "",
-            view="Operator",
-            group_by="Operation",
-        )
-        names = {row["name"] for row in table["data"]}  # {"metadata": ..., "data": [{"name": ..., ...}]}
-        assert {"aten::mkldnn_convolution", "aten::convolution_backward"} <= names
+        yield port, run_dir.name
     finally:
         server.terminate()
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_tensorboard_profiler_plugin_loads_the_trace(tensorboard):
+    port, run = tensorboard
+    views = _get(port, "/views", run=run)
+    assert {"Overview", "Operator"} <= set(views)
+    workers = _get(port, "/workers", run=run, view="Operator")
+    assert workers
+    spans = _get(port, "/spans", run=run, worker=workers[0])
+    table = _get(
+        port,
+        "/operation/table",
+        run=run,
+        worker=workers[0],
+        span=spans[0] if spans else "",
+        view="Operator",
+        group_by="Operation",
+    )
+    names = {row["name"] for row in table["data"]}  # {"metadata": ..., "data": [{"name": ..., ...}]}
+    assert {"aten::mkldnn_convolution", "aten::convolution_backward"} <= names
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _chromium(*args: str, timeout: int = 90) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (Debian's `chromium` package; .ci/run installs it)")
+def test_the_plugin_page_in_a_headless_browser_offline(tensorboard, tmp_path):
+    """What a user without internet sees (docs/profiling.md): the plugin's page draws its side panel
+    (runs, views, workers) from this machine alone, while its charts wait for Google Charts from the
+    web; the trace view's viewer ships with the plugin, and the trace it shows is served from here."""
+    port, run = tensorboard
+    page = f"http://127.0.0.1:{port}{PLUGIN}/index.html"
+    dom = _chromium("--dump-dom", page).stdout.decode(errors="replace")
+    text = " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S)).split())
+    for shown in ("Runs", run, "Views", "Overview", "Workers"):
+        assert shown in text, f"{shown!r} not on the rendered page: {text[:500]}"
+    shot = tmp_path / "plugin.png"
+    _chromium("--window-size=1280,900", f"--screenshot={shot}", page)
+    from PIL import Image
+
+    panel = Image.open(shot).convert("L").crop((0, 100, 340, 480))  # the side panel: run, view and worker menus
+    assert panel.getextrema()[0] < 100, "the side panel drew no text"
+    # The trace view: its viewer is a page of the plugin that loads nothing from the web ...
+    viewer = urllib.request.urlopen(f"http://127.0.0.1:{port}{PLUGIN}/trace_viewer_full.html", timeout=30).read().decode()
+    assert len(viewer) > 1_000_000 and not re.search(r"<(script|link)[^>]+(src|href)=\"https?://", viewer)
+    # ... and the trace it draws comes from this machine.
+    worker = _get(port, "/workers", run=run, view="Overview")[0]
+    url = f"http://127.0.0.1:{port}{PLUGIN}/trace?{urllib.parse.urlencode({'run': run, 'worker': worker, 'span': '1'})}"
+    with urllib.request.urlopen(url, timeout=30) as response:  # served gzipped, as the viewer asks for it
+        trace = json.loads(gzip.decompress(response.read()))
+    assert trace["traceEvents"]
 
 
 @pytest.mark.slow
