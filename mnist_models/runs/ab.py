@@ -79,6 +79,9 @@ class Worker:
             stderr=subprocess.PIPE,
             text=True,
         )
+
+    def wait_ready(self) -> None:
+        """Block until the worker has built its net and warmed up (workers start side by side)."""
         self._read(READY_TIMEOUT_S, "start")
 
     def _read(self, timeout: float, what: str) -> dict:
@@ -114,6 +117,8 @@ def workers(*sides: Side) -> Iterator[list[Worker]]:
     try:
         for side in sides:
             started.append(Worker(side))
+        for worker in started:  # start-ups overlap (import, data, warm-up): nothing is timed before all are ready
+            worker.wait_ready()
         yield started
     finally:
         for w in started:
