@@ -389,6 +389,24 @@ def render(runs: list[RunRecord], problems: list[str], benches: dict[str, dict] 
     return "".join(out)
 
 
+def machine_verdicts(runs: list[RunRecord]) -> list[str]:
+    """One machine's answers per dataset, for the reports index: the seed recipe's accuracy per net
+    (mean, spread, n), what deep costs against simple at equal accuracy, the cheapest training."""
+    if not runs:
+        return []
+    df = runs_frame(runs)
+    lines = []
+    for dataset in sorted(set(df["dataset"]) - {"synthetic"}):
+        groups = summarise_groups(df[df["dataset"] == dataset])
+        for _, b in _baselines(groups).sort_values("model", ascending=False).iterrows():
+            lines.append(
+                f"- {md(dataset)}, seed recipe, {md(b['model'])}: accuracy {b['acc_mean']:.4f} "
+                f"(std {b['acc_std']:.4f}, n = {b['n']}) in {b['train_seconds']:.0f} s of training"
+            )
+        lines += [line.replace("- **", f"- {md(dataset)}: **", 1) for line in _cost_reading(groups)]
+    return lines
+
+
 def _machine_section(sub: pd.DataFrame, dataset: str, key: str, bench: dict | None, out_dir: Path) -> str:
     """Every cost figure of one machine's runs of one dataset, under a heading naming the machine."""
     groups = summarise_groups(sub)

@@ -119,6 +119,18 @@ def _tune_lines(folder: Path) -> list[str]:
     return lines
 
 
+def _accuracy_lines(folder: Path) -> list[str]:
+    """The machine's run records, read as the accuracy report reads them (links: accuracy-vs-cost.md)."""
+    if not (folder / "runs").is_dir():
+        return []
+    from ..runs.records import RunStore
+    from .accuracy import machine_verdicts
+
+    runs, _ = RunStore(folder / "runs").load_all()
+    lines = machine_verdicts(runs)
+    return [f"{line} ([accuracy-vs-cost](accuracy-vs-cost.md))" for line in lines]
+
+
 def render_index(reports_dir: Path, machines_dir: Path) -> str:
     out = [
         "# Reports: one section per machine\n",
@@ -133,6 +145,7 @@ def render_index(reports_dir: Path, machines_dir: Path) -> str:
         verdicts = [
             line.replace("](", f"]({rel}/") for line in _fastest_lines(folder) + _noise_lines(folder) + _tune_lines(folder)
         ]
+        verdicts += _accuracy_lines(folder)
         out.append("\n".join(verdicts) + "\n" if verdicts else "_No benchmark report, calibration or tune result yet._\n")
         runs = len(list((folder / "runs").rglob("*.json"))) if (folder / "runs").is_dir() else 0
         history = len(list((folder / "history").glob("*.json"))) if (folder / "history").is_dir() else 0
