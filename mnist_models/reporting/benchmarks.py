@@ -17,12 +17,13 @@ from ..system.errors import UsageError
 from ..system.machine import machine_key, native_bf16
 from .markdown import code, fmt_num, fmt_time, header, md, table
 
-SUITE_ORDER = ("ceiling", "forward", "train-step", "epoch", "scaling")
+SUITE_ORDER = ("ceiling", "forward", "train-step", "epoch", "process", "scaling")
 SUITE_TITLES = {
     "ceiling": "Machine ceiling: large matmuls, a large convolution, and copy bandwidth",
     "forward": "Forward (inference_mode)",
     "train-step": "Train step: forward + loss + backward + Adam",
     "epoch": "Full epoch through the input pipeline",
+    "process": "The whole train process for one epoch, beside the seed pipeline's process (alternated)",
     "scaling": "Data-parallel scaling: a DDP train step (torchrun, gloo, loopback)",
 }
 
@@ -131,6 +132,11 @@ def _group_rows(group: list[BenchRow], peaks: dict, emulated: bool, everything: 
             extras.append(f"acc {r.test_accuracy:.4f}")
         if r.identity.loader:
             extras.append(f"{md(r.identity.loader)} loader")
+        if r.speedup_vs_seed_process:
+            extras.append(
+                f"**{r.speedup_vs_seed_process:.2f}x** ({r.speedup_low:.2f}-{r.speedup_high:.2f}) the seed pipeline's "
+                f"process, {r.speedup_pairs:.0f} alternated pairs"
+            )
         if r.rounds < 5:
             extras.append(f"{r.rounds} rounds: no real spread")
         if emulated and r.variant.device == "cpu" and r.variant.precision != "fp32":
@@ -298,6 +304,13 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
         )
     lines = headlines(groups, peaks)
     for name, group in groups.items():
+        for r in group:
+            if r.speedup_vs_seed_process:
+                lines.append(
+                    f"- **{md(name)}**: the whole `train` process ({code(r.label)}, one epoch on {md(r.identity.dataset)}) "
+                    f"{fmt_time(r.median)}, **{r.speedup_vs_seed_process:.2f}x** ({r.speedup_low:.2f}-{r.speedup_high:.2f}) "
+                    f"the seed pipeline's process, {r.speedup_pairs:.0f} alternated pairs"
+                )
         if group[0].suite == "scaling" and (verdict := scaling_rows(group)[1]):
             lines.append(f"- **{md(name)}**: {verdict}")
     if lines:
