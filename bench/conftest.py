@@ -44,7 +44,7 @@ class BenchState:
     timed: list = field(default_factory=list)  # the stats (pytest-benchmark's Metadata) of every timed benchmark
     report: Path | None = None
     partial: bool = False
-    subset: bool = False  # -k / -m left benchmarks out: never written over the full report
+    subset: bool = False  # -k / -m or named files left benchmarks out: never written over the full report
     history: Path | None = None  # this session's copy in the machine's history folder
 
 
@@ -127,6 +127,14 @@ def benchmark(benchmark, request):
 def pytest_deselected(items):
     if items:
         items[0].config.stash[STATE].subset = True
+
+
+def pytest_collection_finish(session):
+    """A session that collected only some of the suites (`pytest bench/test_process.py`) is a subset too."""
+    suites = {p.name for p in Path(__file__).parent.glob("test_*.py")}
+    collected = {Path(str(item.fspath)).name for item in session.items}
+    if collected and collected != suites:
+        session.config.stash[STATE].subset = True
 
 
 def _report_path(config) -> Path:
