@@ -18,7 +18,7 @@ from ..system.machine import machine_label
 from .benchmarks import group_baseline, load_bench_json, speedup_cell
 from .markdown import code, fmt_time, md
 
-REPORT_FILES = ("benchmarks-cpu.md", "benchmarks-cuda.md", "baseline.md", "conv-kernels.md", "accuracy-vs-cost.md")
+REPORT_FILES = ("benchmarks-cpu.md", "benchmarks-cuda.md", "baseline.md", "process.md", "conv-kernels.md", "tune.md")
 
 
 def _load(path: Path) -> dict | None:
@@ -78,6 +78,21 @@ def _fastest_lines(folder: Path) -> list[str]:
             f"([{name.removesuffix('.json')}]({name.replace('.json', '.md')}))"
         )
     return lines
+
+
+def _process_lines(folder: Path) -> list[str]:
+    """The whole-process suite (bench/test_process.py), where a run of it was kept as process.json."""
+    try:
+        rows = bench_rows(load_bench_json(folder / "process.json")) if (folder / "process.json").is_file() else []
+    except UsageError:
+        return []
+    return [
+        f"- the whole `train` process, {md(r.identity.model)}, one epoch on {md(r.identity.dataset)}: {code(r.label)} "
+        f"{fmt_time(r.median)}, {r.speedup_vs_seed_process:.2f}x ({r.speedup_low:.2f}-{r.speedup_high:.2f}) the seed "
+        f"pipeline's process, {r.speedup_pairs:.0f} alternated pairs ([process](process.md))"
+        for r in sorted(rows, key=lambda r: r.identity.model or "", reverse=True)
+        if r.speedup_vs_seed_process
+    ]
 
 
 def _noise_lines(folder: Path) -> list[str]:
@@ -143,7 +158,8 @@ def render_index(reports_dir: Path, machines_dir: Path) -> str:
         machine = _machine_of(folder)
         out.append(f"\n## {md(folder.name)}\n\n{md(machine_label(machine)) if machine else 'machine unknown'}\n\n")
         verdicts = [
-            line.replace("](", f"]({rel}/") for line in _fastest_lines(folder) + _noise_lines(folder) + _tune_lines(folder)
+            line.replace("](", f"]({rel}/")
+            for line in _fastest_lines(folder) + _process_lines(folder) + _noise_lines(folder) + _tune_lines(folder)
         ]
         verdicts += _accuracy_lines(folder)
         out.append("\n".join(verdicts) + "\n" if verdicts else "_No benchmark report, calibration or tune result yet._\n")
