@@ -13,7 +13,7 @@ from grid import HAVE_CUDA, NO_CUDA
 from mnist_models.core.bench_row import BenchIdentity
 from mnist_models.core.roofline import bandwidth_sizes, conv_op, copy_op, matmul_op
 from mnist_models.core.variants import Variant
-from mnist_models.system.machine import cache_capacity
+from mnist_models.system.machine import cache_capacity, set_threads
 
 # The ceiling is the best rate over a few sizes: on a CPU a 2048 fp32 matmul can be memory-bound
 # (seen here: 213 GFLOP/s, while the nets' own batch-100 forward reached 285), a smaller one fits
@@ -90,12 +90,21 @@ def test_conv_ceiling(benchmark, device, precision):
 
 # Bandwidth roofs (core/roofline.py): a streaming copy sized to sit inside L2 (all the threads' L2
 # together), inside the last-level cache, and far beyond it; bytes = source read + destination written.
+# At the session's threads and at one thread: a single core's share of the bandwidth is a roof too.
+@pytest.mark.parametrize("threads", [0, 1], ids=["", "t1"])
 @pytest.mark.parametrize("level", ["L2", "LLC", "DRAM"], ids=lambda level: f"cpu-copy-{level}")
-def test_bandwidth_ceiling(benchmark, level):
-    size = bandwidth_sizes(cache_capacity(torch.get_num_threads()))[level]
-    call, moved = copy_op(size)
-    call()  # first touch of both tensors, outside the timing
-    benchmark.group = "ceiling"
-    benchmark.extra_info.update(**ceiling_identity("cpu", "fp32", f"copy-{level}", None).to_info(), bytes_per_call=moved)
-    out = benchmark(call)
+def test_bandwidth_ceiling(benchmark, level, threads):
+    before = set_threads(threads) if threads else None
+    try:
+        size = bandwidth_sizes(cache_capacity(torch.get_num_threads()))[level]
+        call, moved = copy_op(size)
+        call()  # first touch of both tensors, outside the timing
+        benchmark.group = "ceiling"
+        benchmark.extra_info.update(
+            **ceiling_identity("cpu", "fp32", f"copy-{level}", None).to_info(), bytes_per_call=moved, threads_pinned=bool(threads)
+        )
+        out = benchmark(call)
+    finally:
+        if before is not None:
+            set_threads(before)
     assert 2 * out.numel() * out.element_size() == moved

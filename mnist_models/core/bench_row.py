@@ -107,7 +107,8 @@ class BenchIdentity:
         """A readable name rendered from the fields ('simple-tensor-cpu-eager-fp32-cl-b100'); the
         thread count is named where the case pinned it, the ranks where there are several."""
         if self.model is None:
-            return f"{self.variant.device}-{self.variant.precision}-{self.op}"
+            threads = f"-t{self.threads}" if pinned_threads and self.threads else ""
+            return f"{self.variant.device}-{self.variant.precision}-{self.op}{threads}"
         return render_tag(
             model=self.model,
             loader=self.loader,
