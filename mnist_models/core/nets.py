@@ -5,6 +5,8 @@ Both nets take (B, 1, 28, 28) float images scaled to [0, 1] and return (B, 10) l
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -12,6 +14,26 @@ from ..system.errors import UsageError
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
+
+
+def traced_leaves(model: nn.Module, batch: int, kinds: tuple[type, ...]) -> list[tuple[str, nn.Module, tuple, tuple]]:
+    """(name, module, input shape, output shape) of every module of `kinds`, in the order one forward
+    pass of blank images runs them: the nets' accounting reads the real shapes, never restates them."""
+    seen: list[tuple[str, nn.Module, tuple, tuple]] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def record(module: nn.Module, inputs, output) -> None:
+        seen.append((names[module], module, tuple(inputs[0].shape), tuple(output.shape)))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, kinds)]
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros(batch, 1, IMAGE_SIZE, IMAGE_SIZE, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
 
 
 def _conv_block(in_channels: int, out_channels: int, pool_padding: int = 0) -> nn.Sequential:
@@ -41,34 +63,23 @@ class _Accounting:
         drift from the architecture. Pooling, ReLU and bias adds are left out, as usual. The
         profiler's kernel tables look convolutions up here by (input shape, weight shape).
         """
-        layers: list[dict] = []
-
-        def count(module: nn.Module, inputs, output) -> None:
+        layers = []
+        for name, module, input_shape, output_shape in traced_leaves(self, batch, (nn.Conv2d, nn.Linear)):
             if isinstance(module, nn.Conv2d):
                 macs_per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-                flops = 2 * macs_per_output * output.numel()
+                flops = 2 * macs_per_output * math.prod(output_shape)
             else:
-                flops = 2 * module.in_features * module.out_features * inputs[0].shape[0]
+                flops = 2 * module.in_features * module.out_features * input_shape[0]
             layers.append(
                 {
-                    "name": names[module],
+                    "name": name,
                     "kind": type(module).__name__,
                     "flops": flops,
-                    "input_shape": list(inputs[0].shape),
+                    "input_shape": list(input_shape),
                     "weight_shape": list(module.weight.shape),
-                    "output_shape": list(output.shape),
+                    "output_shape": list(output_shape),
                 }
             )
-
-        names = {m: n for n, m in self.named_modules()}
-        hooks = [m.register_forward_hook(count) for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        try:
-            device = next(self.parameters()).device
-            with torch.no_grad():
-                self(torch.zeros(batch, 1, IMAGE_SIZE, IMAGE_SIZE, device=device))
-        finally:
-            for hook in hooks:
-                hook.remove()
         return layers
 
     def flops_per_image(self) -> int:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .nets import IMAGE_SIZE
+from .nets import traced_leaves
 
 ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,21 +70,7 @@ def step_work(model: nn.Module, batch: int, precision: str = "fp32") -> list[Wor
     """Every layer's forward and backward and the optimizer step of one train step of `model` at
     `batch`, in the order the forward pass runs them (the fast path's pool-before-ReLU included)."""
     e = ELEMENT_BYTES[precision]
-    seen: list[tuple[str, nn.Module, tuple, tuple]] = []
-
-    def record(module: nn.Module, inputs, output) -> None:
-        seen.append((names[module], module, tuple(inputs[0].shape), tuple(output.shape)))
-
-    names = {m: n for n, m in model.named_modules()}
-    leaves = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Dropout)
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, leaves)]
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(torch.zeros(batch, 1, IMAGE_SIZE, IMAGE_SIZE, device=device))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    seen = traced_leaves(model, batch, (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Dropout))
     work: list[Work] = []
     first_weighted = True
     for name, module, shape_in, shape_out in seen:
