@@ -379,10 +379,10 @@ def render(runs: list[RunRecord], problems: list[str], benches: dict[str, dict] 
         if dataset == "synthetic":
             out.append("_synthetic data is random: its accuracies mean nothing and are not reported._\n")
             continue
-        out.append(_accuracy_table(sub))
         reading = _accuracy_reading(summarise_groups(sub, RECIPE_KEYS))
-        if reading:
-            out.append("\n### Reading (accuracy, all machines)\n\n" + "\n".join(reading) + "\n")
+        if reading:  # the answer first, then the table it comes from
+            out.append("### Reading (accuracy, all machines)\n\n" + "\n".join(reading) + "\n\n")
+        out.append(_accuracy_table(sub))
         by_size = sub["machine_key"].value_counts()
         for key in by_size.index:  # the machine with most runs first
             out.append(_machine_section(sub[sub["machine_key"] == key], dataset, key, benches.get(key), out_dir))

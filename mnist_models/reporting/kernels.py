@@ -62,15 +62,6 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
     mixed = mixed_machines_warning([s["machine"] for s in summaries], "profiles")
     if mixed:
         out.append(f"- **{mixed}**\n")
-    out.append(
-        "\nEach section is one `mnist-bench profile` run (a schedule of wait/warmup/active steps; times are per step, averaged over the active "
-        "steps, with the profiler's own overhead: compare shares, and take absolute speed from the benchmark report). "
-        "Convolution FLOPs come from the nets' own per-layer count (`layer_flops`), not the profiler, which counts no backward or "
-        "compiled convolution: backward = 2x forward, except the first layer (1x: images need no gradient). "
-        "Rows that only wrap other rows (aten::conv2d, autograd nodes, any row whose self time is under half its total) are left out. "
-        "Under torch.compile, an `inductor graph` row (the trace's `## Call CompiledFxGraph` with the graph's hash) is the time of inductor's generated kernels (fused ReLU, pooling, "
-        "their backward and the optimizer's elementwise work); convolutions stay library calls (extern kernels).\n"
-    )
     overview = []
     for s in summaries:
         top = s["other_rows"][0] if s["other_rows"] else None
@@ -98,6 +89,17 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
             "\n**Against the roofline** (the rate the machine's measured roofs allow each layer; see each run's section):\n\n"
         )
         out.append("\n".join(answers) + "\n")
+    # The answers first (overview, roofline), then how they were measured.
+    out.append("\n## How to read the sections\n")
+    out.append(
+        "\nEach section is one `mnist-bench profile` run (a schedule of wait/warmup/active steps; times are per step, averaged over the active "
+        "steps, with the profiler's own overhead: compare shares, and take absolute speed from the benchmark report). "
+        "Convolution FLOPs come from the nets' own per-layer count (`layer_flops`), not the profiler, which counts no backward or "
+        "compiled convolution: backward = 2x forward, except the first layer (1x: images need no gradient). "
+        "Rows that only wrap other rows (aten::conv2d, autograd nodes, any row whose self time is under half its total) are left out. "
+        "Under torch.compile, an `inductor graph` row (the trace's `## Call CompiledFxGraph` with the graph's hash) is the time of inductor's generated kernels (fused ReLU, pooling, "
+        "their backward and the optimizer's elementwise work); convolutions stay library calls (extern kernels).\n"
+    )
     for s in summaries:
         out.append(f"\n## {code(s['run'])}\n\n")
         out.append(
