@@ -141,3 +141,29 @@ def test_the_kernel_report_gives_the_roofline_and_its_plot(tmp_path):
     assert f"{100 * allowed / 10.0:.0f}% of its roofline" in text and "not in the profile" in text
     assert (tmp_path / "roofline-simple-train-made-up.png").stat().st_size > 10_000
     assert isinstance(model, nn.Module)
+
+
+def test_a_benchmark_row_gets_its_share_of_the_roofline_from_its_runs_roofs():
+    from mnist_models.core.bench_row import bench_rows
+    from mnist_models.core.roofline import step_roofline
+    from mnist_models.reporting.benchmarks import roofline_shares
+
+    def row(name, median, **info):
+        return {"name": name, "group": "g", "stats": {"median": median, "iqr": 0.0, "rounds": 5}, "extra_info": info}
+
+    ceiling = dict(suite="ceiling", device="cpu", precision="fp32", threads=2)
+    data = {
+        "benchmarks": [
+            row("conv", 0.01, op="conv-b32", gflops_per_s=100.0, **ceiling),
+            *(
+                row(f"copy-{lv}", size / gbs / 1e9, op=f"copy-{lv}", bytes_per_call=size, **ceiling)
+                for lv, size, gbs in (("L2", 1e6, 400.0), ("LLC", 1e7, 200.0), ("DRAM", 1e9, 20.0))
+            ),
+            row("step", 0.05, suite="train-step", model="simple", device="cpu", precision="fp32", batch=100, threads=2),
+        ]
+    }
+    machine = {"cache_bytes": {"L2": 500_000, "LLC": 10_000_000}}
+    shares = roofline_shares(bench_rows(data), machine)
+    expected, roof = step_roofline(step_work(SimpleCNN(), 100), MADE_UP)  # the same roofs as the made-up machine
+    assert shares["step"][0] == pytest.approx(expected / 0.05, rel=1e-6) and shares["step"][1] == roof
+    assert roofline_shares(bench_rows(data), {}) == {}  # no cache sizes recorded: no roofline

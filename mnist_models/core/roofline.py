@@ -249,6 +249,26 @@ def bandwidth_sizes(capacity: dict[str, int]) -> dict[str, int]:
     return {"L2": l2 // 2, "LLC": max(l2 * 2, llc // 2), "DRAM": max(256 * 2**20, 8 * llc)}
 
 
+def monotone_bandwidth(copies: dict[str, float]) -> dict[str, float]:
+    """Bandwidth roofs from measured copies (GB/s per level). A copy small enough for L2 is partly
+    torch's per-call dispatch (microseconds): what fits in a level also fits in the next, so no
+    level's roof is set below the level beyond it."""
+    bandwidth = {"DRAM": copies["DRAM"]}
+    bandwidth["LLC"] = max(copies["LLC"], bandwidth["DRAM"])
+    bandwidth["L2"] = max(copies["L2"], bandwidth["LLC"])
+    return bandwidth
+
+
+def step_roofline(work: list[Work], roofs: Roofs) -> tuple[float, str]:
+    """The least time the roofs allow a whole step (the sum over its work), and the roof that
+    accounts for most of it."""
+    by_roof: dict[str, float] = {}
+    for w in work:
+        bound = attainable(w, roofs)
+        by_roof[bound.roof] = by_roof.get(bound.roof, 0.0) + bound.seconds
+    return sum(by_roof.values()), max(by_roof, key=by_roof.get)
+
+
 @dataclass
 class RoofMeasurement:
     roofs: Roofs
@@ -268,9 +288,5 @@ def measure_roofs(precision: str, capacity: dict[str, int], threads: int, native
         call, moved = copy_op(size)
         rates[f"copy {level}"] = moved / _median_seconds(call) / 1e9
     source = max((k for k in rates if not k.startswith("copy")), key=rates.get)
-    # A copy small enough for L2 is partly torch's per-call dispatch (microseconds): what fits in a
-    # level also fits in the next, so no level's roof is set below the level beyond it.
-    bandwidth = {"DRAM": rates["copy DRAM"]}
-    bandwidth["LLC"] = max(rates["copy LLC"], bandwidth["DRAM"])
-    bandwidth["L2"] = max(rates["copy L2"], bandwidth["LLC"])
+    bandwidth = monotone_bandwidth({level: rates[f"copy {level}"] for level in ("L2", "LLC", "DRAM")})
     return RoofMeasurement(Roofs(rates[source], bandwidth, dict(capacity), threads, source), rates)

@@ -117,7 +117,42 @@ def group_baseline(row: BenchRow, rows: list[BenchRow]) -> BenchRow | None:
     return next((r for r in rows if r.group == row.group and r.is_baseline), None)
 
 
-def _group_rows(group: list[BenchRow], peaks: dict, emulated: bool, everything: list[BenchRow]) -> tuple[list[list], list[str]]:
+def roofline_shares(rows: list[BenchRow], machine: dict) -> dict[str, tuple[float, str]]:
+    """name -> (share of the roofline's rate, the roof that accounts for most of it) for the CPU
+    forward and train-step rows at the session's threads: the nets' per-layer work (core/roofline.py)
+    against this run's own roofs (its best compute ceiling and its copies). Empty for runs timed
+    before the copies or the machine's cache sizes were recorded."""
+    from ..core.nets import build_model, make_fast
+    from ..core.roofline import Roofs, monotone_bandwidth, step_roofline, step_work
+
+    cache = machine.get("cache_bytes") or {}
+    copies = {
+        r.identity.op.removeprefix("copy-"): r.achieved_gbytes
+        for r in rows
+        if r.suite == "ceiling" and r.achieved_gbytes and not r.threads_pinned and r.identity.op
+    }
+    if not cache or set(copies) != {"L2", "LLC", "DRAM"}:
+        return {}
+    peaks, out = ceilings(rows), {}
+    for r in rows:
+        compute = ceiling_for(r, peaks)
+        if r.suite not in ("forward", "train-step") or r.variant.device != "cpu" or r.threads_pinned or not compute:
+            continue
+        threads = r.identity.threads or 1
+        capacity = {"L2": cache.get("L2", 0) * threads, "LLC": cache.get("LLC", 0)}
+        roofs = Roofs(compute, monotone_bandwidth(copies), capacity, threads)
+        model = build_model(r.identity.model)
+        work = step_work(make_fast(model) if r.variant.fast else model, r.identity.batch, r.variant.precision)
+        if r.suite == "forward":
+            work = [w for w in work if w.phase == "forward"]
+        seconds, roof = step_roofline(work, roofs)
+        out[r.name] = (seconds / r.median, roof)
+    return out
+
+
+def _group_rows(
+    group: list[BenchRow], peaks: dict, emulated: bool, everything: list[BenchRow], roofline: dict | None = None
+) -> tuple[list[list], list[str]]:
     """One row per benchmark of a group; `emulated`: the machine has no native bf16, so half-precision
     CPU rows say so (their ceiling is fp32's: see ceiling_for); `everything`: the whole run, whose
     ceiling rows name each row's ceiling."""
@@ -149,7 +184,12 @@ def _group_rows(group: list[BenchRow], peaks: dict, emulated: bool, everything: 
                 r.rounds,
                 fmt_num(r.images_per_s, 0),
                 fmt_num(gflops, 1),
-                f"{100 * gflops / peak:.1f}% of {ceiling_source(r, everything)}" if gflops and peak else "-",
+                (f"{100 * gflops / peak:.1f}% of {ceiling_source(r, everything)}" if gflops and peak else "-")
+                + (
+                    f"; {100 * roofline[r.name][0]:.0f}% of its roofline ({roofline[r.name][1]}-bound)"
+                    if roofline and r.name in roofline
+                    else ""
+                ),
                 speedup_cell(baseline, r) if baseline else "-",
                 "; ".join(extras),
             ]
@@ -293,6 +333,7 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
             + "\n"
         )
     peaks = ceilings(rows)
+    shares = roofline_shares(rows, machine)
     groups: dict[str, list[BenchRow]] = {}
     for row in rows:
         groups.setdefault(row.group, []).append(row)
@@ -322,7 +363,9 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
         "linear FLOPs (forward: 2 x MACs per image; train step: forward + backward from torch.utils.flop_counter). "
         "% of ceiling compares with the best rate of the ceiling suite on the same device in this run, large matmuls and a "
         "large convolution, and names which (for bf16/fp16 variants, the faster of that precision's and fp32's: on a CPU "
-        "without native bf16 that is fp32's). Compile times are first calls and include inductor's on-disk "
+        "without native bf16 that is fp32's). Where the run timed the ceiling's copies, a CPU forward or train-step row also gives its share of "
+        "its roofline: the least time the nets' per-layer FLOPs and bytes allow under this run's compute and copy roofs "
+        "(mnist_models/core/roofline.py), over the measured time, and the roof that accounts for most of that time. Compile times are first calls and include inductor's on-disk "
         "cache: a warm cache makes them short. Forward and train-step batches are real mnist-5k digits (the work does not "
         "depend on pixel values); the epoch suite's dataset is named in its rows. "
         "Speedup is against the group's eager fp32 contiguous baseline at the session's thread count (for epochs: the "
@@ -402,11 +445,21 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
                     "shows in it. Each profile measures the same roofs for its roofline (conv-kernels.md).\n"
                 )
             continue
-        cells, notes = _group_rows(groups[name], peaks, emulated, rows)
+        cells, notes = _group_rows(groups[name], peaks, emulated, rows, shares)
         out.append(f"\n### {md(name)}\n")
         out.append(
             table(
-                ["variant", "median", "IQR", "rounds", "images/s", "GFLOP/s", "% of ceiling (which)", "speedup", "notes"],
+                [
+                    "variant",
+                    "median",
+                    "IQR",
+                    "rounds",
+                    "images/s",
+                    "GFLOP/s",
+                    "% of ceiling (which); of roofline",
+                    "speedup",
+                    "notes",
+                ],
                 cells,
                 align="lrrrrrrrl",
             )

@@ -332,6 +332,7 @@ def machine_info() -> dict:
         "cuda_version": torch.version.cuda,
         "platform": platform.platform(),
         "code": git_commit(),
+        "cache_bytes": cache_capacity(1),  # L2 of one core, the last-level cache: the roofline's levels
         **torch_cpu_build(),
     }
     if torch.cuda.is_available():
