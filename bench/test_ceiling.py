@@ -91,7 +91,7 @@ def test_conv_ceiling(benchmark, device, precision):
 # Bandwidth roofs (core/roofline.py): a streaming copy sized to sit inside L2 (all the threads' L2
 # together), inside the last-level cache, and far beyond it; bytes = source read + destination written.
 # At the session's threads and at one thread: a single core's share of the bandwidth is a roof too.
-@pytest.mark.parametrize("threads", [0, 1], ids=["", "t1"])
+@pytest.mark.parametrize("threads", [pytest.param(0, marks=pytest.mark.quick), 1], ids=["", "t1"])
 @pytest.mark.parametrize("level", ["L2", "LLC", "DRAM"], ids=lambda level: f"cpu-copy-{level}")
 def test_bandwidth_ceiling(benchmark, level, threads):
     before = set_threads(threads) if threads else None
