@@ -405,6 +405,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
             distributed.start(rank, "auto", config.variant.resolved().device)
             distributed.agree("profile config", dataclasses.asdict(config))
         run_dir, summary = profile(config, rank=rank)
+        if rank:
+            # Every rank's trace is written: all leave together, so none tears its connections down
+            # (and exits) while another still reads them (seen: rank 0 aborted by SIGABRT).
+            distributed.finish()
     except (RuntimeError, OSError) as exc:  # under DDP: a collective failed, or this rank's own error
         if rank is None or isinstance(exc, MnistBenchError):
             raise
