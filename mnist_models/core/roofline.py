@@ -59,6 +59,7 @@ class Work:
     bytes: float
     input_shape: tuple[int, ...] = ()
     output_shape: tuple[int, ...] = ()
+    param_shapes: tuple[tuple[int, ...], ...] = ()  # the optimizer's: its ops run once per parameter tensor
 
     @property
     def intensity(self) -> float:
@@ -99,8 +100,8 @@ def step_work(model: nn.Module, batch: int, precision: str = "fp32") -> list[Wor
             work.append(Work(name, "dropout", "forward", n_in, e * 2 * n_in + n_in, shape_in))
             work.append(Work(name, "dropout", "backward", n_in, e * 2 * n_in + n_in, shape_in))
     params = sum(p.numel() for p in model.parameters())
-    shapes = tuple(tuple(p.shape) for p in model.parameters())  # the optimizer's ops run per parameter tensor
-    work.append(Work("optimizer", "adam", "step", ADAM_FLOPS_PER_PARAM * params, 7 * WEIGHT_BYTES * params, shapes))
+    shapes = tuple(tuple(p.shape) for p in model.parameters())
+    work.append(Work("optimizer", "adam", "step", ADAM_FLOPS_PER_PARAM * params, 7 * WEIGHT_BYTES * params, param_shapes=shapes))
     return work
 
 

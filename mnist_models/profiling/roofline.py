@@ -60,7 +60,7 @@ def _runs(work: Work, row: dict) -> bool:
         return name in names and _shape(row, 0) == work.input_shape
     if work.kind == "adam":
         return name.startswith(("aten::_fused_adam", "aten::_foreach_")) or (
-            name in ADAM_OPS and _shape(row, 0) in work.input_shape
+            name in ADAM_OPS and _shape(row, 0) in work.param_shapes
         )
     return False
 

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
+from ..system import atomic
 from ..system.errors import UsageError
-from ..system.machine import mixed_machines_warning
+from ..system.machine import machine_key, mixed_machines_warning
 from .markdown import code, fmt_num, header, md, table
 
 
@@ -46,7 +50,7 @@ def _op_row(r: dict, fourth: str) -> list[str]:
     ]
 
 
-def render_kernel_report(summaries: list[dict], command: str) -> str:
+def render_kernel_report(summaries: list[dict], command: str, plotted: frozenset[str] = frozenset()) -> str:
 
     if not summaries:
         raise UsageError("no profile summaries to report; run mnist-bench profile first")
@@ -132,7 +136,7 @@ def render_kernel_report(summaries: list[dict], command: str) -> str:
         rows = [_op_row(r, f"{100 * r['share']:.1f}%") for r in s["other_rows"]]
         out.append("\nTop other ops:\n\n")
         out.append(table(["op", "calls", "self ms", "share", "input shapes"], rows, align="lrrrl"))
-        out.append(_roofline_text(s))
+        out.append(_roofline_text(s, s["run"] in plotted))
         out.append(_memory_text(s.get("memory")))
         out.append(_trace_check_text(s.get("trace_check")))
         if s.get("comm_rows"):
@@ -175,7 +179,7 @@ def _roofline_answer(s: dict) -> str | None:
     )
 
 
-def _roofline_text(s: dict) -> str:
+def _roofline_text(s: dict, plotted: bool = False) -> str:
     r = s.get("roofline")
     if not r:
         return ""
@@ -226,27 +230,21 @@ def _roofline_text(s: dict) -> str:
             rows,
             align="lllrrrlrrrl",
         )
-        + (f"\n![roofline of {md(s['run'])}](roofline-{s['run']}.png)\n" if s.get("roofline_plot") else "")
+        + (f"\n![roofline of {md(s['run'])}](roofline-{s['run']}.png)\n" if plotted else "")
     )
 
 
-def write_roofline_plot(s: dict, folder) -> object | None:
+def write_roofline_plot(s: dict, folder) -> Path | None:
     """roofline-<run>.png beside the report: roofs as lines, each measured layer a labelled point
     (x: FLOPs per byte, y: achieved GFLOP/s); None without roofline data."""
     r = s.get("roofline")
     points = [x for x in (r or {}).get("layers", []) if x["measured_ms"] and x["flops"]]
     if not points:
         return None
-    import io
-    from pathlib import Path
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..system import atomic
-    from ..system.machine import machine_key
 
     roofs = r["roofs"]
     compute = roofs["compute_gflops"]
@@ -290,16 +288,11 @@ def write_roofline_plot(s: dict, folder) -> object | None:
     return atomic.write_bytes(Path(folder) / f"roofline-{s['run']}.png", buffer.getvalue())
 
 
-def write_kernel_report(path, summaries: list[dict], command: str):
+def write_kernel_report(path, summaries: list[dict], command: str) -> Path:
     """The kernel report and its roofline plots beside it."""
-    from pathlib import Path
-
-    from ..system.atomic import write_text
-
     path = Path(path)
-    for s in summaries:
-        s["roofline_plot"] = write_roofline_plot(s, path.parent) is not None
-    return write_text(path, render_kernel_report(summaries, command))
+    plotted = frozenset(s["run"] for s in summaries if write_roofline_plot(s, path.parent) is not None)
+    return atomic.write_text(path, render_kernel_report(summaries, command, plotted))
 
 
 def _memory_text(memory: dict | None) -> str:
