@@ -125,6 +125,12 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lr", type=float, default=d("lr"), help=f"Adam learning rate (default: {d('lr')}, the seed's)")
     parser.add_argument(
+        "--to-target",
+        action="store_true",
+        help="time to accuracy: stop at the first evaluation that reaches the net's target on this dataset "
+        "(mnist-bench targets lists them); the budget is the recipe's epochs",
+    )
+    parser.add_argument(
         "--loader",
         default=d("loader"),
         choices=LOADERS,
@@ -147,6 +153,24 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _recipe_flags(args: argparse.Namespace) -> dict:
+    """--recipe SPEC as config fields; it names the epochs, batch and lr, so those flags must stay at their defaults."""
+    spec = getattr(args, "recipe", None)
+    if not spec:
+        return {}
+    from .core.recipes import Recipe
+
+    given = [
+        flag
+        for flag, name in (("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--lr", "lr"))
+        if getattr(args, name) != _default(TrainConfig, name)
+    ]
+    if given:
+        raise UsageError(f"--recipe sets the recipe; leave out {', '.join(given)} (or name it in the spec)")
+    recipe = Recipe.parse(spec)
+    return dict(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule)
+
+
 def _train_config(args: argparse.Namespace, **overrides) -> TrainConfig:
     fields = dict(
         model=getattr(args, "model", _default(TrainConfig, "model")),
@@ -162,7 +186,8 @@ def _train_config(args: argparse.Namespace, **overrides) -> TrainConfig:
         threads=args.threads,
         measure_latency=not args.no_latency,
     )
-    return TrainConfig(**(fields | overrides))
+    config = TrainConfig(**(fields | _recipe_flags(args) | overrides))
+    return config.to_target() if args.to_target and hasattr(args, "model") else config  # a sweep: per net
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -179,8 +204,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if launched:
         return 0
     world = rank.world_size if rank else 1
-    batch = args.per_rank_batch * world if args.per_rank_batch else args.batch_size
-    config = _train_config(args, ranks=world, batch_size=batch, backend=args.backend).with_choice(_chosen_variant(args))
+    batch = {"batch_size": args.per_rank_batch * world} if args.per_rank_batch else {}
+    config = _train_config(args, ranks=world, backend=args.backend, **batch).with_choice(_chosen_variant(args))
     record, path = train_and_store(
         config,
         RunStore(args.runs_dir),
@@ -323,7 +348,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{', '.join(cluster_flags)}: for a sweep on a cluster, which --cluster none (the default) is not; add --cluster ray"
         )
-    configs = sweep_configs(_train_config(args), args.models, args.variants, args.seeds)
+    configs = sweep_configs(
+        _train_config(args), args.models, args.variants, args.seeds, recipes=args.recipes, to_target=args.to_target
+    )
     check_writable_dir(Path(args.runs_dir))
     if args.cluster == "ray":
         from .runs.cluster import DEFAULT_MAX_RETRIES, cluster_address, run_cluster_sweep
@@ -581,6 +608,12 @@ def _train_parser(sub) -> None:
         "for this machine (default: the switches below)",
     )
     p.add_argument(
+        "--recipe",
+        default=None,
+        help="a recipe spec instead of --epochs/--batch-size/--lr: e.g. e3-b200-lr0.004-onecycle (e<epochs> b<batch> "
+        "lr<rate> const|onecycle|cosine; tokens left out keep the seed's), or seed",
+    )
+    p.add_argument(
         "--nproc",
         type=_positive_int,
         default=None,
@@ -626,6 +659,13 @@ def _sweep_parser(sub) -> None:
         type=_seed,
         default=[SEED, SEED + 1, SEED + 2],
         help=f"seeds (default: {SEED} {SEED + 1} {SEED + 2})",
+    )
+    p.add_argument(
+        "--recipes",
+        nargs="+",
+        default=None,
+        help="recipe specs (e.g. seed e3-b200-lr0.004-onecycle: e<epochs> b<batch> lr<rate> const|onecycle|cosine; "
+        "tokens left out keep the seed's), each trained with every variant (default: --epochs/--batch-size/--lr)",
     )
     p.add_argument(
         "--cluster",

@@ -8,7 +8,11 @@ Every name the project prints is rendered from fields by `render_tag` and read b
 sweep specs (`tensor-eager-bf16-cl`), benchmark ids (`simple-cpu-compile-bf16-b100`) and trace
 runs all use the same tokens, in the same order:
 
-    model  mode  loader  device  compile  precision  cl  fast  t<threads>  r<ranks>  e<epochs>  b<batch>  lr<lr>  s<seed>
+    model  mode  loader  device  compile  precision  cl  fast  t<threads>  r<ranks>  e<epochs>  b<batch>  lr<lr>
+    schedule  to<target %>  s<seed>
+
+The recipe (epochs, batch, learning rate, schedule: core/recipes.py) uses the same tokens, so a
+recipe spec such as `e3-b200-lr0.004-onecycle` reads like a variant spec and shows in run names.
 
 `fast` is the training path of nets.make_fast (pool before ReLU, in-place ReLU) with fused Adam:
 the seed nets' function and weights, computed with less work.
@@ -58,8 +62,12 @@ TAG_FIELDS = (
     "epochs",
     "batch_size",
     "lr",
+    "schedule",
+    "target",
     "seed",
 )
+# How the learning rate moves during a run (core/recipes.py): the seed's is constant.
+SCHEDULES = ("const", "onecycle", "cosine")
 
 
 def _token(field: str, value) -> str | None:
@@ -75,6 +83,8 @@ def _token(field: str, value) -> str | None:
         return f"{_NUMBERED[field]}{value}"
     if field == "lr":
         return f"lr{value:g}"
+    if field == "target":
+        return f"to{100 * value:g}"  # stop at this test accuracy, in percent: to91 = 0.91
     return str(value)
 
 
@@ -89,6 +99,7 @@ def render_tag(**fields) -> str:
 
 _NUMBER = re.compile(r"^(t|r|e|b|s)(\d+)$")
 _LR = re.compile(r"^lr(\d+(\.\d*)?(e-?\d+)?)$")
+_TARGET = re.compile(r"^to(\d+(\.\d+)?)$")
 
 
 def _parse_token(token: str) -> tuple[str, object] | None:
@@ -115,6 +126,11 @@ def _parse_token(token: str) -> tuple[str, object] | None:
     lr = _LR.match(token)
     if lr:
         return "lr", float(lr.group(1))
+    if token in SCHEDULES:
+        return "schedule", token
+    target = _TARGET.match(token)
+    if target and 0 < float(target.group(1)) <= 100:
+        return "target", round(float(target.group(1)) / 100, 6)
     return None
 
 
@@ -150,6 +166,8 @@ def _vocabulary(allowed: tuple[str, ...]) -> str:
         "epochs": "e<N>",
         "batch_size": "b<N>",
         "lr": "lr<x>",
+        "schedule": "|".join(SCHEDULES),
+        "target": "to<percent>",
         "seed": "s<N>",
     }
     return ", ".join(words[f] for f in TAG_FIELDS if f in allowed)

@@ -13,8 +13,10 @@ import torch
 
 from ..core.data import DATASETS, LOADERS
 from ..core.nets import MODELS
+from ..core.recipes import SEED_SCHEDULE, Recipe
 from ..core.seed_recipe import SEED, SEED_BATCH_SIZE, SEED_EPOCHS, SEED_LR
-from ..core.variants import Variant, render_tag
+from ..core.targets import target_for
+from ..core.variants import SCHEDULES, Variant, render_tag
 from ..system.errors import UsageError
 from ..system.machine import usable_cpus
 
@@ -64,6 +66,8 @@ class RunKey:
     batch_size: int
     lr: float
     seed: int
+    schedule: str = SEED_SCHEDULE  # the learning rate's schedule (core/recipes.py)
+    target: float | None = None  # stop at the first evaluation that reaches this test accuracy (time to accuracy)
 
     def __post_init__(self) -> None:
         if not self.variant.is_resolved:
@@ -81,8 +85,14 @@ class RunKey:
             epochs=None if self.epochs == SEED_EPOCHS else self.epochs,
             batch_size=None if self.batch_size == SEED_BATCH_SIZE else self.batch_size,
             lr=None if self.lr == SEED_LR else self.lr,
+            schedule=None if self.schedule == SEED_SCHEDULE else self.schedule,
+            target=self.target,
             seed=self.seed,
         )
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe(self.epochs, self.batch_size, self.lr, self.schedule)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -114,10 +124,23 @@ class TrainConfig:
     measure_latency: bool = True  # forward latency at batch 1 and 1000 after training
     ranks: int = 1  # DDP world size; batch_size is the global batch, split evenly among the ranks
     backend: str = "auto"  # torch.distributed backend under DDP: gloo on cpu, nccl on cuda
+    schedule: str = SEED_SCHEDULE  # how the rate moves per step (core/recipes.py); the seed's is constant
+    target: float | None = None  # time to accuracy: stop at the first evaluation that reaches it
 
     @property
     def per_rank_batch(self) -> int:
         return self.batch_size // self.ranks
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe(self.epochs, self.batch_size, self.lr, self.schedule)
+
+    def to_target(self) -> TrainConfig:
+        """This config run to its net's time-to-accuracy target on its dataset (core/targets.py)."""
+        return replace(self, target=target_for(self.dataset, self.model).accuracy)
+
+    def with_recipe(self, recipe: Recipe) -> TrainConfig:
+        return replace(self, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule)
 
     def __post_init__(self) -> None:
         check_choice("model", self.model, MODELS)
@@ -142,6 +165,12 @@ class TrainConfig:
                 "or --per-rank-batch for weak scaling"
             )
         check_choice("backend", self.backend, BACKENDS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        if self.target is not None:
+            if isinstance(self.target, bool) or not isinstance(self.target, float) or not 0 < self.target <= 1:
+                raise UsageError(f"a target accuracy is a fraction in (0, 1], got {self.target!r}")
+            if not self.eval_every_epoch:
+                raise UsageError("a run to a target accuracy evaluates after every epoch")
 
     def resolve(self, default_threads: int | None = None, device: str | None = None) -> RunKey:
         """The run's identity, resolved once when it starts: the device on this machine (or `device`,
@@ -160,6 +189,8 @@ class TrainConfig:
             batch_size=self.batch_size,
             lr=float(self.lr),
             seed=self.seed,
+            schedule=self.schedule,
+            target=self.target,
         )
 
     def with_choice(self, choice: dict) -> TrainConfig:

@@ -38,7 +38,7 @@ from ..system.machine import BUSY_CORES, evidence_dir, machine_key
 from ..system.paths import shown
 from .config import RunKey, TrainConfig
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 KIND = "mnist-bench train run"
 DEFAULT_RUNS_DIR = evidence_dir() / "runs"  # this machine's records; another machine's live beside them
 BAD_SUFFIX = ".bad"  # a record that does not load is kept aside under this suffix, never deleted
@@ -51,6 +51,10 @@ class EpochStats:
     seconds: float  # training only: the evaluation after the epoch is not in it
     steps: int
     test_accuracy: float | None = None
+    eval_seconds: float | None = None  # the test-set evaluation after this epoch (schema 5)
+    # From the start of training (data loaded, net built) to the end of this epoch's evaluation:
+    # time to accuracy is this figure at the first epoch that reaches the target (schema 5).
+    elapsed_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class RunRecord:
     weights: str | None = None
     replaces: dict | None = None  # what a retrained run keeps of the record it replaced
     distributed: dict | None = None  # a DDP job: world size, nodes, backend, per-rank batch, threads per rank
+    setup_seconds: float | None = None  # loading the data and building the net, before training starts (schema 5)
     schema: int = SCHEMA_VERSION
 
     # --- what readers ask of a record -------------------------------------------------------
@@ -122,6 +127,19 @@ class RunRecord:
     @property
     def machine_key(self) -> str:
         return machine_key(self.machine)
+
+    @property
+    def timed_to_accuracy(self) -> bool:
+        """Does the record say when each evaluation ended (schema 5 on)? Earlier runs cannot give a time to accuracy."""
+        return all(e.elapsed_seconds is not None for e in self.epochs if e.test_accuracy is not None)
+
+    def time_to(self, accuracy: float) -> tuple[float, int] | None:
+        """(seconds from the start of training to the end of the first evaluation at or above
+        `accuracy`, that epoch), or None when no evaluation reached it."""
+        for e in self.epochs:
+            if e.test_accuracy is not None and e.test_accuracy >= accuracy and e.elapsed_seconds is not None:
+                return e.elapsed_seconds, e.epoch
+        return None
 
     def superseded(self) -> dict:
         """What a retrained run keeps of this record: enough to see whether the seed reproduced its
@@ -182,7 +200,7 @@ class RunRecord:
         key, config = self.key, self.config
         same = {
             name: getattr(key, name) == getattr(config, name)
-            for name in ("dataset", "model", "loader", "ranks", "epochs", "batch_size", "lr", "seed")
+            for name in ("dataset", "model", "loader", "ranks", "epochs", "batch_size", "lr", "seed", "schedule", "target")
         }
         same["variant"] = replace(config.variant, device=key.variant.device) == key.variant and config.variant.device in (
             "auto",
@@ -206,6 +224,9 @@ class RunRecord:
             _number(e.seconds, "epoch seconds", low=0)
             if e.test_accuracy is not None:
                 _number(e.test_accuracy, "epoch test accuracy", 0, 1)
+            for name in ("eval_seconds", "elapsed_seconds"):
+                if getattr(e, name) is not None:
+                    _number(getattr(e, name), f"epoch {name.replace('_', ' ')}", low=0)
         for name in ("test_accuracy", "seed_style_accuracy"):
             _number(getattr(self, name), name.replace("_", " "), 0, 1)
         for name in ("train_seconds", "wall_seconds", "train_images_per_second"):
@@ -252,7 +273,12 @@ def migrate(data: dict) -> dict:
         key = {name: config.get(name) for name in ("dataset", "model", "loader", "ranks", "epochs", "batch_size", "lr", "seed")}
         key["ranks"] = key["ranks"] or 1  # DDP came with schema 3; a record without ranks ran one process
         data["key"] = key | {"variant": variant | {"device": data.pop("device")}, "threads": threads or config.get("threads")}
-        data["schema"] = 4
+        data["schema"] = schema = 4
+    if schema == 4:
+        # Schema 5: the recipe's schedule and a time-to-accuracy target in the key; every earlier run
+        # had the seed's constant rate and ran its whole budget.
+        data["key"] = {"schedule": "const", "target": None} | dict(data["key"])
+        data["schema"] = 5
     return data
 
 

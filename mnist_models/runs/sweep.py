@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..core.data import load_dataset
+from ..core.recipes import Recipe
 from ..core.variants import parse_tag
 from .config import SPEC_FIELDS, RunKey, TrainConfig
 from .records import RunStore
@@ -39,11 +40,27 @@ def spec_choice(spec: str, model: str) -> dict:
     return parse_variant_spec(spec)
 
 
-def sweep_configs(base: TrainConfig, models: Iterable[str], variants: Iterable[str], seeds: Iterable[int]) -> list[TrainConfig]:
-    """Seed-major order: every model and variant gets its first seed before any gets a second."""
+def sweep_configs(
+    base: TrainConfig,
+    models: Iterable[str],
+    variants: Iterable[str],
+    seeds: Iterable[int],
+    recipes: Iterable[str] | None = None,
+    to_target: bool = False,
+) -> list[TrainConfig]:
+    """Seed-major order: every model, recipe and variant gets its first seed before any gets a second.
+    `recipes` are recipe specs (core/recipes.py; None: the base's); `to_target` stops each run at its net's target."""
     models, variants = list(models), list(variants)
     choices = {(m, v): spec_choice(v, m) for m in models for v in variants}  # a bad spec fails before any training
-    return [replace(base, model=m, seed=seed).with_choice(choices[m, v]) for seed in seeds for m in models for v in variants]
+    plans = [Recipe.parse(spec) for spec in recipes] if recipes else [base.recipe]
+    configs = [
+        replace(base, model=m, seed=seed).with_recipe(r).with_choice(choices[m, v])
+        for seed in seeds
+        for m in models
+        for r in plans
+        for v in variants
+    ]
+    return [c.to_target() for c in configs] if to_target else configs
 
 
 @dataclass

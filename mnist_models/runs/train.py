@@ -26,6 +26,7 @@ from torch import nn
 from ..core.data import Dataset, Split, check_batch_size, load_dataset, make_loader, set_epoch
 from ..core.harness import Workload, build, make_forward
 from ..core.nets import NUM_CLASSES
+from ..core.recipes import scheduler
 from ..core.variants import Variant, device_name
 from ..scale import distributed
 from ..scale.distributed import Rank
@@ -200,7 +201,23 @@ def _set_up(config: TrainConfig, key: RunKey, dataset: Dataset | None, rank: Ran
         world=config.ranks,
         shuffle_seed=config.seed if rank else None,
     )
+    _follow_schedule(work, config.schedule, config.epochs * len(batches))
     return _Setup(config, key, dataset, work, batches, busy, CpuContention(), rank, job, machine_info())
+
+
+def _follow_schedule(work: Workload, schedule: str, total_steps: int) -> None:
+    """Step the recipe's learning-rate schedule after every optimizer step (the seed's constant rate: nothing)."""
+    lr_scheduler = scheduler(work.optimizer, schedule, total_steps)
+    if lr_scheduler is None:
+        return
+    step = work.step
+
+    def scheduled_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = step(x, y)
+        lr_scheduler.step()
+        return loss
+
+    work.step = scheduled_step
 
 
 def dist_backend() -> str:
@@ -219,8 +236,11 @@ def _diverged(config: TrainConfig, epoch: int, why: str) -> TrainingDiverged:
 def _fit(s: _Setup, progress: bool, log: Callable[[str], None]) -> list[EpochStats]:
     """The epochs. Under DDP every decision is the job's, made alike on every rank: the loss judged is
     the mean over ranks, the epoch's time the slowest rank's, and only rank 0 evaluates (its accuracy
-    is shared for the final check), so no rank stops alone and leaves the others in a collective."""
+    is shared for the final check and for stopping at a target), so no rank stops alone and leaves
+    the others in a collective. Each epoch records when its evaluation ended, counted from the start
+    of training: a time to accuracy includes the evaluations, as MLPerf's does."""
     config, variant = s.config, s.work.variant
+    started = time.perf_counter()
     main = s.rank is None or s.rank.is_main
     epochs: list[EpochStats] = []
     per_rank_seconds: list[list[float]] = []
@@ -249,15 +269,23 @@ def _fit(s: _Setup, progress: bool, log: Callable[[str], None]) -> list[EpochSta
             raise _diverged(config, epoch, f"loss became {loss}")
         if loss > DIVERGED_LOSS:
             raise _diverged(config, epoch, f"mean loss {loss:.3g} is above {DIVERGED_LOSS:.1f}, 10x a uniform guess's")
-        accuracy = None
+        accuracy = eval_seconds = None
         if main and (config.eval_every_epoch or epoch == config.epochs):
             # Evaluation runs the eager net in fp32 for every variant: one yardstick for all.
+            evaluated = time.perf_counter()
             accuracy = evaluate(s.work.model, s.dataset.test, variant.device, config.eval_batch_size)
-        epochs.append(EpochStats(epoch, loss, seconds, result.steps, accuracy))
+            eval_seconds = time.perf_counter() - evaluated
+        elapsed = time.perf_counter() - started
+        epochs.append(EpochStats(epoch, loss, seconds, result.steps, accuracy, eval_seconds, elapsed))
         log(SEED_EPOCH_LINE.format(epoch, loss))
+        if config.target is not None:
+            reached = accuracy is not None and accuracy >= config.target
+            if distributed.from_main(reached) if s.rank else reached:
+                log(f"reached the target {config.target:.2%} after epoch {epoch}: {accuracy:.4f} at {elapsed:.1f} s")
+                break
     final = distributed.from_main(epochs[-1].test_accuracy) if s.rank else epochs[-1].test_accuracy
     if final <= CHANCE_ACCURACY:
-        raise _diverged(config, config.epochs, f"final test accuracy {final:.3f} is at chance")
+        raise _diverged(config, len(epochs), f"final test accuracy {final:.3f} is at chance")
     if s.job is not None:
         s.job["epoch_seconds_per_rank"] = [list(ranks) for ranks in zip(*per_rank_seconds)]  # [rank][epoch]
     return epochs
@@ -278,7 +306,9 @@ def train(
     group started) every rank trains its shard; only rank 0 evaluates, logs and gets a record.
     """
     main = rank is None or rank.is_main
+    setting_up = time.perf_counter()
     s = _set_up(config, key or run_key(config, rank), dataset, rank)
+    setup_seconds = time.perf_counter() - setting_up
     emulated = emulated_half_warning(s.work.variant.device, s.work.variant.precision)
     if emulated and main:
         print(emulated, file=sys.stderr)  # before the epochs: this run will be slow, and why
@@ -319,6 +349,7 @@ def train(
         peak_memory_mb=peak,
         peak_memory_kind=peak_kind,
         distributed=s.job,
+        setup_seconds=setup_seconds,
     )
     return model, record
 
