@@ -167,7 +167,12 @@ def _recipe_flags(args: argparse.Namespace) -> dict:
     ]
     if given:
         raise UsageError(f"--recipe sets the recipe; leave out {', '.join(given)} (or name it in the spec)")
-    recipe = Recipe.parse(spec)
+    if spec == "best":
+        from .runs.recipe_search import best_recipe
+
+        recipe = best_recipe(args.dataset, getattr(args, "model", _default(TrainConfig, "model")))
+    else:
+        recipe = Recipe.parse(spec)
     return dict(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule)
 
 
@@ -269,6 +274,47 @@ def cmd_tune(args: argparse.Namespace) -> int:
             f"interleaved: {result.speedups[model]} (mnist-bench train --model {model} --variant best)"
         )
     print(f"\nstored in {path} (report: {path.with_suffix('.md')})")
+    return 0
+
+
+def cmd_recipe_search(args: argparse.Namespace) -> int:
+    from .core.recipes import Recipe
+    from .runs.recipe_search import search, store_result
+    from .runs.sweep import spec_choice
+
+    candidates = [Recipe.parse(spec) for spec in args.recipes]
+    base = _train_config(args).with_choice(spec_choice(args.variant, args.model))
+    from .system.atomic import ensure_writable_dir
+
+    ensure_writable_dir(Path(args.runs_dir))
+    train_round = None
+    if args.cluster == "ray":
+        from .runs.cluster import DEFAULT_MAX_RETRIES, cluster_address, run_cluster_sweep
+
+        def train_round(configs):
+            return run_cluster_sweep(
+                configs,
+                Path(args.runs_dir),
+                address=cluster_address(args.address),
+                max_retries=DEFAULT_MAX_RETRIES,
+                progress=False,
+            )
+
+    result = search(base, candidates, tuple(args.seeds), Path(args.runs_dir), args.budget, train_round=train_round)
+    path = store_result(Path(args.out), args.dataset, args.model, result)
+    print(
+        f"best recipe for {args.model} on {args.dataset}: {result['best']} ({result['best_seeds_run']} seed(s) run; "
+        f"{result['seconds']:.0f} s searched); stored in {path}. Scores: mnist-bench report (time-to-accuracy.md); "
+        f"use it: mnist-bench train --model {args.model} --dataset {args.dataset} --recipe best --variant {args.variant}"
+    )
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from .core.targets import TARGETS
+
+    for (dataset, model), target in TARGETS.items():
+        print(f"{dataset:14s} {model:7s} {target.accuracy:.2%}  {target.source}")
     return 0
 
 
@@ -526,6 +572,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write_text(out, render(runs, problems, benches, out.parent, command="mnist-bench report"))
     print(f"accuracy-vs-cost report written to {out} ({len(runs)} runs)")
+    _write_tta_report(runs, out)
     if out.resolve().parent == REPORTS_DIR.resolve() and MACHINES_DIR.is_dir():  # the summary of all machines
         from .reporting.index import render_index
 
@@ -533,6 +580,20 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"index of every machine's reports written to {REPORTS_DIR / 'index.md'}")
         _refresh_readme_results()
     return 0
+
+
+def _write_tta_report(runs: list, out: Path) -> None:
+    """This machine's time-to-accuracy report (another machine's is written on that machine): in its evidence
+    folder beside the summary of all machines, else beside `out`."""
+    from .reporting.tta import write_report
+    from .system.machine import machine_info, machine_key
+
+    here = machine_key(machine_info())
+    mine = [r for r in runs if r.machine_key == here]
+    folder = MACHINES_DIR / here if out.resolve().parent == REPORTS_DIR.resolve() else out.parent
+    path = write_report(folder / "time-to-accuracy.md", mine, runs, "mnist-bench report")
+    if path is not None:
+        print(f"time-to-accuracy report of this machine written to {path}")
 
 
 def _rerender_command(bench: dict, path: str) -> str:
@@ -611,7 +672,8 @@ def _train_parser(sub) -> None:
         "--recipe",
         default=None,
         help="a recipe spec instead of --epochs/--batch-size/--lr: e.g. e3-b200-lr0.004-onecycle (e<epochs> b<batch> "
-        "lr<rate> const|onecycle|cosine; tokens left out keep the seed's), or seed",
+        "lr<rate> const|onecycle|cosine; tokens left out keep the seed's), seed, or best: what mnist-bench recipe-search "
+        "found fastest to the target for this net and dataset on this machine (for speed to a target, not the seed's recipe)",
     )
     p.add_argument(
         "--nproc",
@@ -903,6 +965,65 @@ def _calibrate_parser(sub) -> None:
     p.set_defaults(func=cmd_calibrate)
 
 
+def _recipe_search_parser(sub) -> None:
+    from .runs.recipe_search import DEFAULT_BUDGET_S as SEARCH_BUDGET_S
+    from .runs.recipe_search import DEFAULT_CANDIDATES, DEFAULT_RECIPES_PATH, DEFAULT_SEEDS
+
+    p = sub.add_parser(
+        "recipe-search",
+        help="find the recipe (epochs, batch, rate, schedule) that reaches a net's target soonest on this machine",
+        description="Successive halving over candidate recipes, seeds as the resource: every candidate trains to the net's "
+        "target (mnist-bench targets) on the first seed, the faster half goes on with more seeds, until one has run every "
+        "seed or the budget is spent. Each run is stored like any run; the pick goes to recipes.json for train --recipe "
+        "best; mnist-bench report scores every recipe in time-to-accuracy.md. Run it alone on the machine.",
+    )
+    p.add_argument("--model", default="simple", choices=list(MODELS), help="which net (default: simple)")
+    p.add_argument(
+        "--recipes",
+        nargs="+",
+        default=list(DEFAULT_CANDIDATES),
+        help=f"candidate recipe specs (default: {' '.join(DEFAULT_CANDIDATES)})",
+    )
+    p.add_argument(
+        "--variant",
+        default="best",
+        help="the implementation variant every candidate runs: a spec, or best: what mnist-bench tune stored (default: best)",
+    )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=_seed,
+        default=list(DEFAULT_SEEDS),
+        help=f"seeds, in the order rounds add them (default: {' '.join(map(str, DEFAULT_SEEDS))})",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=SEARCH_BUDGET_S,
+        help=f"seconds; no round starts that would pass it (default: {SEARCH_BUDGET_S:g})",
+    )
+    p.add_argument(
+        "--cluster", choices=("none", "ray"), default="none", help="ray: each round's runs as Ray tasks (default: none)"
+    )
+    p.add_argument("--address", help="with --cluster ray: as sweep --address (default: $RAY_ADDRESS, else local)")
+    p.add_argument("--out", default=str(DEFAULT_RECIPES_PATH), help=f"where the result goes (default: {DEFAULT_RECIPES_PATH})")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: the variant's, else torch's)")
+    _add_data_flags(p, default_dataset="fashion-mnist")
+    p.add_argument(
+        "--runs-dir", default=str(DEFAULT_RUNS_DIR), help=f"where the runs' records and weights go (default: {DEFAULT_RUNS_DIR})"
+    )
+    p.set_defaults(func=cmd_recipe_search, to_target=False, no_latency=True, loader="seed", eval_batch_size=100)
+    p.set_defaults(
+        epochs=_default(TrainConfig, "epochs"), batch_size=_default(TrainConfig, "batch_size"), lr=_default(TrainConfig, "lr")
+    )
+    p.set_defaults(compile="off", precision="fp32", channels_last=False, fast=False, device="auto")
+
+
+def _targets_parser(sub) -> None:
+    p = sub.add_parser("targets", help="the time-to-accuracy target of each dataset and net, and where it comes from")
+    p.set_defaults(func=cmd_targets)
+
+
 def _data_parser(sub) -> None:
     p = sub.add_parser("data", help="show which datasets are available here, and where from (exit 1 if a named one is not)")
     p.add_argument("names", nargs="*", metavar="DATASET", help=f"any of: {', '.join(DATASETS)} (default: all but synthetic)")
@@ -933,6 +1054,8 @@ def build_parser() -> argparse.ArgumentParser:
     _tune_parser(sub)
     _ab_parser(sub)
     _calibrate_parser(sub)
+    _recipe_search_parser(sub)
+    _targets_parser(sub)
     _data_parser(sub)
     return parser
 

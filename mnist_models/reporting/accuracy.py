@@ -65,7 +65,7 @@ SEED_COSTS = {
 }
 SEED_ACCURACY = {"simple": 0.9874, "deep": 0.9838}
 # Accuracy pools over machines and thread counts (they change no result beyond rounding); cost never does.
-RECIPE_KEYS = ["model", "loader", "tag", "epochs_cfg", "batch_size", "lr", "ranks"]
+RECIPE_KEYS = ["model", "loader", "tag", "epochs_cfg", "batch_size", "lr", "schedule", "ranks"]
 GROUP_KEYS = [*RECIPE_KEYS, "threads", "machine_key"]
 
 
@@ -87,6 +87,7 @@ def runs_frame(runs: list[RunRecord]) -> pd.DataFrame:
                 "epochs_cfg": cfg.epochs,
                 "batch_size": cfg.batch_size,
                 "lr": cfg.lr,
+                "schedule": cfg.schedule,
                 "seed": cfg.seed,
                 "threads": r.threads,
                 "ranks": cfg.ranks,
@@ -123,6 +124,7 @@ def _is_seed_recipe(row) -> bool:
         and row["variant"].is_plain
         and row["batch_size"] == SEED_BATCH_SIZE
         and row["lr"] == SEED_LR
+        and row["schedule"] == "const"
         and row["ranks"] == 1
     )
 
@@ -348,6 +350,13 @@ def _cost_reading(groups: pd.DataFrame) -> list[str]:
 def render(runs: list[RunRecord], problems: list[str], benches: dict[str, dict] | None, out_dir: Path, command: str) -> str:
     """The report; `benches`: a benchmark JSON per machine key, for the latency column of that
     machine's cost table (a JSON of another machine is never used)."""
+    stopped = sum(r.key.target is not None for r in runs)
+    runs = [r for r in runs if r.key.target is None]
+    if not runs:
+        return (
+            f"# Accuracy versus cost\n\nNo run here trained its whole budget: the {stopped} runs stopped at a "
+            "time-to-accuracy target, which each machine's `time-to-accuracy.md` scores.\n"
+        )
     df = runs_frame(runs)
     benches = benches or {}
     machines = {r.machine_key: r.machine for r in runs}
@@ -363,6 +372,11 @@ def render(runs: list[RunRecord], problems: list[str], benches: dict[str, dict] 
         "compared across machines. Training time excludes the per-epoch evaluations. Datasets are reported "
         "separately and never averaged together.\n"
     )
+    if stopped:
+        out.append(
+            f"\n{stopped} runs stopped at a time-to-accuracy target are left out (their last accuracy is not their "
+            "recipe's): each machine's `time-to-accuracy.md` scores them.\n"
+        )
     dirty = sum(n for code, n in codes.items() if code.endswith("+dirty"))
     if dirty:
         out.append(

@@ -30,6 +30,12 @@ BACKENDS = ("auto", "gloo", "nccl")
 SPEC_FIELDS = ("loader", "compile", "precision", "channels_last", "fast")
 
 
+def variant_spec(loader: str, variant: Variant) -> str:
+    """The sweep spec of a loader and variant, without the device: 'seed-eager-fp32' is the seed's pipeline."""
+    switches = variant.fields()
+    return render_tag(**{name: loader if name == "loader" else switches[name] for name in SPEC_FIELDS})
+
+
 def check_choice(what: str, value, choices) -> None:
     if value not in choices:
         raise UsageError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
@@ -94,6 +100,10 @@ class RunKey:
     def recipe(self) -> Recipe:
         return Recipe(self.epochs, self.batch_size, self.lr, self.schedule)
 
+    @property
+    def spec(self) -> str:
+        return variant_spec(self.loader, self.variant)
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -134,6 +144,10 @@ class TrainConfig:
     @property
     def recipe(self) -> Recipe:
         return Recipe(self.epochs, self.batch_size, self.lr, self.schedule)
+
+    @property
+    def spec(self) -> str:
+        return variant_spec(self.loader, self.variant)
 
     def to_target(self) -> TrainConfig:
         """This config run to its net's time-to-accuracy target on its dataset (core/targets.py)."""

@@ -1,0 +1,181 @@
+"""mnist-bench recipe-search: the recipe that brings a net to its target soonest on this machine.
+
+Successive halving (Jamieson & Talwalkar, 2016) with seeds as the resource: every candidate recipe
+trains to the target on the first seed; the faster half (at least one) goes on with the next seeds;
+and so on until one candidate has run every seed or the time budget is spent. Every run is an
+ordinary run to a target (`sweep --recipes ... --to-target`), serial or one Ray task per run, so its
+record lands in the machine's runs folder beside the others and the time-to-accuracy report scores it
+like any run. The result (candidates, seeds, times, the pick) is stored per machine in recipes.json;
+`train --recipe best` reads it. The same candidates, seeds and variant give the same runs again: the
+search is reproducible from what it stores (and a rerun skips every run that is already stored).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..core.recipes import Recipe
+from ..system import atomic
+from ..system.errors import TrainingDiverged, UsageError
+from ..system.machine import evidence_dir, machine_info, machine_key
+from .config import TrainConfig
+from .records import RunStore
+from .sweep import run_sweep
+
+# Candidates a user can start from: Adam at 2-4x the seed's rate, warmed up and annealed by a one-cycle
+# schedule so the larger rate does not diverge (the accuracy peaks as the rate falls to zero, at the end
+# of the budget), with larger batches (fewer, cheaper steps per image on a CPU) and budgets of 3-6 epochs
+# against the seed's 15; one cosine schedule at the seed's batch.
+DEFAULT_CANDIDATES = (
+    "e3-b200-lr0.004-onecycle",
+    "e4-b200-lr0.004-onecycle",
+    "e5-b200-lr0.003-onecycle",
+    "e6-b100-lr0.002-cosine",
+)
+DEFAULT_SEEDS = (777, 778, 779, 780, 781)
+DEFAULT_BUDGET_S = 1200
+DEFAULT_RECIPES_PATH = evidence_dir() / "recipes.json"
+BEST = "best"
+
+
+@dataclass
+class Candidate:
+    recipe: Recipe
+    times: dict[int, float | None] = field(default_factory=dict)  # seed -> seconds to target (None: never reached)
+
+    @property
+    def rank_key(self) -> tuple[float, int]:
+        """Mean time over the seeds run, a failure as infinitely slow; then the smaller budget."""
+        values = [math.inf if t is None else t for t in self.times.values()]
+        return (statistics.fmean(values) if values else math.inf, self.recipe.epochs)
+
+    def to_json(self) -> dict:
+        return {"recipe": self.recipe.spec, "seconds_to_target": {str(s): t for s, t in self.times.items()}}
+
+
+def rounds(seeds: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The seeds each round adds: 1, then 2, then the rest (5 seeds: (777,), (778, 779), (780, 781))."""
+    out, start, size = [], 0, 1
+    while start < len(seeds):
+        out.append(seeds[start : start + size])
+        start += size
+        size *= 2
+    return out
+
+
+def search(
+    base: TrainConfig,
+    candidates: list[Recipe],
+    seeds: tuple[int, ...],
+    runs_dir: Path,
+    budget_s: float,
+    train_round: Callable[[list[TrainConfig]], dict] | None = None,
+    log=print,
+) -> dict:
+    """Run the halving search; returns what recipes.json stores for this dataset and net."""
+    if not candidates:
+        raise UsageError("recipe-search needs at least one candidate recipe")
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise UsageError("recipe-search needs distinct seeds")
+    train_round = train_round or (lambda configs: _serial_round(configs, runs_dir, log))
+    store = RunStore(runs_dir)
+    alive = [Candidate(r) for r in dict.fromkeys(candidates)]
+    started = time.perf_counter()
+    spent_per_run: list[float] = []
+    stopped_by_budget = False
+    for i, new_seeds in enumerate(rounds(tuple(seeds))):
+        if i:
+            alive = sorted(alive, key=lambda c: c.rank_key)[: max(1, len(alive) // 2)]
+        configs = [replace(base.with_recipe(c.recipe), seed=seed).to_target() for c in alive for seed in new_seeds]
+        elapsed = time.perf_counter() - started
+        estimate = len(configs) * (statistics.fmean(spent_per_run) if spent_per_run else 0.0)
+        if i and elapsed + estimate > budget_s:
+            log(f"budget: {elapsed:.0f} s spent, this round would take about {estimate:.0f} s more; stopping")
+            stopped_by_budget = True
+            break
+        log(f"round {i + 1}: {len(alive)} recipe(s) x seeds {', '.join(map(str, new_seeds))}")
+        round_start = time.perf_counter()
+        result = train_round(configs)
+        if result.get("failed"):
+            log(f"{len(result['failed'])} run(s) failed in this round: {result['failed']}")
+        trained = max(1, result.get("trained", 0))
+        spent_per_run.append((time.perf_counter() - round_start) / trained)
+        failed = {name for name, _ in result.get("failed", [])}
+        for c in alive:
+            for seed in new_seeds:
+                config = [x for x in configs if x.seed == seed and x.recipe == c.recipe][0]
+                key = config.resolve()
+                found = store.find(key)
+                if found.record is None and key.name not in failed:
+                    raise UsageError(f"run {key.name} left no record; see the messages above")
+                hit = found.record.time_to(config.target) if found.record else None  # diverged: never reached
+                c.times[seed] = None if hit is None else hit[0]
+        for c in sorted(alive, key=lambda c: c.rank_key):
+            times = ", ".join("never" if t is None else f"{t:.1f}" for t in c.times.values())
+            log(f"  {c.recipe.spec:28s} seconds to target: {times}")
+    everyone = {c.recipe.spec: c for c in alive}
+    best = min(alive, key=lambda c: c.rank_key)
+    return {
+        "best": best.recipe.spec,
+        "variant": base.spec,
+        "threads": base.threads,
+        "target": base.to_target().target,
+        "seeds": list(seeds),
+        "candidates": [r.spec for r in candidates],
+        "finalists": [c.to_json() for c in everyone.values()],
+        "budget_s": budget_s,
+        "seconds": time.perf_counter() - started,
+        "stopped_by_budget": stopped_by_budget,
+        "best_seeds_run": len(best.times),
+    }
+
+
+def _serial_round(configs: list[TrainConfig], runs_dir: Path, log) -> dict:
+    """One run after another; a candidate whose training diverges (too high a rate) is a failure to
+    reach the target, not the end of the search."""
+    trained, failed = 0, []
+    for config in configs:
+        try:
+            trained += run_sweep([config], runs_dir, progress=False, log=log)["trained"]
+        except TrainingDiverged as exc:
+            log(f"   {exc}")
+            failed.append((config.resolve().name, str(exc)))
+    return {"trained": trained, "failed": failed}
+
+
+def store_result(path: Path, dataset: str, model: str, result: dict) -> Path:
+    """recipes.json: {dataset: {model: result}} for this machine; other nets' and datasets' results kept."""
+    data = load_results(path) if path.exists() else {"machine": machine_info(), "results": {}}
+    data["machine_key"] = machine_key(data["machine"])
+    data.setdefault("results", {}).setdefault(dataset, {})[model] = result
+    return atomic.write_json(path, data)
+
+
+def load_results(path: Path) -> dict:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the recipe-search results {path}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise UsageError(f"{path} is not a recipe-search result (no 'results')")
+    return data
+
+
+def best_recipe(dataset: str, model: str, path: Path = DEFAULT_RECIPES_PATH) -> Recipe:
+    """`train --recipe best`: the recipe recipe-search picked for this net and dataset on this machine."""
+    if not path.exists():
+        raise UsageError(f"no recipe-search result for this machine at {path}; run mnist-bench recipe-search first")
+    data = load_results(path)
+    if data.get("machine_key") != machine_key(machine_info()):
+        raise UsageError(f"{path} was searched on {data.get('machine_key')}, not this machine; search here first")
+    try:
+        return Recipe.parse(data["results"][dataset][model]["best"])
+    except KeyError:
+        raise UsageError(f"no recipe-search result for {model} on {dataset} in {path}; run mnist-bench recipe-search") from None
