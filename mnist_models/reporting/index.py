@@ -18,7 +18,15 @@ from ..system.machine import machine_label
 from .benchmarks import group_baseline, load_bench_json, speedup_cell
 from .markdown import code, fmt_time, md
 
-REPORT_FILES = ("benchmarks-cpu.md", "benchmarks-cuda.md", "baseline.md", "process.md", "conv-kernels.md", "tune.md")
+REPORT_FILES = (
+    "benchmarks-cpu.md",
+    "benchmarks-cuda.md",
+    "baseline.md",
+    "process.md",
+    "time-to-accuracy.md",
+    "conv-kernels.md",
+    "tune.md",
+)
 
 
 def _load(path: Path) -> dict | None:
@@ -134,16 +142,18 @@ def _tune_lines(folder: Path) -> list[str]:
     return lines
 
 
-def _accuracy_lines(folder: Path) -> list[str]:
-    """The machine's run records, read as the accuracy report reads them (links: accuracy-vs-cost.md)."""
+def _accuracy_lines(folder: Path, rel: str) -> list[str]:
+    """The machine's run records, read as the accuracy report and its time-to-accuracy report read them."""
     if not (folder / "runs").is_dir():
         return []
     from ..runs.records import RunStore
     from .accuracy import machine_verdicts
+    from .tta import verdicts as tta_verdicts
 
     runs, _ = RunStore(folder / "runs").load_all()
-    lines = machine_verdicts(runs)
-    return [f"{line} ([accuracy-vs-cost](accuracy-vs-cost.md))" for line in lines]
+    lines = [f"{line} ([accuracy-vs-cost](accuracy-vs-cost.md))" for line in machine_verdicts(runs)]
+    link = f" ([time-to-accuracy]({rel}/time-to-accuracy.md))" if (folder / "time-to-accuracy.md").is_file() else ""
+    return lines + [f"- time to accuracy, {line}{link}" for line in tta_verdicts(runs)]
 
 
 def render_index(reports_dir: Path, machines_dir: Path) -> str:
@@ -161,7 +171,7 @@ def render_index(reports_dir: Path, machines_dir: Path) -> str:
             line.replace("](", f"]({rel}/")
             for line in _fastest_lines(folder) + _process_lines(folder) + _noise_lines(folder) + _tune_lines(folder)
         ]
-        verdicts += _accuracy_lines(folder)
+        verdicts += _accuracy_lines(folder, rel)
         out.append("\n".join(verdicts) + "\n" if verdicts else "_No benchmark report, calibration or tune result yet._\n")
         runs = len(list((folder / "runs").rglob("*.json"))) if (folder / "runs").is_dir() else 0
         history = len(list((folder / "history").glob("*.json"))) if (folder / "history").is_dir() else 0

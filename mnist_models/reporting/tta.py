@@ -253,6 +253,18 @@ def render(runs: list[RunRecord], all_runs: list[RunRecord], out_dir: Path, comm
     return "\n".join(parts) + "\n"
 
 
+def verdicts(runs: list[RunRecord]) -> list[str]:
+    """One machine's answer per dataset and net: the fastest recipe x variant to the target, against the seed's."""
+    groups = tta_groups(runs)
+    lines = []
+    for dataset in sorted({g.dataset for g in groups}):
+        for model in ("simple", "deep"):
+            best = fastest(groups, dataset, model)
+            if best is not None:
+                lines.append(f"{dataset}, {_verdict(best, baseline_of(groups, dataset, model))}")
+    return lines
+
+
 def _verdict(best: TtaGroup, baseline: TtaGroup | None) -> str:
     reached = f"{best.model}: fastest to {best.target:.0%} is {code(best.recipe.spec)} {code(best.tag)}, {best.score:.1f} s"
     if baseline is None:

@@ -47,15 +47,22 @@ BEST = "best"
 class Candidate:
     recipe: Recipe
     times: dict[int, float | None] = field(default_factory=dict)  # seed -> seconds to target (None: never reached)
+    best_accuracy: dict[int, float] = field(default_factory=dict)  # seed -> the best evaluation of the run (0: diverged)
 
     @property
-    def rank_key(self) -> tuple[float, int]:
-        """Mean time over the seeds run, a failure as infinitely slow; then the smaller budget."""
+    def rank_key(self) -> tuple[float, float, int]:
+        """Mean time over the seeds run, a failure as infinitely slow; among equals (failures) the one that came
+        closest to the target; then the smaller budget."""
         values = [math.inf if t is None else t for t in self.times.values()]
-        return (statistics.fmean(values) if values else math.inf, self.recipe.epochs)
+        closest = statistics.fmean(self.best_accuracy.values()) if self.best_accuracy else 0.0
+        return (statistics.fmean(values) if values else math.inf, -closest, self.recipe.epochs)
 
     def to_json(self) -> dict:
-        return {"recipe": self.recipe.spec, "seconds_to_target": {str(s): t for s, t in self.times.items()}}
+        return {
+            "recipe": self.recipe.spec,
+            "seconds_to_target": {str(s): t for s, t in self.times.items()},
+            "best_accuracy": {str(s): a for s, a in self.best_accuracy.items()},
+        }
 
 
 def rounds(seeds: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -115,8 +122,10 @@ def search(
                     raise UsageError(f"run {key.name} left no record; see the messages above")
                 hit = found.record.time_to(config.target) if found.record else None  # diverged: never reached
                 c.times[seed] = None if hit is None else hit[0]
+                evaluated = [e.test_accuracy for e in found.record.epochs if e.test_accuracy is not None] if found.record else []
+                c.best_accuracy[seed] = max(evaluated, default=0.0)
         for c in sorted(alive, key=lambda c: c.rank_key):
-            times = ", ".join("never" if t is None else f"{t:.1f}" for t in c.times.values())
+            times = ", ".join(f"never (best {c.best_accuracy[s]:.4f})" if t is None else f"{t:.1f}" for s, t in c.times.items())
             log(f"  {c.recipe.spec:28s} seconds to target: {times}")
     everyone = {c.recipe.spec: c for c in alive}
     best = min(alive, key=lambda c: c.rank_key)
