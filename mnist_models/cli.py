@@ -302,6 +302,9 @@ def cmd_recipe_search(args: argparse.Namespace) -> int:
 
     result = search(base, candidates, tuple(args.seeds), Path(args.runs_dir), args.budget, train_round=train_round)
     path = store_result(Path(args.out), args.dataset, args.model, result)
+    if result["best"] is None:
+        print(f"no recipe reached the target on every seed it ran ({result['seconds']:.0f} s searched); stored in {path}")
+        return 1
     print(
         f"best recipe for {args.model} on {args.dataset}: {result['best']} ({result['best_seeds_run']} seed(s) run; "
         f"{result['seconds']:.0f} s searched); stored in {path}. Scores: mnist-bench report (time-to-accuracy.md); "

@@ -70,7 +70,19 @@ def test_help_explains_every_flag():
 def test_every_option_of_every_subcommand_has_help_text():
     parser = cli.build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(subcommands) == {"train", "sweep", "tune", "profile", "report", "compare", "ab", "calibrate", "data"}
+    assert set(subcommands) == {
+        "train",
+        "sweep",
+        "tune",
+        "profile",
+        "report",
+        "compare",
+        "ab",
+        "calibrate",
+        "recipe-search",
+        "targets",
+        "data",
+    }
     for name, sub in subcommands.items():
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction):

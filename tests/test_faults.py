@@ -186,7 +186,12 @@ def test_a_record_cannot_write_outside_the_report_folder(capsys, tmp_path, one_r
     assert "evil.json" in capsys.readouterr().err  # named, skipped
     assert not list(tmp_path.rglob("pwn*")) and not (tmp_path.parent / "escape-target").exists()
     key = machine_key(this_machine())
-    assert sorted(p.name for p in out.parent.iterdir()) == [f"accuracy-vs-cost-mnist-5k-{key}.png", "report.md"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        f"accuracy-vs-cost-mnist-5k-{key}.png",
+        "report.md",
+        "time-to-accuracy-mnist-5k.png",
+        "time-to-accuracy.md",
+    ]
 
 
 def test_record_text_is_escaped_in_the_markdown(tmp_path, one_run):

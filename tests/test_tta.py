@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from mnist_models.cli import main
 from mnist_models.core import targets
@@ -19,6 +20,7 @@ from mnist_models.runs.config import TrainConfig
 from mnist_models.runs.records import RunRecord, RunStore
 from mnist_models.runs.train import _follow_schedule, train
 from mnist_models.system.errors import UsageError
+from mnist_models.system.machine import set_threads
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = dict(dataset="mnist-5k", loader="tensor", measure_latency=False, threads=1)
@@ -26,6 +28,14 @@ QUICK = dict(dataset="mnist-5k", loader="tensor", measure_latency=False, threads
 
 def quiet(line):
     pass
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Runs here use 1 thread (set process-wide by the loop): give the next test torch's count back."""
+    threads = torch.get_num_threads()
+    yield
+    set_threads(threads)
 
 
 # --- the recipe as a variant -------------------------------------------------------------------
@@ -237,6 +247,9 @@ def test_the_search_halves_the_candidates_stores_the_pick_and_train_uses_it(tmp_
     with pytest.raises(UsageError, match="no recipe-search result for deep"):
         recipe_search.best_recipe("mnist-5k", "deep", out)
     data = json.loads(out.read_text())
+    out.write_text(json.dumps(data | {"results": {"mnist-5k": {"simple": result | {"best": None}}}}))
+    with pytest.raises(UsageError, match="found no recipe that reached the target"):
+        recipe_search.best_recipe("mnist-5k", "simple", out)
     data["machine_key"] = "another-machine"
     out.write_text(json.dumps(data))
     with pytest.raises(UsageError, match="searched on another-machine"):

@@ -129,8 +129,10 @@ def search(
             log(f"  {c.recipe.spec:28s} seconds to target: {times}")
     everyone = {c.recipe.spec: c for c in alive}
     best = min(alive, key=lambda c: c.rank_key)
+    if not math.isfinite(best.rank_key[0]):  # every finalist missed the target on some seed
+        log("no candidate reached the target on every seed it ran: nothing is picked (try longer budgets)")
     return {
-        "best": best.recipe.spec,
+        "best": best.recipe.spec if math.isfinite(best.rank_key[0]) else None,
         "variant": base.spec,
         "threads": base.threads,
         "target": base.to_target().target,
@@ -141,6 +143,7 @@ def search(
         "seconds": time.perf_counter() - started,
         "stopped_by_budget": stopped_by_budget,
         "best_seeds_run": len(best.times),
+        "closest": best.recipe.spec,
     }
 
 
@@ -177,14 +180,18 @@ def load_results(path: Path) -> dict:
     return data
 
 
-def best_recipe(dataset: str, model: str, path: Path = DEFAULT_RECIPES_PATH) -> Recipe:
+def best_recipe(dataset: str, model: str, path: Path | None = None) -> Recipe:
     """`train --recipe best`: the recipe recipe-search picked for this net and dataset on this machine."""
+    path = path or DEFAULT_RECIPES_PATH
     if not path.exists():
         raise UsageError(f"no recipe-search result for this machine at {path}; run mnist-bench recipe-search first")
     data = load_results(path)
     if data.get("machine_key") != machine_key(machine_info()):
         raise UsageError(f"{path} was searched on {data.get('machine_key')}, not this machine; search here first")
     try:
-        return Recipe.parse(data["results"][dataset][model]["best"])
+        best = data["results"][dataset][model]["best"]
     except KeyError:
         raise UsageError(f"no recipe-search result for {model} on {dataset} in {path}; run mnist-bench recipe-search") from None
+    if best is None:
+        raise UsageError(f"the recipe search for {model} on {dataset} found no recipe that reached the target ({path})")
+    return Recipe.parse(best)
