@@ -281,6 +281,7 @@ def plot(groups: list[TtaGroup], dataset: str, machine: str, path: Path) -> Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     models = [m for m in ("simple", "deep") if any(g.dataset == dataset and g.model == m for g in groups)]
     fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5), squeeze=False)
@@ -292,6 +293,8 @@ def plot(groups: list[TtaGroup], dataset: str, machine: str, path: Path) -> Path
             ax.fill_between(xs, low, high, alpha=0.2, color=line.get_color())
         ax.axhline(target_for(dataset, model).accuracy, linestyle="--", color="black", linewidth=1, label="target")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}" if str(x)[0] in "25" else ""))
         ax.set_xlabel("wall time since training started, s (log; evaluations included)")
         ax.set_ylabel("test accuracy (median over seeds; band: min-max)")
         ax.set_title(f"{dataset}, {model} on {machine}", fontsize=10)
