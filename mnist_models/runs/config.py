@@ -54,8 +54,21 @@ def check_threads(threads: int | None) -> None:
         )
 
 
+class _RecipeAndSpec:
+    """What a config and its run key both answer from the fields they share."""
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe(self.epochs, self.batch_size, self.lr, self.schedule)
+
+    @property
+    def spec(self) -> str:
+        """The loader and variant as a sweep spec, without the device ('seed-eager-fp32': the seed's pipeline)."""
+        return variant_spec(self.loader, self.variant)
+
+
 @dataclass(frozen=True)
-class RunKey:
+class RunKey(_RecipeAndSpec):
     """Everything that decides what a run trains and how fast: its identity on disk.
 
     Made once, when a run starts (`TrainConfig.resolve`): the device is resolved and the threads are
@@ -96,14 +109,6 @@ class RunKey:
             seed=self.seed,
         )
 
-    @property
-    def recipe(self) -> Recipe:
-        return Recipe(self.epochs, self.batch_size, self.lr, self.schedule)
-
-    @property
-    def spec(self) -> str:
-        return variant_spec(self.loader, self.variant)
-
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -118,7 +123,7 @@ class RunKey:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_RecipeAndSpec):
     model: str = "simple"
     dataset: str = "mnist"
     data_root: str = "data"
@@ -140,14 +145,6 @@ class TrainConfig:
     @property
     def per_rank_batch(self) -> int:
         return self.batch_size // self.ranks
-
-    @property
-    def recipe(self) -> Recipe:
-        return Recipe(self.epochs, self.batch_size, self.lr, self.schedule)
-
-    @property
-    def spec(self) -> str:
-        return variant_spec(self.loader, self.variant)
 
     def to_target(self) -> TrainConfig:
         """This config run to its net's time-to-accuracy target on its dataset (core/targets.py)."""
