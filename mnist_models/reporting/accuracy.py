@@ -113,6 +113,12 @@ def runs_frame(runs: list[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def full_budget(runs: list[RunRecord]) -> list[RunRecord]:
+    """The runs that trained their whole budget: a run stopped at a time-to-accuracy target ends with an
+    accuracy that is not its recipe's (reporting/tta.py scores those)."""
+    return [r for r in runs if r.key.target is None]
+
+
 def _label(g: pd.Series | dict) -> str:
     ranks = f", {g['ranks']} DDP ranks" if g["ranks"] > 1 else ""
     return f"{g['model']} {g['loader']}-loader {g['tag']}{ranks}"
@@ -350,8 +356,9 @@ def _cost_reading(groups: pd.DataFrame) -> list[str]:
 def render(runs: list[RunRecord], problems: list[str], benches: dict[str, dict] | None, out_dir: Path, command: str) -> str:
     """The report; `benches`: a benchmark JSON per machine key, for the latency column of that
     machine's cost table (a JSON of another machine is never used)."""
-    stopped = sum(r.key.target is not None for r in runs)
-    runs = [r for r in runs if r.key.target is None]
+    stopped = len(runs)
+    runs = full_budget(runs)
+    stopped -= len(runs)
     if not runs:
         return (
             f"# Accuracy versus cost\n\nNo run here trained its whole budget: the {stopped} runs stopped at a "
@@ -406,6 +413,7 @@ def render(runs: list[RunRecord], problems: list[str], benches: dict[str, dict] 
 def machine_verdicts(runs: list[RunRecord]) -> list[str]:
     """One machine's answers per dataset, for the reports index: the seed recipe's accuracy per net
     (mean, spread, n), what deep costs against simple at equal accuracy, the cheapest training."""
+    runs = full_budget(runs)
     if not runs:
         return []
     df = runs_frame(runs)
