@@ -182,7 +182,10 @@ def test_the_speedup_interval_holds_the_ratio_of_olympic_means():
 @pytest.fixture(scope="module")
 def one_record(mnist5k) -> RunRecord:
     config = dataclasses.replace(TrainConfig(model="simple", epochs=2, **QUICK), loader="seed", target=0.5)
-    return train(config, mnist5k, log=quiet)[1]
+    threads = torch.get_num_threads()  # set up before the per-test guard: give the count back here
+    record = train(config, mnist5k, log=quiet)[1]
+    set_threads(threads)
+    return record
 
 
 def _as(record: RunRecord, seed: int, times: list[float], accuracies: list[float], **key) -> RunRecord:
