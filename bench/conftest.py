@@ -21,7 +21,8 @@ from mnist_models.core.data import DATASETS, DEFAULT_ROOT, Split, load_dataset
 from mnist_models.core.variants import device_name
 from mnist_models.reporting.benchmarks import write_report
 from mnist_models.system import atomic
-from mnist_models.system.errors import DataError
+from mnist_models.system.allocator import keep_freed_memory
+from mnist_models.system.errors import DataError, UsageError
 from mnist_models.system.machine import (
     BUSY_CORES,
     CpuContention,
@@ -81,6 +82,10 @@ def pytest_configure(config):
     threads = config.getoption("--bench-threads")
     if threads:
         set_threads(threads)
+    try:
+        keep_freed_memory()  # every row alike: the same allocator as `mnist-bench train` (system/allocator.py)
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # autotuned in each benchmark's warm-up, outside the timed rounds
     config.stash[STATE] = BenchState(busy_check(), CpuContention(), time.perf_counter())

@@ -2,12 +2,14 @@
 runs the seed's pipeline (its DataLoader, eager fp32) the same way, alternated in one benchmark run.
 
 Each process starts cold: Python, torch's import, the dataset, the net, one epoch, both
-evaluations and the record. The row times the fast process (this machine's tuned pick, else the
+evaluations and the record. The seed-pipeline process keeps the C library's own malloc (as the
+seed's script runs); the timed one has the project's (system/allocator.py). The row times the fast process (this machine's tuned pick, else the
 fp32 fast path); the seed-pipeline process runs before it in even rounds and after it in odd ones
 (S F, F S, ...), and the row keeps its times and the paired speedup with a bootstrap interval over
 the pairs (core/stats.py). Run it alone, like every benchmark.
 """
 
+import os
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from mnist_models.core.stats import paired_ratio
 from mnist_models.core.timing import describe
 from mnist_models.core.variants import Variant
 from mnist_models.runs.tune import load_best
+from mnist_models.system.allocator import MODE_ENV
 from mnist_models.system.errors import UsageError
 
 SEED_PIPELINE = "seed-eager-fp32"
@@ -50,8 +53,10 @@ def test_train_process(benchmark, model, epoch_dataset, request, tmp_path):
         cmd += ["--no-latency", "--no-progress"]
         if request.config.getoption("--bench-data-root"):
             cmd += ["--data-root", request.config.getoption("--bench-data-root")]
+        # The seed's way includes a plain process: the C library's own malloc (system/allocator.py).
+        env = os.environ | {MODE_ENV: "system" if variant_spec == SEED_PIPELINE else "keep"}
         started = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
         assert done.returncode == 0, done.stderr[-2000:]
         return time.perf_counter() - started
 

@@ -22,6 +22,7 @@ from .profiling.profiler import DEFAULT_KERNEL_REPORT, DEFAULT_SUMMARY_DIR, Prof
 from .runs.config import BACKENDS, MAX_SEED, MAX_THREADS_PER_CPU, SEED, TrainConfig
 from .runs.records import DEFAULT_RUNS_DIR
 from .runs.tune import DEFAULT_BUDGET_S, DEFAULT_TUNE_DIR
+from .system.allocator import keep_freed_memory
 from .system.errors import MnistBenchError, UsageError
 from .system.paths import MACHINES_DIR, REPORTS_DIR
 
@@ -1069,6 +1070,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     try:
+        keep_freed_memory()  # before any tensor: every command's steps reuse their memory (system/allocator.py)
         return args.func(args)
     except MnistBenchError as exc:
         from .scale.distributed import Rank, report_failure

@@ -23,7 +23,7 @@ SUITE_TITLES = {
     "forward": "Forward (inference_mode)",
     "train-step": "Train step: forward + loss + backward + Adam",
     "epoch": "Full epoch through the input pipeline",
-    "process": "The whole train process for one epoch, beside the seed pipeline's process (alternated)",
+    "process": "The whole train process for one epoch, beside the seed pipeline's process (alternated; the seed's process on the C library's own malloc, as the seed's script runs)",
     "scaling": "Data-parallel scaling: a DDP train step (torchrun, gloo, loopback)",
 }
 

@@ -46,6 +46,7 @@ def header(
     m = {k: md(v) for k, v in machine.items() if v is not None and not isinstance(v, (list, dict))}
     isa = md(", ".join(map(str, machine.get("cpu_isa") or []))) or "unknown"
     threads = machine.get("torch_threads")
+    from ..system.allocator import describe as describe_allocator
     from ..system.machine import machine_key, machine_label
 
     one = (
@@ -74,6 +75,9 @@ def header(
             if m.get("cpu_capability")
             else []
         ),
+        *(
+            [f"- **Allocator**: {md(describe_allocator(machine['allocator']))}"] if machine.get("allocator") else []
+        ),  # recorded since issue 25
         f"- **Rendered by**: code {md(rendering_code())}",
         f"- **Dataset{'s' if len(datasets) > 1 else ''}**: {', '.join(datasets) or 'none'}"
         + (" (mixed: compare within a dataset only)" if len(datasets) > 1 else ""),

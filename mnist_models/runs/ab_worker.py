@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     from mnist_models.core.harness import build, real_batch, warm_up
     from mnist_models.core.variants import Variant, parse_tag
 
+    try:  # since issue 25; an older commit's worker runs with the allocator that commit had
+        from mnist_models.system.allocator import keep_freed_memory
+    except ImportError:
+        pass
+    else:
+        keep_freed_memory()
     if args.threads:
         from mnist_models.system.machine import set_threads
 

@@ -30,6 +30,7 @@ from ..core.recipes import scheduler
 from ..core.variants import Variant, device_name
 from ..scale import distributed
 from ..scale.distributed import Rank
+from ..system.allocator import keep_freed_memory
 from ..system.atomic import check_writable_dir
 from ..system.errors import MnistBenchError, RunExists, TrainingDiverged, UsageError
 from ..system.machine import (
@@ -177,6 +178,7 @@ def run_key(config: TrainConfig, rank: Rank | None = None) -> RunKey:
 def _set_up(config: TrainConfig, key: RunKey, dataset: Dataset | None, rank: Rank | None) -> _Setup:
     variant = key.variant
     set_threads(key.threads)
+    keep_freed_memory()  # also where train() runs without the CLI: a Ray worker, a library caller
     busy = busy_check()  # before any work of ours, so the busy share is somebody else's
     dataset = dataset or load_dataset(config.dataset, config.data_root)
     check_batch_size(config.batch_size, dataset.train)

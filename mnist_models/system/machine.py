@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .allocator import allocator_state
+
 # Where the CPU's identity is read. Tests point it at a made-up file to play a machine never seen
 # (tests/test_evidence.py); users have no reason to set it.
 CPUINFO_ENV = "MNIST_BENCH_CPUINFO"
@@ -332,7 +334,8 @@ def machine_info() -> dict:
         "cuda_version": torch.version.cuda,
         "platform": platform.platform(),
         "code": git_commit(),
-        "cache_bytes": cache_capacity(1),  # L2 of one core, the last-level cache: the roofline's levels
+        "cache_bytes": cache_capacity(1),
+        "allocator": allocator_state(),  # L2 of one core, the last-level cache: the roofline's levels
         **torch_cpu_build(),
     }
     if torch.cuda.is_available():
