@@ -5,7 +5,7 @@ it on request (mnist_models.runs.ab drives two of them in alternation).
 
 Protocol, one line each: it prints {"ready": ...} once warmed up; then for each line "N" on stdin it
 runs one untimed step (the other side's block has just evicted its caches), times N steps and
-prints {"median_s": ...}; "quit" or end of input ends it. It imports only what
+prints {"mean_s": ..., "median_s": ...} of the N steps; "quit" or end of input ends it. It imports only what
 has been in the package since the layout of issue 20 (core.harness, core.data, core.variants,
 system.machine), so
 run from an older commit's worktree it times that commit's code.
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(args.slowdown * elapsed)
                 elapsed = time.perf_counter() - start
             times.append(elapsed)
-        print(json.dumps({"median_s": statistics.median(times)}), flush=True)
+        print(json.dumps({"mean_s": statistics.fmean(times), "median_s": statistics.median(times)}), flush=True)
     return 0
 
 
