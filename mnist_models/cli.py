@@ -921,7 +921,7 @@ def _ab_common(p) -> None:
         "--steps",
         type=_positive_int,
         default=DEFAULT_STEPS,
-        help=f"train steps per block; a block is their mean (default: {DEFAULT_STEPS})",
+        help=f"train steps per block; a block is their trimmed mean, the middle 60%% (default: {DEFAULT_STEPS})",
     )
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads of both sides (default: torch's choice)")
 

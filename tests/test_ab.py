@@ -4,6 +4,7 @@ from worktrees, and the per-machine calibration."""
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -75,14 +76,14 @@ def test_calibration_is_stored_with_the_machines_evidence_and_sets_the_threshold
     assert len(entry["aa"]) == 2 and len(entry["planted"]) == 2 and entry["threshold"] >= 0.01
     assert entry["threshold"] == pytest.approx(max(0.01, *(abs(r["estimate"] - 1) for r in entry["aa"])))
     assert entry["slowdown"] == 0.10 and all(r["rounds"] == 3 for r in entry["aa"] + entry["planted"])
-    assert entry["block_statistic"] == "mean"
+    assert entry["block_statistic"] == "trimmed_mean"
     # (How often a planted 10% is caught is a benchmark figure, from a real calibration: not asserted here.)
     result = ab("ab", "--a", "eager-fp32", "--b", "eager-fp32", "--rounds", "2", "--steps", "2", "--threads", "1", env=home)
     assert "from this machine's calibration" in result.stdout
 
 
-def test_a_calibration_of_block_medians_is_not_applied_to_block_means(tmp_path):
-    """Blocks became means (a cost paid every other step counts); a threshold measured on medians
+def test_a_calibration_of_block_medians_is_not_applied_to_trimmed_means(tmp_path):
+    """Blocks became trimmed means (a cost paid every other step counts); a threshold measured on medians
     says nothing of their noise, so the default applies until the machine is calibrated again."""
     from mnist_models.runs.ab import DEFAULT_THRESHOLD, noise_path, threshold_for
     from mnist_models.system import atomic
@@ -91,6 +92,14 @@ def test_a_calibration_of_block_medians_is_not_applied_to_block_means(tmp_path):
     path = noise_path(tmp_path)
     atomic.write_json(path, {"benchmarks": {bench: {"threshold": 0.021, "created": "then"}}})  # before: no statistic
     threshold, source = threshold_for(bench, tmp_path)
-    assert threshold == DEFAULT_THRESHOLD and "timed blocks as medians" in source
-    atomic.write_json(path, {"benchmarks": {bench: {"threshold": 0.021, "created": "now", "block_statistic": "mean"}}})
+    assert threshold == DEFAULT_THRESHOLD and "timed blocks by their median" in source
+    atomic.write_json(path, {"benchmarks": {bench: {"threshold": 0.021, "created": "now", "block_statistic": "trimmed_mean"}}})
     assert threshold_for(bench, tmp_path) == (0.021, "this machine's calibration (now)")
+
+
+def test_a_block_keeps_a_cost_paid_every_other_step_and_drops_a_hiccup():
+    from mnist_models.runs.ab_worker import trimmed_mean
+
+    alternating = [0.020, 0.030] * 7 + [0.020]  # 15 steps, every other one 10 ms dearer
+    assert statistics.median(alternating) == 0.020 and trimmed_mean(alternating) == pytest.approx(0.025, abs=0.001)
+    assert trimmed_mean([0.020] * 14 + [0.500]) == pytest.approx(0.020)  # one hiccup: out

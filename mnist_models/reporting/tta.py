@@ -19,6 +19,7 @@ import io
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from ..core.recipes import SEED_RECIPE, Recipe
@@ -49,7 +50,7 @@ class TtaGroup:
     def target(self) -> float:
         return target_for(self.dataset, self.model).accuracy
 
-    @property
+    @cached_property  # the runs never change once grouped
     def reached(self) -> list[tuple[float, int]]:
         """(seconds, epoch) of each run that reached the target."""
         return [hit for hit in (r.time_to(self.target) for r in self.runs) if hit is not None]

@@ -38,11 +38,12 @@ from ..system.paths import SOURCE_ROOT
 
 WORKER = Path(__file__).with_name("ab_worker.py")
 DEFAULT_ROUNDS = 10
-DEFAULT_STEPS = 15  # steps per block: a block is the mean of these
-# A block's figure is its steps' mean, not their median: a cost paid every other step (glibc's malloc
-# faulting a step's freed memory back in, system/allocator.py) is half of a block's steps, which a
-# median can skip and an epoch pays in full. Rounds stay robust: their ratios' median is the verdict.
-BLOCK_STATISTIC = "mean"
+DEFAULT_STEPS = 15  # steps per block: a block is their trimmed mean
+# A block's figure is the mean of its middle steps (ab_worker.trimmed_mean), not their median: a cost
+# paid every other step (glibc's malloc faulting a step's freed memory back in, system/allocator.py)
+# is half of a block's steps, which a median can skip and an epoch pays in full; trimming keeps a
+# rare hiccup out (a plain mean made the A/A noise twice the median's on the Zen 3).
+BLOCK_STATISTIC = "trimmed_mean"
 DEFAULT_THRESHOLD = 0.05  # without a calibration of this machine
 READY_TIMEOUT_S = 120.0  # start-up and warm-up of one worker (torch import, build, 5 steps)
 BLOCK_TIMEOUT_S = 120.0
@@ -66,7 +67,7 @@ class Side:
 
 
 class Worker:
-    """One side's process; `block(n)` times n steps there and returns their mean."""
+    """One side's process; `block(n)` times n steps there and returns their trimmed mean."""
 
     def __init__(self, side: Side) -> None:
         self.side = side
@@ -265,8 +266,8 @@ def threshold_for(benchmark: str, machines_dir: Path | None = None) -> tuple[flo
     if entry and isinstance(entry.get("threshold"), (int, float)):
         if entry.get("block_statistic", "median") != BLOCK_STATISTIC:  # calibrated before blocks were means
             return DEFAULT_THRESHOLD, (
-                f"the default: this machine's calibration timed blocks as {entry.get('block_statistic', 'median')}s, "
-                f"comparisons now take their {BLOCK_STATISTIC} (mnist-bench calibrate again)"
+                f"the default: this machine's calibration timed blocks by their {entry.get('block_statistic', 'median')}, "
+                f"comparisons now by their {BLOCK_STATISTIC.replace('_', ' ')} (mnist-bench calibrate again)"
             )
         return float(entry["threshold"]), f"this machine's calibration ({entry.get('created', '?')})"
     return DEFAULT_THRESHOLD, "the default: no calibration of this benchmark on this machine (mnist-bench calibrate)"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..core.recipes import Recipe
 from ..system import atomic
-from ..system.errors import TrainingDiverged, UsageError
+from ..system.errors import UsageError
 from ..system.machine import evidence_dir, machine_info, machine_key
 from .config import TrainConfig
 from .records import RunStore
@@ -100,7 +100,10 @@ def search(
     for i, new_seeds in enumerate(rounds(tuple(seeds))):
         if i:
             alive = sorted(alive, key=lambda c: c.rank_key)[: max(1, len(alive) // 2)]
-        configs = [replace(base.with_recipe(c.recipe), seed=seed).to_target() for c in alive for seed in new_seeds]
+        planned = {
+            (c.recipe, seed): replace(base.with_recipe(c.recipe), seed=seed).to_target() for c in alive for seed in new_seeds
+        }
+        configs = list(planned.values())
         elapsed = time.perf_counter() - started
         estimate = len(configs) * (statistics.fmean(spent_per_run) if spent_per_run else 0.0)
         if i and elapsed + estimate > budget_s:
@@ -115,9 +118,9 @@ def search(
         trained = max(1, result.get("trained", 0))
         spent_per_run.append((time.perf_counter() - round_start) / trained)
         failed = {name for name, _ in result.get("failed", [])}
-        for c in alive:
+        for c in alive:  # read back from the records: a Ray round's runs were trained elsewhere
             for seed in new_seeds:
-                config = [x for x in configs if x.seed == seed and x.recipe == c.recipe][0]
+                config = planned[c.recipe, seed]
                 key = config.resolve()
                 found = store.find(key)
                 if found.record is None and key.name not in failed:
@@ -150,16 +153,9 @@ def search(
 
 
 def _serial_round(configs: list[TrainConfig], runs_dir: Path, log) -> dict:
-    """One run after another; a candidate whose training diverges (too high a rate) is a failure to
-    reach the target, not the end of the search."""
-    trained, failed = 0, []
-    for config in configs:
-        try:
-            trained += run_sweep([config], runs_dir, progress=False, log=log)["trained"]
-        except TrainingDiverged as exc:
-            log(f"   {exc}")
-            failed.append((config.resolve().name, str(exc)))
-    return {"trained": trained, "failed": failed}
+    """One run after another (the data loaded once); a candidate whose training diverges (too high a
+    rate) is a failure to reach the target, not the end of the search."""
+    return run_sweep(configs, runs_dir, progress=False, log=log, divergence_fails_run=True)
 
 
 def store_result(path: Path, dataset: str, model: str, result: dict) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..core.data import load_dataset
 from ..core.recipes import Recipe
 from ..core.variants import parse_tag
+from ..system.errors import TrainingDiverged
 from .config import SPEC_FIELDS, RunKey, TrainConfig
 from .records import RunStore
 from .train import train
@@ -152,10 +153,19 @@ def new_counts(skipped: int) -> dict:
     return {"trained": 0, "skipped": skipped, "claimed_elsewhere": 0, "failed": []}
 
 
-def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True, log=print, redo_contended: bool = False) -> dict:
+def run_sweep(
+    configs: list[TrainConfig],
+    runs_dir: Path,
+    progress: bool = True,
+    log=print,
+    redo_contended: bool = False,
+    divergence_fails_run: bool = False,
+) -> dict:
     """Train every config that has no finished record yet (and, with redo_contended, every run whose
     record says the CPU was shared), one after another in this process; returns counts of trained,
-    skipped and claimed-elsewhere runs."""
+    skipped and claimed-elsewhere runs. With divergence_fails_run (a recipe search: too high a rate is
+    a candidate's failure), a run that diverges is listed under "failed" and the sweep goes on;
+    otherwise its TrainingDiverged ends the sweep."""
     store = RunStore(runs_dir)
     todo, skipped = plan_sweep(configs, store, redo_contended, log)
     if skipped:
@@ -179,6 +189,11 @@ def run_sweep(configs: list[TrainConfig], runs_dir: Path, progress: bool = True,
                 write(started_line(run, plan))
                 model, record = train(run.config, datasets[run.key.dataset], progress=progress, log=write, key=run.key)
                 store_result(store, plan, record, model, counts, write)
+            except TrainingDiverged as exc:
+                if not divergence_fails_run:
+                    raise
+                write(f"   {exc}")
+                counts["failed"].append((run.key.name, str(exc)))
             finally:
                 store.release(run.key)
             if bar is not None:
