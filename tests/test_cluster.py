@@ -93,6 +93,8 @@ def test_a_sweep_on_two_nodes_returns_complete_records_and_a_rerun_resumes(clust
         ray_info = record.machine["ray"]
         assert ray_info["cpus_reserved"] == 1 == ray_info["node_cpus"] == record.threads  # a whole (one-CPU) node each
         assert ray_info["node_ip"] == "127.0.0.1"
+        if sys.platform.startswith("linux"):  # the worker's train() kept its freed memory too (system/allocator.py)
+            assert record.machine["allocator"]["keeps_freed"] is True
         assert not record.busy_before_start.get("reason", "").startswith("packed")
         assert 0.5 < record.test_accuracy <= 1
         load_weights(record.model.name, record.weights)  # the weights came back through the driver and load
