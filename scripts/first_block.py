@@ -11,9 +11,12 @@ machine's threads, channels_last as the fast path runs:
 - gemm: the convolution as one matrix product over 3x3 patches (im2col + addmm, written straight
   into channels_last order) and the weight gradient as one matrix product with those patches;
 - argmax: as gemm, but the weight gradient read from the pooled gradient at each window's argmax
-  (a quarter of the positions), so the pooled gradient is never scattered back to 28x28.
+  (a quarter of the positions), so the pooled gradient is never scattered back to 28x28;
+- compiled (with --with-compile): the convolution written as nine shifted multiply-adds, so that
+  torch.compile (inductor) may fuse it with the pooling and the ReLU into one loop, forward and
+  backward; its compile time is printed.
 
-    python scripts/first_block.py [--batch 100] [--rounds 15]
+    python scripts/first_block.py [--batch 100] [--rounds 15] [--with-compile]
 
 Prints each rewrite's median time and its ratio to the native block's in the same rounds.
 """
@@ -67,6 +70,16 @@ def native(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(conv(x), 2, 2)
 
 
+def shifted(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The block with its convolution as nine shifted multiply-adds: elementwise work a compiler can fuse."""
+    padded = F.pad(x, (1, 1, 1, 1))
+    out = bias.view(1, -1, 1, 1)
+    for i in range(3):
+        for j in range(3):
+            out = out + padded[:, :, i : i + 28, j : j + 28] * weight[:, :, i, j].view(1, -1, 1, 1)
+    return F.max_pool2d(out, 2, 2)
+
+
 REWRITES = {
     "gemm": lambda conv, x: GemmBlock.apply(x, conv.weight, conv.bias, False),
     "argmax": lambda conv, x: GemmBlock.apply(x, conv.weight, conv.bias, True),
@@ -85,6 +98,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=10, help="calls per timed block")
+    parser.add_argument("--with-compile", action="store_true", help="also the compiled rewrite (tens of seconds to compile)")
     args = parser.parse_args()
     allocator = keep_freed_memory()  # as every process of the project runs
     torch.manual_seed(0)
@@ -92,8 +106,16 @@ def main() -> None:
     x = torch.rand(args.batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     x[:, :, :6] = 0  # blank rows, as digits have: whole pool windows tie
     grad = torch.randn(args.batch, 32, 14, 14).contiguous(memory_format=torch.channels_last)
+    rewrites = dict(REWRITES)
+    compile_seconds = None
+    if args.with_compile:
+        compiled = torch.compile(shifted)
+        rewrites["compiled"] = lambda conv, x: compiled(x, conv.weight, conv.bias)
+        started = time.perf_counter()
+        forward_backward(rewrites["compiled"], conv, x, grad)  # compiles forward and backward
+        compile_seconds = time.perf_counter() - started
     want = forward_backward(native, conv, x, grad)
-    for name, block in REWRITES.items():
+    for name, block in rewrites.items():
         for got, expected in zip(forward_backward(block, conv, x, grad), want):
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
@@ -103,8 +125,8 @@ def main() -> None:
             forward_backward(block, conv, x, grad)
         return (time.perf_counter() - start) / args.calls
 
-    times: dict[str, list[float]] = {name: [] for name in ("native", *REWRITES)}
-    blocks = {"native": native, **REWRITES}
+    times: dict[str, list[float]] = {name: [] for name in ("native", *rewrites)}
+    blocks = {"native": native, **rewrites}
     for name in times:
         block_seconds(blocks[name])  # warm-up
     for round_ in range(args.rounds):
@@ -120,6 +142,8 @@ def main() -> None:
             f"  {name:7s} {statistics.median(seconds) * 1e3:7.3f} ms   {statistics.median(ratios):5.2f}x the native block's time"
         )
     print(f"  (all outputs and gradients equal to the native block's; native median {base * 1e3:.3f} ms)")
+    if compile_seconds is not None:
+        print(f"  compiled: {compile_seconds:.1f} s to compile forward and backward")
 
 
 if __name__ == "__main__":
