@@ -3,10 +3,11 @@ runs the seed's pipeline (its DataLoader, eager fp32) the same way, alternated i
 
 Each process starts cold: Python, torch's import, the dataset, the net, one epoch, both
 evaluations and the record. The seed-pipeline process keeps the C library's own malloc (as the
-seed's script runs); the timed one has the project's (system/allocator.py). The row times the fast process (this machine's tuned pick, else the
-fp32 fast path); the seed-pipeline process runs before it in even rounds and after it in odd ones
-(S F, F S, ...), and the row keeps its times and the paired speedup with a bootstrap interval over
-the pairs (core/stats.py). Run it alone, like every benchmark.
+seed's script runs); the timed one has the project's (system/allocator.py). The row times the fast
+process (this machine's tuned pick, else the fp32 fast path); the seed-pipeline process runs before
+it in even rounds and after it in odd ones (S F, F S, ...), and the row keeps its times and the
+paired speedup with a bootstrap interval over the pairs (core/stats.py). Run it alone, like every
+benchmark.
 """
 
 import os

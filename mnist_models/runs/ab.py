@@ -264,7 +264,7 @@ def threshold_for(benchmark: str, machines_dir: Path | None = None) -> tuple[flo
     data = load_noise(noise_path(machines_dir))
     entry = (data or {}).get("benchmarks", {}).get(benchmark)
     if entry and isinstance(entry.get("threshold"), (int, float)):
-        if entry.get("block_statistic", "median") != BLOCK_STATISTIC:  # calibrated before blocks were means
+        if entry.get("block_statistic", "median") != BLOCK_STATISTIC:  # calibrated before blocks were trimmed means
             return DEFAULT_THRESHOLD, (
                 f"the default: this machine's calibration timed blocks by their {entry.get('block_statistic', 'median')}, "
                 f"comparisons now by their {BLOCK_STATISTIC.replace('_', ' ')} (mnist-bench calibrate again)"

@@ -5,10 +5,10 @@ it on request (mnist_models.runs.ab drives two of them in alternation).
 
 Protocol, one line each: it prints {"ready": ...} once warmed up; then for each line "N" on stdin it
 runs one untimed step (the other side's block has just evicted its caches), times N steps and
-prints {"trimmed_mean_s": ..., "median_s": ...} of the N steps; "quit" or end of input ends it. It imports only what
-has been in the package since the layout of issue 20 (core.harness, core.data, core.variants,
-system.machine), so
-run from an older commit's worktree it times that commit's code.
+prints {"trimmed_mean_s": ..., "median_s": ...} of the N steps; "quit" or end of input ends it.
+It imports only what has been in the package since the layout of issue 20 (core.harness,
+core.data, core.variants, system.machine), plus the allocator where the commit has one (issue 25),
+so run from an older commit's worktree it times that commit's code.
 
 `--slowdown F` stretches every step by F of its own time (a planted regression: calibration checks
 that the comparison catches it).
