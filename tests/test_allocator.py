@@ -13,12 +13,16 @@ from mnist_models.reporting.markdown import header
 from mnist_models.system.allocator import MODE_ENV, describe
 from mnist_models.system.machine import this_machine
 
-# Ten warmed-up fast-path train steps of the simple net (batch 100), in a process that first sets
-# the allocator as the CLI does; prints the state and the minor page faults per step.
+# In a process that first sets the allocator as the CLI does: how much of a freed 20 MiB tensor the
+# process keeps (resident MiB before, with, after), then the minor page faults per warmed-up
+# fast-path train step of the simple net (batch 100).
 STEPS = """
-import json, resource, torch
+import json, os, resource, torch
 from mnist_models.system.allocator import keep_freed_memory
 state = keep_freed_memory()
+def resident_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+before = resident_mib(); x = torch.ones(5 << 20); held = resident_mib(); del x; after = resident_mib()
 from mnist_models.core.harness import build
 from mnist_models.core.variants import Variant
 torch.set_num_threads(1)
@@ -27,10 +31,11 @@ work = build("simple", variant, "train", seed=0)
 x, y = variant.to_input(torch.rand(100, 1, 28, 28)), torch.randint(0, 10, (100,))
 for _ in range(3):
     work.step(x, y)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
     work.step(x, y)
-print(json.dumps({"state": state, "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10}))
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / 10
+print(json.dumps({"state": state, "resident": [before, held, after], "faults": faults}))
 """
 
 
@@ -42,13 +47,19 @@ def _steps(mode: str) -> dict:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is set on Linux only")
-def test_kept_memory_spares_a_train_step_its_page_faults():
+def test_kept_memory_stays_in_the_process_and_spares_a_train_step_its_page_faults():
     system, keep = _steps("system"), _steps("keep")
     assert system["state"] == {"malloc": "glibc", "keeps_freed": False, "why": f"{MODE_ENV}=system"}
     assert keep["state"]["keeps_freed"] and keep["state"]["mmap_threshold"] == 32 << 20
-    # Measured on a Zen 3: about 6,500 faults per step with glibc's defaults, 0-100 kept.
-    assert system["faults"] > 1000, system
-    assert keep["faults"] < system["faults"] / 10, (keep, system)
+    # glibc's defaults hand a freed 20 MiB block back to the kernel (mmapped); kept, it stays resident.
+    for run in (system, keep):
+        before, held, _ = run["resident"]
+        assert held - before > 15, run
+    assert system["resident"][1] - system["resident"][2] > 15, system
+    assert keep["resident"][1] - keep["resident"][2] < 5, keep
+    # Warmed-up steps reuse the kept memory (0-100 faults a step measured on a Zen 3). With glibc's
+    # defaults it depends on the process's history (645-7,900 a step measured), so it is not asserted.
+    assert keep["faults"] < 500, (keep, system)
 
 
 def test_an_unknown_mode_is_one_line_and_exit_2(monkeypatch, capsys):

@@ -2,11 +2,12 @@
 
 A CPU train step allocates tens of MB of activations and gradients and frees them again. glibc's
 malloc serves blocks above its mmap threshold with fresh mmap()s and trims the heap's top back to
-the kernel once more than its trim threshold is free; its dynamic thresholds stop below what one
-step frees, so every step pages its buffers in again. Measured on a Zen 3 EPYC (2 cores, fast
-path, batch 100): about 6,500 minor page faults and 20 ms of kernel time per simple-net step, the
-step 1.4-1.7x slower than with the memory kept (0-100 faults per step). The computation is
-untouched: only where the bytes come from changes.
+the kernel once more than its trim threshold is free; its dynamic thresholds can settle below what
+one step frees, and then a step pages its buffers in again. How often depends on the process's
+history: measured on a Zen 3 EPYC (2 cores, fast path, batch 100), simple-net steps faulted
+6,500-7,900 pages (16-24 ms of kernel time) every step or every other step in some processes, 645
+a step in one, none in another; kept, 0-100. Whole one-epoch runs were 1.07-1.56x faster kept.
+The computation is untouched: only where the bytes come from changes.
 
 So every process of this project (the CLI, the benchmark session, A/B workers, training in a Ray
 worker) sets glibc's thresholds once: blocks up to 32 MiB (glibc's largest mmap threshold) come
