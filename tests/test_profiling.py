@@ -68,7 +68,9 @@ def test_the_trace_file_read_by_hta_gives_the_kernel_tables_conv_rows(profiled):
     assert len(check["rows"]) == len(summary["conv_rows"]) > 0
     for row in check["rows"]:
         assert row["agree"], row  # same events, two readings: calls, total and self time per step
-        assert row["trace"]["calls_per_step"] >= 1
+        assert row["trace"]["calls_per_step"] == row["report"]["calls_per_step"] >= 1
+        # "agree" is the file's nanosecond resolution, not a loose percentage: a 0.1% difference would not pass
+        assert row["allowed"]["self_ms_per_step"] < 1e-3 * row["report"]["self_ms_per_step"]
     text = render_kernel_report([summary], "test")
     assert f"for {len(check['rows'])} of {len(check['rows'])} convolution rows" in text
 

@@ -306,6 +306,14 @@ def _memory_text(memory: dict | None) -> str:
     )
 
 
+def _agreement(check: dict) -> str:
+    """What "the same" meant: the file's own resolution (since the cross-check read it exactly), or the
+    relative tolerance of an older summary."""
+    if "resolution_us" in check:
+        return f"to the file's resolution, {1e3 * check['resolution_us']:.1f} ns per event endpoint"
+    return f"within {100 * check['tolerance']:.0f}%"
+
+
 def _trace_check_text(check: dict | None) -> str:
 
     if not check:
@@ -316,7 +324,7 @@ def _trace_check_text(check: dict | None) -> str:
     agree = sum(r["agree"] for r in rows)
     out = [
         f"\nCross-check: the trace file ({code(check['file'])}, {check['steps']} steps) read by {md(check['reader'])} gives the "
-        f"same calls, total and self time per step for {agree} of {len(rows)} convolution rows (within {100 * check['tolerance']:.0f}%)"
+        f"same calls, total and self time per step for {agree} of {len(rows)} convolution rows ({_agreement(check)})"
     ]
     if agree == len(rows):
         return out[0] + ".\n"
