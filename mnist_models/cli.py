@@ -332,10 +332,13 @@ def _ab_side(args: argparse.Namespace, label: str, spec: str, source: Path | Non
 
 def cmd_ab(args: argparse.Namespace) -> int:
     """Two variants or two commits, interleaved; with --gate, exit 1 when B is slower beyond noise."""
-    from .runs.ab import checkout_of, compare, threshold_for
+    from .runs.ab import check_rounds, checkout_of, compare, threshold_for
 
     if bool(args.commits) == bool(args.b):
         raise UsageError("give --b SPEC (two variants) or --commits A B (two commits), one of the two")
+    warning = check_rounds(args.rounds, args.gate)
+    if warning:
+        print(warning, file=sys.stderr)
     with contextlib.ExitStack() as stack:
         if args.commits:
             sources = [stack.enter_context(checkout_of(rev)) for rev in args.commits]
@@ -364,11 +367,17 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .runs.ab import calibrate, save_calibration
+    from .runs.ab import calibrate, check_rounds, save_calibration
 
+    check_rounds(args.rounds, gate=True)  # a calibration is for the gate: the same rounds, the same interval
     side = _ab_side(args, args.spec, args.spec)
-    print(f"calibrating {side.benchmark}: {args.runs} A/A and {args.runs} planted +{100 * args.slowdown:.0f}% comparisons")
-    result = calibrate(side, args.runs, args.rounds, args.steps, args.slowdown)
+    held_out = args.runs if args.held_out is None else args.held_out
+    plants = ", ".join(f"+{100 * share:.0f}%" for share in args.plants)
+    print(
+        f"calibrating {side.benchmark}: {args.runs} A/A runs set the threshold, {held_out} held-out A/A runs score it, "
+        f"{args.runs} runs of each planted slowdown ({plants}) measure what it catches"
+    )
+    result = calibrate(side, args.runs, args.rounds, args.steps, tuple(args.plants), held_out)
     path = save_calibration(result)
     print(result.summary())
     print(f"stored in {path}")
@@ -931,7 +940,8 @@ def _ab_parser(sub) -> None:
         "ab",
         help="compare two variants or two commits by interleaving them on this machine, with an interval",
         description="Time the train step of two sides in alternating rounds (A B, B A, ...), each side in its own process, "
-        "and print B's time over A's with a 95% bootstrap interval over rounds. Sides: two variant specs (--a, --b) or "
+        "and print B's time over A's with the order-statistic interval of the median ratio over rounds, at the level it has "
+        "(96.9%% or more from 6 rounds; fewer rounds give their whole range, at a lower level it prints). Sides: two variant specs (--a, --b) or "
         "one spec at two commits (--commits A B, each run from a git worktree). Run it alone on the machine.",
     )
     p.add_argument("--a", default="eager-fp32", help="side A's switches as a spec, e.g. eager-fp32-cl (default: eager-fp32)")
@@ -957,14 +967,30 @@ def _ab_parser(sub) -> None:
 def _calibrate_parser(sub) -> None:
     p = sub.add_parser(
         "calibrate",
-        help="measure this machine's noise: A/A comparisons and a planted slowdown; stores the gate's threshold",
-        description="Run A/A comparisons of one train step against itself and A/B comparisons against a planted slowdown, "
-        "report how often each is flagged, and store the threshold (the largest A/A effect) in "
-        "reports/machines/<machine>/noise.json for mnist-bench ab and the gate. Run it alone on the machine.",
+        help="measure this machine's noise: A/A comparisons, held-out A/A runs and planted slowdowns; stores the gate's threshold",
+        description="Run A/A comparisons of one train step against itself: the first set sets the threshold (their largest "
+        "effect), a second, held-out set counts the false alarms at that threshold. Then comparisons against planted "
+        "slowdowns (a busy-wait of that share of each step) give the detection rate of each and the minimum detectable "
+        "effect. Stored in reports/machines/<machine>/noise.json for mnist-bench ab and the gate. Run it alone on the "
+        "machine; each comparison takes about 20 s.",
     )
     p.add_argument("--spec", default="eager-fp32", help="the variant's switches as a spec (default: eager-fp32)")
-    p.add_argument("--runs", type=_positive_int, default=10, help="A/A comparisons, and as many planted ones (default: 10)")
-    p.add_argument("--slowdown", type=_percent, default=0.10, help="the planted slowdown (default: 10%%)")
+    p.add_argument(
+        "--runs",
+        type=_positive_int,
+        default=10,
+        help="A/A comparisons that set the threshold, and runs of each plant (default: 10)",
+    )
+    p.add_argument(
+        "--held-out", type=_positive_int, default=None, help="held-out A/A comparisons that score it (default: --runs)"
+    )
+    p.add_argument(
+        "--plants",
+        type=_percent,
+        nargs="+",
+        default=[0.05, 0.10, 0.20],
+        help="planted slowdowns whose detection is measured (default: 5%% 10%% 20%%)",
+    )
     _ab_common(p)
     p.set_defaults(func=cmd_calibrate)
 

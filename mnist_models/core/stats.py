@@ -1,13 +1,16 @@
-"""The ratio of two interleaved measurements, with its uncertainty.
+"""The ratio of two interleaved measurements, with an interval whose level is what it prints.
 
 An A/B comparison runs the two sides in alternating rounds (A B, B A, A B ...), so slow drift of a
 shared machine (the same train step measured 28 and 42 ms an hour apart) hits both sides of a round
-alike. Each round gives one paired ratio B/A; the estimate is their median and its interval a
-percentile bootstrap over rounds: the rounds are the independent units (steps inside a round are
-not: they share the machine's state), and the bootstrap assumes no shape for a ratio's distribution,
-which on these machines is skewed by bursts of contention. The resampling is seeded, so one set of
-rounds always gives one interval. (pyperf compares with a t-test on independent runs; asv's
-`continuous` with a Mann-Whitney test on samples; pairing by round is what interleaving buys.)
+alike. Each round gives one paired ratio B/A; the estimate is their median. Its interval is the
+distribution-free one for a median from order statistics: with n independent rounds, the k-th
+smallest and k-th largest ratio enclose the true median ratio with probability exactly
+1 - 2 P(Binomial(n, 1/2) < k), whatever the ratios' distribution (skewed by bursts of contention
+here). k is the largest that keeps that level at or above 95%; below 6 rounds no k does, and the
+interval is the whole range of the rounds at the level it really has: 75% for 3 rounds, 93.8% for 5.
+The level printed is that exact level, never a nominal one. (The percentile bootstrap used before
+printed "95%" at every n; at 3 rounds it is the same range, which covers 75% of the time.)
+tests/test_stats.py checks the printed level by simulation on skewed, drifting rounds.
 """
 
 from __future__ import annotations
@@ -18,17 +21,43 @@ import statistics
 from dataclasses import dataclass
 
 RESAMPLES = 2000
-LEVEL = 0.95
+LEVEL = 0.95  # the level an interval aims for; Ratio.level says the one it has
+MIN_ROUNDS_FOR_LEVEL = 6  # the fewest rounds whose interval reaches LEVEL (1 - 2 / 2**6 = 96.9%)
+
+
+def binomial_tail(n: int, k: int) -> float:
+    """P(Binomial(n, 1/2) <= k)."""
+    return sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+
+
+def median_ranks(n: int, level: float = LEVEL) -> tuple[int, float]:
+    """The order statistic k (1-based, from each end) for a median interval of n values, and its exact level:
+    the largest k whose level is >= `level`, else k = 1 (the range) with the level the range has."""
+    if n < 1:
+        raise ValueError("an interval needs at least one value")
+    best = 1
+    for k in range(1, n // 2 + 1):
+        if 1 - 2 * binomial_tail(n, k - 1) >= level:
+            best = k
+    return best, 1 - 2 * binomial_tail(n, best - 1)
+
+
+def format_level(level: float) -> str:
+    """96.9%, 75%, 99.8%: one decimal unless it is a whole percent."""
+    pct = 100 * level
+    return f"{pct:.0f}%" if abs(pct - round(pct)) < 0.05 else f"{pct:.1f}%"
 
 
 @dataclass(frozen=True)
 class Ratio:
-    """B over A: above 1 is slower. `low`-`high`: the bootstrap interval of the median paired ratio."""
+    """B over A: above 1 is slower. `low`-`high`: the order-statistic interval of the median paired
+    ratio, which has exactly `level` (for independent rounds)."""
 
     estimate: float
     low: float
     high: float
     rounds: int
+    level: float = LEVEL
 
     def excludes_one(self) -> bool:
         return self.low > 1 or self.high < 1
@@ -37,31 +66,55 @@ class Ratio:
         """Slower beyond noise (the interval above 1) and by more than `threshold` (e.g. 0.05)."""
         return self.low > 1 and self.estimate > 1 + threshold
 
+    def faster_than(self, threshold: float) -> bool:
+        """Faster beyond noise (the interval below 1) and by more than `threshold`."""
+        return self.high < 1 and self.estimate < 1 - threshold
+
     def verdict(self, threshold: float) -> str:
         if self.slower_than(threshold):
             return "slower"
-        if self.high < 1 and self.estimate < 1 - threshold:
+        if self.faster_than(threshold):
             return "faster"
         return "within noise"
 
+    @property
+    def interval_name(self) -> str:
+        """'96.9% interval', or 'range of 3 rounds, 75%' where the interval is the rounds' whole range."""
+        k, _ = median_ranks(self.rounds)
+        if k == 1 and self.level < LEVEL:
+            return f"range of {self.rounds} rounds, {format_level(self.level)}"
+        return f"{format_level(self.level)} interval"
+
     def __str__(self) -> str:
-        return f"{self.estimate:.3f}x (95% interval {self.low:.3f}-{self.high:.3f}, {self.rounds} rounds)"
+        k, _ = median_ranks(self.rounds)
+        if k == 1 and self.level < LEVEL:
+            return f"{self.estimate:.3f}x ({self.interval_name}: {self.low:.3f}-{self.high:.3f})"
+        return f"{self.estimate:.3f}x ({self.interval_name} {self.low:.3f}-{self.high:.3f}, {self.rounds} rounds)"
 
     def to_json(self) -> dict:
-        return {"estimate": self.estimate, "low": self.low, "high": self.high, "rounds": self.rounds}
+        return {"estimate": self.estimate, "low": self.low, "high": self.high, "rounds": self.rounds, "level": self.level}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Ratio:
+        """A stored ratio; one stored before levels were recorded had a bootstrap interval labelled 95%,
+        whose level is not known: it reads as level 0 (never treated as meeting LEVEL)."""
+        return cls(data["estimate"], data["low"], data["high"], data["rounds"], data.get("level", 0.0))
 
 
-def paired_ratio(pairs: list[tuple[float, float]], seed: int = 0, resamples: int = RESAMPLES, level: float = LEVEL) -> Ratio:
-    """The median of the rounds' B/A ratios and its percentile bootstrap interval."""
+def median_interval(values: list[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """The order-statistic interval of the median of `values`: (low, high, exact level)."""
+    ordered = sorted(values)
+    k, exact = median_ranks(len(ordered), level)
+    return ordered[k - 1], ordered[len(ordered) - k], exact
+
+
+def paired_ratio(pairs: list[tuple[float, float]], level: float = LEVEL) -> Ratio:
+    """The median of the rounds' B/A ratios and its order-statistic interval, with the level it has."""
     if not pairs or any(a <= 0 or b <= 0 for a, b in pairs):
         raise ValueError("paired_ratio needs rounds of two positive times")
     logs = [math.log(b / a) for a, b in pairs]
-    rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(logs, k=len(logs))) for _ in range(resamples))
-    tail = (1 - level) / 2
-    low = medians[int(tail * (resamples - 1))]
-    high = medians[int((1 - tail) * (resamples - 1))]
-    return Ratio(math.exp(statistics.median(logs)), math.exp(low), math.exp(high), len(pairs))
+    low, high, exact = median_interval(logs, level)
+    return Ratio(math.exp(statistics.median(logs)), math.exp(low), math.exp(high), len(pairs), exact)
 
 
 def olympic_mean(times: list[float], failures: int = 0) -> float | None:

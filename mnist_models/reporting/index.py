@@ -107,10 +107,24 @@ def _noise_lines(folder: Path) -> list[str]:
     data = _load(folder / "noise.json") or {}
     lines = []
     for benchmark, entry in sorted((data.get("benchmarks") or {}).items()):
-        lines.append(
-            f"- noise of {code(benchmark)}: A/A flagged {entry.get('aa_flagged')}/{len(entry.get('aa', []))}, a planted "
-            f"{100 * entry.get('slowdown', 0):.0f}% slowdown {entry.get('planted_flagged')}/{len(entry.get('planted', []))}; "
-            f"gate threshold {100 * entry.get('threshold', 0):.1f}% ([noise.json](noise.json))"
+        if entry.get("protocol") == "held-out":
+            detection = ", ".join(
+                f"{100 * float(share):.0f}% {100 * rate:.0f}%" for share, rate in sorted(entry.get("detection", {}).items())
+            )
+            mde = entry.get("minimum_detectable_effect")
+            lines.append(
+                f"- noise of {code(benchmark)}: gate threshold {100 * entry.get('threshold', 0):.1f}% set from "
+                f"{len(entry.get('aa_setting', []))} A/A runs; held-out A/A runs flagged {entry.get('held_out_false_alarms')}/"
+                f"{len(entry.get('aa_held_out', []))}; planted slowdowns caught: {detection}; minimum detectable effect "
+                f"{'above the largest plant' if mde is None else f'{100 * mde:.0f}%'} ([noise.json](noise.json))"
+            )
+            continue
+        lines.append(  # calibrations before held-out scoring: their A/A figure was scored on the runs that set it
+            f"- noise of {code(benchmark)} (an older calibration: its threshold was scored on the A/A runs it was set "
+            f"from, and its plant slept instead of busy-waiting): A/A flagged {entry.get('aa_flagged')}/"
+            f"{len(entry.get('aa', []))}, a planted {100 * entry.get('slowdown', 0):.0f}% slowdown "
+            f"{entry.get('planted_flagged')}/{len(entry.get('planted', []))}; gate threshold "
+            f"{100 * entry.get('threshold', 0):.1f}% ([noise.json](noise.json))"
         )
     return lines
 

@@ -2,16 +2,22 @@
 itself (A/A), and the per-machine calibration that turns A/A noise into a gate threshold.
 
 Each side is its own process (ab_worker: one warmed-up train step, timed in blocks on request), so
-two commits run their own code and neither side inherits the other's allocator or thread state. The
-two processes are kept for the whole comparison and asked for a block each, in alternating order
-(A B, B A, ...): a round's two blocks see the same machine, and drift cancels in their ratio
-(core.stats.paired_ratio gives the median ratio and its bootstrap interval). Idle workers wait
-passively (OMP_WAIT_POLICY=PASSIVE), so the side not being timed does not spin on the cores.
+two commits run their own code and neither side inherits the other's allocator or thread state.
+Blocks are asked for in alternating order (core.interleave: A B, B A, ...): a round's two blocks see
+the same machine, and drift cancels in their ratio (core.stats.paired_ratio: the median ratio and
+its order-statistic interval at the level it has). Idle workers wait passively
+(OMP_WAIT_POLICY=PASSIVE), so the side not being timed does not spin on the cores.
 
-Calibration (`mnist-bench calibrate`) runs, on this machine, A/A comparisons (no difference: how
-often is one flagged?) and A/B comparisons with a planted slowdown of B (is it caught?). Its
-threshold is the largest A/A effect seen; the gate flags a comparison whose interval lies above 1
-and whose estimate exceeds that threshold. The result is stored with the machine's evidence
+Which process starts first matters: on a 2-core Zen 4 the worker started second ran 1.5-3% slower
+in every one of six A/A comparisons, whichever side it held (docs/benchmarks.md). A comparison
+therefore runs in two halves, each with a fresh pair of workers, A's started first in one half and
+B's in the other, so that the start order's effect cancels in the median instead of leaning every
+verdict one way.
+
+Calibration (`mnist-bench calibrate`) runs, on this machine, A/A comparisons in two sets: the first
+sets the threshold (the largest A/A effect seen), the second, held out, counts false alarms at that
+threshold. Planted slowdowns of 5, 10 and 20% (busy-waits, core/blocks.py) measure the detection
+rate and the minimum detectable effect. The result is stored with the machine's evidence
 (reports/machines/<machine>/noise.json), per benchmark.
 """
 
@@ -26,11 +32,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..core.stats import Ratio, paired_ratio
+from ..core.blocks import BLOCK_STATISTIC
+from ..core.interleave import alternate
+from ..core.stats import MIN_ROUNDS_FOR_LEVEL, Ratio, paired_ratio
 from ..system import atomic
 from ..system.errors import UsageError
 from ..system.machine import evidence_dir, machine_info
@@ -38,12 +46,7 @@ from ..system.paths import SOURCE_ROOT
 
 WORKER = Path(__file__).with_name("ab_worker.py")
 DEFAULT_ROUNDS = 10
-DEFAULT_STEPS = 15  # steps per block: a block is their trimmed mean
-# A block's figure is the mean of its middle steps (ab_worker.trimmed_mean), not their median: a cost
-# paid every other step (glibc's malloc faulting a step's freed memory back in, system/allocator.py)
-# is half of a block's steps, which a median can skip and an epoch pays in full; trimming keeps a
-# rare hiccup out (a plain mean made the A/A noise twice the median's on the Zen 3).
-BLOCK_STATISTIC = "trimmed_mean"
+DEFAULT_STEPS = 15  # steps per block: a block is their trimmed mean (core/blocks.py says why)
 DEFAULT_THRESHOLD = 0.05  # without a calibration of this machine
 READY_TIMEOUT_S = 120.0  # start-up and warm-up of one worker (torch import, build, 5 steps)
 BLOCK_TIMEOUT_S = 120.0
@@ -118,6 +121,7 @@ class Worker:
 
 @contextlib.contextmanager
 def workers(*sides: Side) -> Iterator[list[Worker]]:
+    """One worker per side, started in the order given; every one ended on the way out (Ctrl-C too)."""
     started: list[Worker] = []
     try:
         for side in sides:
@@ -131,22 +135,26 @@ def workers(*sides: Side) -> Iterator[list[Worker]]:
 
 
 def rounds_of(a: Worker, b: Worker, rounds: int, steps: int) -> list[tuple[float, float]]:
-    """`rounds` paired blocks, the order alternating (A B, B A, ...): [(a, b), ...]."""
-    pairs = []
-    for i in range(rounds):
-        if i % 2 == 0:
-            first = a.block(steps)
-            pairs.append((first, b.block(steps)))
-        else:
-            second = b.block(steps)
-            pairs.append((a.block(steps), second))
+    """`rounds` paired blocks [(a, b), ...], the order alternating inside each round."""
+    return alternate(lambda: a.block(steps), lambda: b.block(steps), rounds)
+
+
+def compare_pairs(a: Side, b: Side, rounds: int = DEFAULT_ROUNDS, steps: int = DEFAULT_STEPS) -> list[tuple[float, float]]:
+    """The rounds of one comparison: the first half with A's worker started first, the second half with
+    a fresh pair, B's started first (the start order's effect cancels); within each half the order of
+    the blocks alternates."""
+    first = rounds // 2 + rounds % 2
+    with workers(a, b) as (wa, wb):
+        pairs = rounds_of(wa, wb, first, steps)
+    if rounds - first:
+        with workers(b, a) as (wb, wa):
+            pairs += alternate(lambda: wa.block(steps), lambda: wb.block(steps), rounds - first, start_with_a=False)
     return pairs
 
 
 def compare(a: Side, b: Side, rounds: int = DEFAULT_ROUNDS, steps: int = DEFAULT_STEPS) -> Ratio:
     """B's time over A's, interleaved, with its interval."""
-    with workers(a, b) as (wa, wb):
-        return paired_ratio(rounds_of(wa, wb, rounds, steps))
+    return paired_ratio(compare_pairs(a, b, rounds, steps))
 
 
 @contextlib.contextmanager
@@ -166,29 +174,52 @@ def checkout_of(revision: str) -> Iterator[Path]:
 
 # --- calibration -----------------------------------------------------------------------------
 
+PLANTS = (0.05, 0.10, 0.20)  # planted slowdowns whose detection rate calibrate measures
+DETECTED = 0.9  # the minimum detectable effect: the smallest plant flagged in at least this share of runs
+
 
 @dataclass
 class Calibration:
+    """A/A comparisons that set the threshold, held-out A/A comparisons that score it, and planted
+    slowdowns (share -> comparisons) that measure what it catches."""
+
     benchmark: str
-    slowdown: float
     rounds: int
     steps: int
-    aa: list[Ratio] = field(default_factory=list)
-    planted: list[Ratio] = field(default_factory=list)
+    setting: list[Ratio] = field(default_factory=list)
+    held_out: list[Ratio] = field(default_factory=list)
+    planted: dict[float, list[Ratio]] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
     def threshold(self) -> float:
-        """The largest effect an A/A comparison showed here (at least 1%): a difference below it is noise."""
-        return max([0.01, *(abs(r.estimate - 1) for r in self.aa)])
+        """The largest effect an A/A comparison of the setting set showed (at least 1%)."""
+        return max([0.01, *(abs(r.estimate - 1) for r in self.setting)])
 
     def flagged(self, ratios: list[Ratio]) -> int:
         return sum(r.slower_than(self.threshold) for r in ratios)
 
+    def false_alarms(self) -> int:
+        """Held-out A/A comparisons called slower or faster: runs the threshold was not set from."""
+        return sum(r.verdict(self.threshold) != "within noise" for r in self.held_out)
+
+    def detection(self) -> dict[float, float]:
+        return {share: self.flagged(ratios) / len(ratios) for share, ratios in sorted(self.planted.items()) if ratios}
+
+    def minimum_detectable(self) -> float | None:
+        """The smallest plant flagged in >= 90% of its runs (None: none was)."""
+        caught = [share for share, rate in self.detection().items() if rate >= DETECTED]
+        return min(caught) if caught else None
+
     def summary(self) -> str:
+        detected = ", ".join(
+            f"{100 * share:.0f}% {self.flagged(self.planted[share])}/{len(self.planted[share])}" for share in sorted(self.planted)
+        )
+        mde = self.minimum_detectable()
         return (
-            f"{self.benchmark}: A/A flagged {self.flagged(self.aa)}/{len(self.aa)}, a planted {100 * self.slowdown:.0f}% "
-            f"slowdown flagged {self.flagged(self.planted)}/{len(self.planted)}, threshold {100 * self.threshold:.1f}% "
+            f"{self.benchmark}: threshold {100 * self.threshold:.1f}% (set from {len(self.setting)} A/A runs); "
+            f"held-out A/A runs flagged {self.false_alarms()}/{len(self.held_out)}; planted slowdowns flagged: {detected}; "
+            f"minimum detectable effect {'above the largest plant' if mde is None else f'{100 * mde:.0f}%'} "
             f"({self.rounds} rounds of {self.steps} steps each, {self.seconds:.0f} s)"
         )
 
@@ -196,15 +227,17 @@ class Calibration:
         return {
             "benchmark": self.benchmark,
             "threshold": self.threshold,
-            "slowdown": self.slowdown,
             "rounds": self.rounds,
             "steps": self.steps,
             "block_statistic": BLOCK_STATISTIC,
+            "protocol": "held-out",
             "seconds": self.seconds,
-            "aa": [r.to_json() for r in self.aa],
-            "planted": [r.to_json() for r in self.planted],
-            "aa_flagged": self.flagged(self.aa),
-            "planted_flagged": self.flagged(self.planted),
+            "aa_setting": [r.to_json() for r in self.setting],
+            "aa_held_out": [r.to_json() for r in self.held_out],
+            "held_out_false_alarms": self.false_alarms(),
+            "planted": {f"{share:.2f}": [r.to_json() for r in ratios] for share, ratios in sorted(self.planted.items())},
+            "detection": {f"{share:.2f}": rate for share, rate in self.detection().items()},
+            "minimum_detectable_effect": self.minimum_detectable(),
         }
 
 
@@ -213,20 +246,32 @@ def calibrate(
     runs: int = 10,
     rounds: int = DEFAULT_ROUNDS,
     steps: int = DEFAULT_STEPS,
-    slowdown: float = 0.10,
+    plants: tuple[float, ...] = PLANTS,
+    held_out: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Calibration:
-    """`runs` A/A comparisons of `side` with itself and as many against a planted `slowdown`, the three
-    processes kept for the whole calibration and the comparisons alternated."""
+    """`runs` A/A comparisons that set the threshold, `held_out` (default `runs`) more that score it, and
+    `runs` comparisons against each planted slowdown, every one through `compare` (fresh workers, both
+    start orders). The kinds are interleaved run by run, so that drift over the calibration's minutes
+    touches each alike."""
     started = time.perf_counter()
-    result = Calibration(side.benchmark, slowdown, rounds, steps)
-    again = Side(f"{side.label} (again)", side.model, side.spec, side.source, side.threads)
-    slowed = Side(f"{side.label} +{100 * slowdown:.0f}%", side.model, side.spec, side.source, side.threads, slowdown)
-    with workers(side, again, slowed) as (a, a2, planted):
-        for run in range(runs):
-            result.aa.append(paired_ratio(rounds_of(a, a2, rounds, steps)))
-            result.planted.append(paired_ratio(rounds_of(a, planted, rounds, steps)))
-            log(f"  run {run + 1}/{runs}: A/A {result.aa[-1]}; planted {result.planted[-1]}")
+    result = Calibration(side.benchmark, rounds, steps, planted={share: [] for share in plants})
+    again = replace(side, label=f"{side.label} (again)")
+    held_out = runs if held_out is None else held_out
+    for run in range(max(runs, held_out)):
+        line = [f"  run {run + 1}/{max(runs, held_out)}:"]
+        if run < runs:
+            result.setting.append(compare(side, again, rounds, steps))
+            line.append(f"A/A (setting) {result.setting[-1]}")
+        if run < held_out:
+            result.held_out.append(compare(side, again, rounds, steps))
+            line.append(f"A/A (held out) {result.held_out[-1]}")
+        if run < runs:
+            for share in plants:
+                slowed = replace(side, label=f"{side.label} +{100 * share:.0f}%", slowdown=share)
+                result.planted[share].append(compare(side, slowed, rounds, steps))
+                line.append(f"+{100 * share:.0f}% {result.planted[share][-1]}")
+        log("; ".join(line))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -238,7 +283,10 @@ def noise_path(machines_dir: Path | None = None) -> Path:
 def save_calibration(result: Calibration, machines_dir: Path | None = None) -> Path:
     """Add (or replace) one benchmark's calibration in this machine's noise.json."""
     path = noise_path(machines_dir)
-    data = load_noise(path) or {"kind": "mnist-bench calibrate", "benchmarks": {}}
+    data = load_noise(path)
+    if data is None and path.exists():  # never write over a file this version cannot read: it may be someone's evidence
+        raise UsageError(f"{path} is not a calibration this version can read: move it aside, then calibrate again")
+    data = data or {"kind": "mnist-bench calibrate", "benchmarks": {}}
     data["machine"] = machine_info()
     entry = result.to_json() | {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -261,7 +309,12 @@ def load_noise(path: Path) -> dict | None:
 
 def threshold_for(benchmark: str, machines_dir: Path | None = None) -> tuple[float, str]:
     """The gate's threshold for a benchmark on this machine, and where it comes from."""
-    data = load_noise(noise_path(machines_dir))
+    path = noise_path(machines_dir)
+    data = load_noise(path)
+    if data is None and path.exists():
+        raise UsageError(
+            f"{path} is not a calibration this version can read (corrupt, or from another tool): move it aside or calibrate again"
+        )
     entry = (data or {}).get("benchmarks", {}).get(benchmark)
     if entry and isinstance(entry.get("threshold"), (int, float)):
         if entry.get("block_statistic", "median") != BLOCK_STATISTIC:  # calibrated before blocks were trimmed means
@@ -269,5 +322,28 @@ def threshold_for(benchmark: str, machines_dir: Path | None = None) -> tuple[flo
                 f"the default: this machine's calibration timed blocks by their {entry.get('block_statistic', 'median')}, "
                 f"comparisons now by their {BLOCK_STATISTIC.replace('_', ' ')} (mnist-bench calibrate again)"
             )
-        return float(entry["threshold"]), f"this machine's calibration ({entry.get('created', '?')})"
+        if entry.get("protocol") != "held-out":
+            return float(entry["threshold"]), (
+                f"this machine's calibration ({entry.get('created', '?')}; made before held-out scoring and both start "
+                "orders: its false-alarm rate is unmeasured, mnist-bench calibrate again)"
+            )
+        return float(entry["threshold"]), (
+            f"this machine's calibration ({entry.get('created', '?')}: held-out A/A flagged "
+            f"{entry.get('held_out_false_alarms')}/{len(entry.get('aa_held_out', []))})"
+        )
     return DEFAULT_THRESHOLD, "the default: no calibration of this benchmark on this machine (mnist-bench calibrate)"
+
+
+def check_rounds(rounds: int, gate: bool) -> str | None:
+    """Too few rounds for an interval at 95%: a gate refuses (a UsageError), a comparison warns (the line
+    returned). With fewer than MIN_ROUNDS_FOR_LEVEL rounds the interval is the rounds' whole range."""
+    if rounds >= MIN_ROUNDS_FOR_LEVEL:
+        return None
+    if rounds < 2:
+        raise UsageError(f"--rounds {rounds}: a comparison needs at least 2 rounds ({MIN_ROUNDS_FOR_LEVEL} for a 95% interval)")
+    level = Ratio(1, 1, 1, rounds, 1 - 2 / 2**rounds).interval_name
+    if gate:
+        raise UsageError(
+            f"--rounds {rounds}: a gate needs at least {MIN_ROUNDS_FOR_LEVEL} rounds (with {rounds} its interval is the {level})"
+        )
+    return f"warning: {rounds} rounds give an interval that is the {level}: use --rounds {MIN_ROUNDS_FOR_LEVEL} or more for 95%"

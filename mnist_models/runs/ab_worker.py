@@ -4,35 +4,36 @@ it on request (mnist_models.runs.ab drives two of them in alternation).
     python -m mnist_models.runs.ab_worker --model simple --spec tensor-eager-fp32-cl --threads 2
 
 Protocol, one line each: it prints {"ready": ...} once warmed up; then for each line "N" on stdin it
-runs one untimed step (the other side's block has just evicted its caches), times N steps and
-prints {"trimmed_mean_s": ..., "median_s": ...} of the N steps; "quit" or end of input ends it.
-It imports only what has been in the package since the layout of issue 20 (core.harness,
-core.data, core.variants, system.machine), plus the allocator where the commit has one (issue 25),
-so run from an older commit's worktree it times that commit's code.
+times a block of N steps (core/blocks.py: one untimed step first, since the other side's block has
+just evicted the caches) and prints {"trimmed_mean_s": ..., "median_s": ...}; "quit" or end of input
+ends it. It imports only what has been in the package since the layout of issue 20 (core.harness,
+core.data, core.variants, system.machine), plus the allocator where the commit has one (issue 25);
+the block timing itself is loaded by path from this checkout's core/blocks.py (standard library
+only), so run from an older commit's worktree it times that commit's code the way this one times.
 
-`--slowdown F` stretches every step by F of its own time (a planted regression: calibration checks
-that the comparison catches it).
+`--slowdown F` stretches every step by F of its own time with a busy-wait (a planted regression:
+calibration checks that the comparison catches it, and that it measures as planted).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import statistics
+import signal
 import sys
-import time
+from pathlib import Path
 
-TRIM = 0.2  # share of steps dropped at each end of a block
+BLOCKS_FILE = Path(__file__).resolve().parents[1] / "core" / "blocks.py"
 
 
-def trimmed_mean(times: list[float]) -> float:
-    """The mean of a block's middle steps: a cost paid every other step stays in (half the steps), a
-    rare hiccup of the machine falls out. Here, not in core/stats.py: this file runs against older
-    commits' packages too."""
-    ordered = sorted(times)
-    cut = int(len(ordered) * TRIM)
-    return statistics.fmean(ordered[cut : len(ordered) - cut] or ordered)
+def load_blocks():
+    """This checkout's core/blocks.py, whichever commit's package the worker imports."""
+    spec = importlib.util.spec_from_file_location("mnist_bench_blocks", BLOCKS_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--slowdown", type=float, default=0.0)
     args = parser.parse_args(argv)
+    # The driver owns Ctrl-C: it ends this worker (closing its stdin); a worker that traced back on the
+    # terminal's SIGINT beside the driver's one-line message would only add noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    blocks = load_blocks()
 
     import torch
 
@@ -73,20 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     call = work.call_on(x, y)
     warm_up(call, calls=5)
     print(json.dumps({"ready": True, "pid": os.getpid(), "threads": torch.get_num_threads()}), flush=True)
-    for line in sys.stdin:
-        if line.strip() in ("", "quit"):
-            break
-        call()  # untimed: caches and threads come back from the other side's block
-        times = []
-        for _ in range(int(line)):
-            start = time.perf_counter()
-            call()
-            elapsed = time.perf_counter() - start
-            if args.slowdown:
-                time.sleep(args.slowdown * elapsed)
-                elapsed = time.perf_counter() - start
-            times.append(elapsed)
-        print(json.dumps({"trimmed_mean_s": trimmed_mean(times), "median_s": statistics.median(times)}), flush=True)
+    try:
+        for line in sys.stdin:
+            if line.strip() in ("", "quit"):
+                break
+            times = blocks.time_steps(call, int(line), plant=args.slowdown)
+            print(json.dumps(blocks.summary(times)), flush=True)
+    except BrokenPipeError:  # the driver is gone (killed, or it stopped the comparison): nothing to answer
+        return 0
     return 0
 
 

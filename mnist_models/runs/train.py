@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core import blocks
 from ..core.data import Dataset, Split, check_batch_size, load_dataset, make_loader, set_epoch
 from ..core.harness import Workload, build, make_forward
 from ..core.nets import NUM_CLASSES
@@ -134,15 +136,14 @@ def inference_latency_ms(model: nn.Module, variant: Variant, batch_sizes=(1, 100
     latency = {}
     for batch in batch_sizes:
         x = variant.to_input(torch.rand(batch, 1, 28, 28))
-        for _ in range(3):
-            forward(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
+
+        def call(x=x):
             forward(x)
             variant.synchronize()
-            times.append(time.perf_counter() - start)
-        latency[str(batch)] = 1000 * sorted(times)[len(times) // 2]
+
+        for _ in range(2):
+            call()
+        latency[str(batch)] = 1000 * statistics.median(blocks.time_steps(call, repeats))
     model.train()
     return latency
 

@@ -9,8 +9,10 @@ Two phases, both through the one harness and the one training loop:
 2. a whole mnist-5k epoch (40 steps, the input pipeline included) for the fastest step variants
    through both loaders, the seed's DataLoader and the tensor loader.
 
-The fastest epoch wins per net, unless a simpler runner-up is within noise of it in interleaved
-epoch pairs; the speedup over the seed pipeline is measured the same way (3 pairs, with an interval). Every candidate keeps the seed nets' accuracy: fp32 variants
+The fastest epoch wins per net only beyond noise: in interleaved epoch pairs (core.interleave, 6
+pairs, an interval of 96.9%) its ratio to a simpler runner-up must exclude 1 and pass this machine's
+calibrated threshold (runs.ab.threshold_for, else 5%); within noise the simpler one is kept, and
+tune says so. The speedup over the seed pipeline is measured the same way. Every candidate keeps the seed nets' accuracy: fp32 variants
 compute the same function (the fast path is tested equal to the seed's layer order), and bf16
 kept accuracy within the seed-to-seed spread in this project's sweeps. The result is stored per
 machine (`reports/machines/<machine>/tune.json`) for `train --variant best` and `sweep --variants best`.
@@ -19,7 +21,6 @@ machine (`reports/machines/<machine>/tune.json`) for `train --variant best` and 
 from __future__ import annotations
 
 import itertools
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -28,9 +29,11 @@ from pathlib import Path
 
 import torch
 
+from ..core import blocks
 from ..core.data import load_dataset, make_loader
 from ..core.harness import build, real_batch, warm_up
-from ..core.stats import Ratio, paired_ratio
+from ..core.interleave import paired
+from ..core.stats import Ratio
 from ..core.variants import Variant, render_tag
 from ..system import atomic
 from ..system.errors import UsageError
@@ -93,7 +96,7 @@ def candidates(models: list[str], cores: int, with_compile: bool) -> tuple[list[
     else:
         skipped.append(
             "torch.compile: left out by default (tens of seconds per compile here, and it slowed the CPU train "
-            "step to 0.56-0.78x on this project's machines); --with-compile includes it"
+            "step on this project's machines: the benchmark report's compile rows); --with-compile includes it"
         )
     threads = sorted({cores, 1}, reverse=True)
     grid = [
@@ -104,17 +107,12 @@ def candidates(models: list[str], cores: int, with_compile: bool) -> tuple[list[
 
 
 def time_step(c: Candidate, dataset) -> float:
-    """Median seconds of one train step (batch 100, warmed up, compile outside the timing)."""
+    """Seconds of one train step (batch 100, warmed up, compile outside the timing): a block's figure."""
     set_threads(c.threads)
     work = build(c.model, c.variant, "train", seed=SEED)
     call = work.call_on(*real_batch(dataset.train, BATCH, c.variant))
     warm_up(call)
-    times = []
-    for _ in range(STEP_REPEATS):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return blocks.time_block(call, STEP_REPEATS)
 
 
 def time_epoch(c: Candidate, dataset) -> float:
@@ -141,7 +139,7 @@ class Tuning:
     speedups: dict[str, Ratio] = field(default_factory=dict)  # model -> seed pipeline epoch / pick's epoch, interleaved
 
 
-DECIDING_PAIRS = 3  # interleaved epoch pairs behind each decision
+DECIDING_PAIRS = 6  # interleaved epoch pairs behind each decision: the fewest whose interval reaches 95% (96.9%)
 
 
 def complexity(c: Candidate) -> int:
@@ -152,27 +150,30 @@ def complexity(c: Candidate) -> int:
 
 def interleaved(first: Candidate, second: Candidate, timer, dataset, pairs: int = DECIDING_PAIRS) -> Ratio:
     """second's epoch over first's, timed in alternating order (first second, second first, ...)."""
-    rounds = []
-    for i in range(pairs):
-        if i % 2 == 0:
-            a = timer(first, dataset)
-            rounds.append((a, timer(second, dataset)))
-        else:
-            b = timer(second, dataset)
-            rounds.append((timer(first, dataset), b))
-    return paired_ratio(rounds)
+    return paired(lambda: timer(first, dataset), lambda: timer(second, dataset), pairs)
 
 
-def decide(fastest: Candidate, runner_up: Candidate | None, timer, dataset) -> tuple[Candidate, str]:
-    """The fastest epoch, unless the runner-up is within noise of it (interleaved pairs) and simpler."""
+def noise_threshold(model: str) -> tuple[float, str]:
+    """The difference below which two candidates tie: this machine's calibrated threshold for the net's
+    train step, else the default."""
+    from .ab import threshold_for
+
+    return threshold_for(f"train-step {model} b100 eager-fp32")
+
+
+def decide(fastest: Candidate, runner_up: Candidate | None, timer, dataset, threshold: float) -> tuple[Candidate, str]:
+    """The fastest epoch only beyond noise: its interleaved ratio to the runner-up excludes 1 and passes
+    `threshold`; within noise the simpler of the two."""
     if runner_up is None:
         return fastest, f"{fastest.spec}: the only candidate measured"
     ratio = interleaved(runner_up, fastest, timer, dataset)  # fastest / runner-up: below 1 is faster
-    if ratio.high < 1:
-        return fastest, f"{fastest.spec} beats {runner_up.spec} beyond noise: {ratio}"
-    if complexity(runner_up) < complexity(fastest):
-        return runner_up, f"{runner_up.spec} ties {fastest.spec} within noise ({ratio}) and is simpler: it is taken"
-    return fastest, f"{fastest.spec} ties {runner_up.spec} within noise ({ratio}); it is no more complex: kept"
+    if ratio.faster_than(threshold):
+        return fastest, f"{fastest.spec} beats {runner_up.spec} beyond noise: {ratio}, past the {100 * threshold:.1f}% threshold"
+    simpler, other = (runner_up, fastest) if complexity(runner_up) < complexity(fastest) else (fastest, runner_up)
+    return simpler, (
+        f"{simpler.spec} and {other.spec} are within noise of each other ({ratio}; threshold {100 * threshold:.1f}%): "
+        f"the simpler, {simpler.spec}, is kept"
+    )
 
 
 def tune(
@@ -222,8 +223,9 @@ def tune(
         for model, fastest in best.items():
             ranked = sorted((c for c in finalists_of(model, best, epochs, grid)), key=lambda c: epochs[c.name])
             runner_up = next((c for c in ranked if c.name != fastest.name), None)
-            best[model], decisions[model] = decide(fastest, runner_up, epoch_timer, dataset)
-            log(f"decided {model}: {decisions[model]}")
+            threshold, source = noise_threshold(model)
+            best[model], decisions[model] = decide(fastest, runner_up, epoch_timer, dataset, threshold)
+            decisions[model] += f" (threshold from {source})"  # the command prints the decision once, in its summary
             seed_pipeline = Candidate(model, threads_before, loader="seed")
             speedups[model] = interleaved(best[model], seed_pipeline, epoch_timer, dataset)  # seed / pick
             log(f"{model}: the seed pipeline's epoch over the pick's: {speedups[model]}")

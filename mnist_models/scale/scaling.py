@@ -25,10 +25,11 @@ import contextlib
 import os
 import statistics
 import sys
-import time
 
+from ..core import blocks
 from ..core.data import load_dataset
 from ..core.harness import build, real_batch, warm_up
+from ..core.interleave import alternate
 from ..core.stats import paired_ratio
 from ..core.variants import Variant
 from ..system import atomic
@@ -58,21 +59,13 @@ def measure(
 
     def timed(no_sync: bool) -> float:
         with work.wrapped.no_sync() if no_sync and ddp else contextlib.nullcontext():
-            start = time.perf_counter()
-            call()
-            return time.perf_counter() - start
+            return blocks.time_steps(call, 1, settle=False)[0]
 
     # Synced and no_sync steps interleaved (the order alternating, the same on every rank), so that the
     # all-reduce's share comes from paired steps on the same machine state, with an interval.
-    step_s, nosync_s = [], []
-    for i in range(steps):
-        if i % 2 == 0:
-            step_s.append(timed(False))
-            nosync_s.append(timed(True))
-        else:
-            nosync_s.append(timed(True))
-            step_s.append(timed(False))
-    share = paired_ratio(list(zip(step_s, nosync_s))) if ddp else None  # no_sync / synced
+    pairs = alternate(lambda: timed(False), lambda: timed(True), steps)
+    step_s, nosync_s = [a for a, _ in pairs], [b for _, b in pairs]
+    share = paired_ratio(pairs) if ddp else None  # no_sync / synced
     per_rank = [{"step_s": step_s, "nosync_step_s": nosync_s}]
     if ddp:
         per_rank = distributed.gather(per_rank[0])
