@@ -101,4 +101,5 @@ def test_train_process(benchmark, model, epoch_dataset, request, tmp_path):
             speedup_low=1 / ratio.high,
             speedup_high=1 / ratio.low,
             speedup_pairs=ratio.rounds,
+            speedup_level=ratio.level,
         )

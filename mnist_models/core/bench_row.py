@@ -151,9 +151,10 @@ class BenchRow:
     gflops_per_s: float | None = None  # set by the ceiling suite, which counts its own FLOPs
     bytes_per_call: float | None = None  # the ceiling suite's copies: bytes read + written per call
     speedup_vs_seed_process: float | None = None  # process suite: the seed pipeline's process / this one, paired
-    speedup_low: float | None = None  # ... its bootstrap interval
+    speedup_low: float | None = None  # ... its interval (order statistics of the pairs' ratios)
     speedup_high: float | None = None
     speedup_pairs: float | None = None
+    speedup_level: float | None = None  # ... that interval's exact level (absent before it was stored)
     threads_pinned: bool = False  # the case chose its thread count (else the session's)
     scaling: str | None = None  # scaling suite: baseline | plain | strong | weak
     per_rank_batch: int | None = None

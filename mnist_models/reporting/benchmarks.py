@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..core.bench_row import BenchRow, bench_rows, skipped_rows
+from ..core.stats import format_level
 from ..system import atomic
 from ..system.errors import UsageError
 from ..system.machine import machine_key, native_bf16
@@ -26,6 +27,15 @@ SUITE_TITLES = {
     "process": "The whole train process for one epoch, beside the seed pipeline's process (alternated; the seed's process on the C library's own malloc, as the seed's script runs)",
     "scaling": "Data-parallel scaling: a DDP train step (torchrun, gloo, loopback)",
 }
+
+
+def pairs_with_level(row: BenchRow) -> str:
+    """'5 alternated pairs, interval 93.8%': the interval's real level. Rows before levels were stored
+    had a bootstrap labelled 95%, whose level at their n is not known, and say so."""
+    pairs = f"{row.speedup_pairs:.0f} alternated pairs"
+    if row.speedup_level:
+        return f"{pairs}, interval {format_level(row.speedup_level)}"
+    return f"{pairs}, interval of unstated level (an older run)"
 
 
 def load_bench_json(path: Path) -> dict:
@@ -170,7 +180,7 @@ def _group_rows(
         if r.speedup_vs_seed_process:
             extras.append(
                 f"**{r.speedup_vs_seed_process:.2f}x** ({r.speedup_low:.2f}-{r.speedup_high:.2f}) the seed pipeline's "
-                f"process, {r.speedup_pairs:.0f} alternated pairs"
+                f"process, {pairs_with_level(r)}"
             )
         if r.rounds < 5:
             extras.append(f"{r.rounds} rounds: no real spread")
@@ -350,7 +360,7 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
                 lines.append(
                     f"- **{md(name)}**: the whole `train` process ({code(r.label)}, one epoch on {md(r.identity.dataset)}) "
                     f"{fmt_time(r.median)}, **{r.speedup_vs_seed_process:.2f}x** ({r.speedup_low:.2f}-{r.speedup_high:.2f}) "
-                    f"the seed pipeline's process, {r.speedup_pairs:.0f} alternated pairs"
+                    f"the seed pipeline's process, {pairs_with_level(r)}"
                 )
         if group[0].suite == "scaling" and (verdict := scaling_rows(group)[1]):
             lines.append(f"- **{md(name)}**: {verdict}")

@@ -15,7 +15,7 @@ from ..core.bench_row import BenchRow, bench_rows
 from ..core.variants import Variant, render_tag
 from ..system.errors import UsageError
 from ..system.machine import machine_label
-from .benchmarks import group_baseline, load_bench_json, speedup_cell
+from .benchmarks import group_baseline, load_bench_json, pairs_with_level, speedup_cell
 from .markdown import code, fmt_time, md
 
 REPORT_FILES = (
@@ -97,7 +97,7 @@ def _process_lines(folder: Path) -> list[str]:
     return [
         f"- the whole `train` process, {md(r.identity.model)}, one epoch on {md(r.identity.dataset)}: {code(r.label)} "
         f"{fmt_time(r.median)}, {r.speedup_vs_seed_process:.2f}x ({r.speedup_low:.2f}-{r.speedup_high:.2f}) the seed "
-        f"pipeline's process, {r.speedup_pairs:.0f} alternated pairs ([process](process.md))"
+        f"pipeline's process, {pairs_with_level(r)} ([process](process.md))"
         for r in sorted(rows, key=lambda r: r.identity.model or "", reverse=True)
         if r.speedup_vs_seed_process
     ]
