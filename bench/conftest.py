@@ -91,8 +91,8 @@ def pytest_configure(config):
         keep_freed_memory()  # every row alike: the same allocator as `mnist-bench train` (system/allocator.py)
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
-    if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True  # autotuned in each benchmark's warm-up, outside the timed rounds
+    # cuDNN autotuning is set where every mode builds its net (core.harness.configure_backends): it runs in
+    # each benchmark's warm-up, outside the timed rounds, and training and profiling use the same kernels.
     config.stash[STATE] = BenchState(busy_check(), CpuContention(), time.perf_counter())
 
 

@@ -6,7 +6,7 @@ evaluations and the record. The seed-pipeline process keeps the C library's own 
 seed's script runs); the timed one has the project's (system/allocator.py). The row times the fast
 process (this machine's tuned pick, else the fp32 fast path); the seed-pipeline process runs before
 it in even rounds and after it in odd ones (S F, F S, ...), and the row keeps its times and the
-paired speedup with a bootstrap interval over the pairs (core/stats.py). Run it alone, like every
+paired speedup with its order-statistic interval over the pairs, at the level it has (core/stats.py). Run it alone, like every
 benchmark.
 """
 
@@ -27,17 +27,20 @@ from mnist_models.core.variants import Variant
 from mnist_models.runs.tune import load_best
 from mnist_models.system.allocator import MODE_ENV
 from mnist_models.system.errors import UsageError
+from mnist_models.system.machine import native_bf16
 
 SEED_PIPELINE = "seed-eager-fp32"
 FAST_PATH = ("tensor-eager-fp32-cl-fast", Variant("cpu", channels_last=True, fast=True), "tensor")
+FAST_PATH_BF16 = ("tensor-eager-bf16-cl-fast", Variant("cpu", precision="bf16", channels_last=True, fast=True), "tensor")
 
 
 def _fast_choice(model: str) -> tuple[str, Variant, str]:
-    """(spec for train --variant, its variant, its loader): the tuned pick where tune ran here."""
+    """(spec for train --variant, its variant, its loader): the tuned pick where tune ran here, else the
+    fast path in the fastest precision this CPU has natively (bf16 on AVX-512 BF16 or AMX)."""
     try:
         best = load_best(model)
     except UsageError:
-        return FAST_PATH
+        return FAST_PATH_BF16 if native_bf16() else FAST_PATH
     return "best", best.variant, best.loader
 
 
@@ -49,7 +52,19 @@ def test_train_process(benchmark, model, epoch_dataset, request, tmp_path):
     seed_times: list[float] = []
 
     def train_process(variant_spec: str, folder: str) -> float:
-        cmd = [sys.executable, "-m", "mnist_models", "train", "--model", model, "--dataset", epoch_dataset.name]
+        # a CPU benchmark: on a GPU machine too the processes train on the CPU, as its label says
+        cmd = [
+            sys.executable,
+            "-m",
+            "mnist_models",
+            "train",
+            "--model",
+            model,
+            "--dataset",
+            epoch_dataset.name,
+            "--device",
+            "cpu",
+        ]
         cmd += ["--epochs", "1", "--variant", variant_spec, "--runs-dir", str(tmp_path / folder), "--overwrite"]
         cmd += ["--no-latency", "--no-progress"]
         if request.config.getoption("--bench-data-root"):

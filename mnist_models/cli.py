@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ from .runs.config import BACKENDS, MAX_SEED, MAX_THREADS_PER_CPU, SEED, TrainCon
 from .runs.records import DEFAULT_RUNS_DIR
 from .runs.tune import DEFAULT_BUDGET_S, DEFAULT_TUNE_DIR
 from .system.allocator import keep_freed_memory
-from .system.errors import MnistBenchError, UsageError
+from .system.errors import Interrupted, MnistBenchError, UsageError
 from .system.paths import MACHINES_DIR, REPORTS_DIR
 
 
@@ -366,6 +367,52 @@ def cmd_ab(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bisect(args: argparse.Namespace) -> int:
+    """Which first-parent commit made the train step slower; exit 1 when it could not be decided."""
+    from .runs.bisect import run_bisect
+    from .system.paths import SOURCE_ROOT
+
+    parse_tag(args.a, ("compile", "precision", "channels_last", "fast"))  # a bad spec is one line before any worktree
+    result, path = run_bisect(
+        args.good,
+        args.bad,
+        Path(args.repo) if args.repo else SOURCE_ROOT,
+        args.model,
+        args.a,
+        args.rounds,
+        args.steps,
+        args.threads,
+        args.threshold,
+        args.max_seconds,
+    )
+    print(result.summary())
+    print(f"report: {path}")
+    if result.outcome == "found" and args.explain:
+        from .profiling.explain import run_explain
+
+        parent = result.own.against
+        explained, where = run_explain(
+            parent, result.culprit, args.model, args.a, 6, 5, args.threads, Path(args.repo or SOURCE_ROOT)
+        )
+        print(f"where {result.culprit} is slower than {parent}: {explained.summary()} (report: {where})")
+    return 0 if result.outcome in ("found", "none", "spread") else 1
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Where in the step B differs from A: layers and ops, each with its interval."""
+    from .profiling.explain import run_explain
+    from .runs.ab import check_rounds
+    from .system.paths import SOURCE_ROOT
+
+    check_rounds(args.rounds, gate=True)
+    result, path = run_explain(
+        args.a_side, args.b_side, args.model, args.a, args.rounds, args.steps, args.threads, Path(args.repo or SOURCE_ROOT)
+    )
+    print(result.summary())
+    print(f"report: {path}")
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .runs.ab import calibrate, check_rounds, save_calibration
 
@@ -472,10 +519,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
     launched, rank = distributed.launch_or_join(args.nproc, args.argv)
     if launched:
         return 0
+    variant = _variant(args)
+    if args.variant:  # the same vocabulary as train, sweep and ab: a spec, or best (its loader does not matter here)
+        choice = _chosen_variant(argparse.Namespace(**(vars(args) | {"loader": _default(TrainConfig, "loader")})))
+        variant = dataclasses.replace(variant, **{k: v for k, v in choice.items() if k in Variant.VARIANT_FIELDS})
+        args.threads = args.threads or choice.get("threads")
     config = ProfileConfig(
         model=args.model,
         mode=args.mode,
-        variant=_variant(args),
+        variant=variant,
         batch_size=args.batch_size,
         wait=args.wait,
         warmup=args.warmup,
@@ -536,6 +588,7 @@ def _check_report_flags(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """The accuracy-vs-cost report from stored runs; and/or a benchmark report from a saved JSON."""
+    from .core.bench_row import bench_rows, skipped_rows
     from .reporting.benchmarks import load_bench_json, write_report
     from .system.atomic import write_text
 
@@ -543,6 +596,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     args.out = args.out or str(REPORTS_DIR / "accuracy-vs-cost.md")
 
     bench = load_bench_json(Path(args.bench_json)) if args.bench_json else None
+    if bench is not None and not bench_rows(bench):  # an empty report is no report
+        unread = skipped_rows(bench)
+        raise UsageError(
+            f"{args.bench_json} holds no benchmark row this version can read ({unread} entries without a usable timing or "
+            "identity: a newer schema, or a run whose benchmarks were all disabled)"
+        )
     if bench is not None and args.bench_out:
         write_report(bench, Path(args.bench_out), command=_rerender_command(bench, args.bench_json))
         print(f"benchmark report written to {args.bench_out}")
@@ -827,6 +886,12 @@ def _profile_parser(sub) -> None:
         default=None,
         help="profile a DDP train step on this many ranks (torchrun's launcher); one trace per rank (default: one process)",
     )
+    p.add_argument(
+        "--variant",
+        default=None,
+        help="a variant spec as train, sweep and ab take it (e.g. eager-bf16-cl-fast; a loader token is ignored), or "
+        "'best': what mnist-bench tune stored for this machine (default: the switches below)",
+    )
     _add_variant_flags(p)
     p.set_defaults(func=cmd_profile)
 
@@ -964,6 +1029,67 @@ def _ab_parser(sub) -> None:
     p.set_defaults(func=cmd_ab)
 
 
+def _bisect_parser(sub) -> None:
+    from .runs.bisect import DEFAULT_MAX_SECONDS
+
+    p = sub.add_parser(
+        "bisect",
+        help="find the commit that made the train step slower: a bisection of interleaved A/Bs, decided beyond noise",
+        description="Bisect the first-parent commits after GOOD up to BAD. Each step compares a commit with GOOD as "
+        "mnist-bench ab --commits does (interleaved, both start orders) and decides only beyond this machine's "
+        "calibrated threshold with the interval excluding 1. It names the first slower commit with its ratio against its "
+        "parent, or says that GOOD and BAD do not differ beyond noise, that the slowdown is spread over several commits, "
+        "or where it stopped (an undecided step, commits that do not run, the time bound). The steps go to "
+        "reports/machines/<machine>/bisect/. Run it alone on the machine.",
+    )
+    p.add_argument("good", help="a commit known to be fast")
+    p.add_argument("bad", help="a later commit known (or feared) to be slower")
+    p.add_argument("--a", default="eager-fp32", help="the variant spec both sides run (default: eager-fp32)")
+    p.add_argument("--repo", default=None, help="the git repository (default: this checkout)")
+    p.add_argument(
+        "--threshold", type=_percent, default=None, help="the threshold (default: this machine's calibration, else 5%%)"
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=_positive_int,
+        default=DEFAULT_MAX_SECONDS,
+        help=f"stop the search after this long and name the range left (default: {DEFAULT_MAX_SECONDS})",
+    )
+    p.add_argument(
+        "--no-explain",
+        dest="explain",
+        action="store_false",
+        help="do not profile the commit found against its parent (default: mnist-bench explain runs on it, about a minute)",
+    )
+    _ab_common(p)
+    p.set_defaults(func=cmd_bisect)
+
+
+def _explain_parser(sub) -> None:
+    from .profiling.explain import DEFAULT_ROUNDS as EXPLAIN_ROUNDS
+    from .profiling.explain import DEFAULT_STEPS as EXPLAIN_STEPS
+
+    p = sub.add_parser(
+        "explain",
+        help="where in the train step B is slower than A: layers (forward, backward) and ops, each with its interval",
+        description="Profile two sides in alternating rounds (two variant specs, or two commits each running --a's spec) "
+        "and attribute the difference of the step to the net's layers, forward and backward, and to the ops under them: "
+        "per layer the median difference over rounds with its interval, the layers slower beyond noise named first, and "
+        "the roof each layer sits under on each side. The report goes to reports/machines/<machine>/explain/.",
+    )
+    p.add_argument("a_side", metavar="A", help="a commit, or a variant spec (e.g. eager-fp32)")
+    p.add_argument("b_side", metavar="B", help="a commit, or a variant spec (e.g. eager-fp32-cl)")
+    p.add_argument("--a", default="eager-fp32", help="with two commits: the variant spec both run (default: eager-fp32)")
+    p.add_argument("--repo", default=None, help="the git repository of the commits (default: this checkout)")
+    p.add_argument("--model", default="simple", choices=list(MODELS), help="which net's train step (default: simple)")
+    p.add_argument("--rounds", type=_positive_int, default=EXPLAIN_ROUNDS, help=f"alternating rounds (default: {EXPLAIN_ROUNDS})")
+    p.add_argument(
+        "--steps", type=_positive_int, default=EXPLAIN_STEPS, help=f"profiled steps per block (default: {EXPLAIN_STEPS})"
+    )
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads of both sides (default: torch's choice)")
+    p.set_defaults(func=cmd_explain)
+
+
 def _calibrate_parser(sub) -> None:
     p = sub.add_parser(
         "calibrate",
@@ -1084,10 +1210,16 @@ def build_parser() -> argparse.ArgumentParser:
     _tune_parser(sub)
     _ab_parser(sub)
     _calibrate_parser(sub)
+    _bisect_parser(sub)
+    _explain_parser(sub)
     _recipe_search_parser(sub)
     _targets_parser(sub)
     _data_parser(sub)
     return parser
+
+
+def _terminated(signum, frame) -> None:
+    raise Interrupted("terminated (SIGTERM): every process this command started was ended; finished runs are saved", signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1096,12 +1228,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     try:
+        from .runs.config import check_thread_env
+        from .scale.distributed import Rank
+
+        check_thread_env()  # the environment is read once, with the flags' rules, before any work
+        Rank.from_env()
+        signal.signal(signal.SIGTERM, _terminated)  # SIGTERM cleans up as Ctrl-C does (claims, workers, temp files)
         keep_freed_memory()  # before any tensor: every command's steps reuse their memory (system/allocator.py)
         return args.func(args)
     except MnistBenchError as exc:
-        from .scale.distributed import Rank, report_failure
+        from .scale.distributed import report_failure
 
-        rank = Rank.from_env()
+        try:
+            rank = Rank.from_env()
+        except MnistBenchError:  # the environment itself was the error
+            rank = None
         where = f"rank {rank.rank}: " if rank and rank.world_size > 1 and not str(exc).startswith("rank ") else ""
         print(f"mnist-bench: error: {where}{exc}", file=sys.stderr)
         if rank:

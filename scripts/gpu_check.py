@@ -1,30 +1,38 @@
-"""The CUDA path, checked: the steps of `scripts/gpu-check`, run one after another within a time budget.
+"""The CUDA path, checked in one command within a stated budget: the steps of `scripts/gpu-check`.
 
-On a machine with a CUDA GPU it runs, each step under its own time limit:
+    scripts/gpu-check --out DIR          # on a machine with a CUDA GPU: run every step
+    scripts/gpu-check --dry-run          # anywhere: the plan, each step checked to start, the CUDA code on CPU
 
-1. the tests, CUDA ones included (the slow subprocess tests left out);
-2. the quick CUDA benchmark subset (forward and train step at batch 100: eager, channels_last,
-   bf16, fp16 + GradScaler, compile, reduce-overhead (CUDA graphs); the matmul ceiling), written to
-   reports/benchmarks-cuda.md (+ .json);
-3. one profile per net (train step, eager fp32 and the fastest variant of step 2) into
-   reports/conv-kernels-cuda.md, naming the cuDNN kernels;
-4. per net on fashion-mnist (mnist-5k where fashion-mnist is not installed): one epoch of the seed
-   recipe (the seed's DataLoader, eager fp32) and the seed's 15 epochs with the fastest variant of
-   step 2 through the tensor loader, records into reports/runs/;
-5. a one-GPU nccl run once the project has DDP (`train --nproc`); skipped with the reason before.
+On a GPU machine it runs, each step under its own time limit, all within BUDGET_SECONDS:
 
-Then it prints a summary: each step's status and time, and per net the images/s of every CUDA
-variant, the seconds per epoch and the time to reach the seed recipe's accuracies.
+1. the CUDA tests (`pytest -m cuda`);
+2. the quick CUDA benchmark subset without torch.compile (forward and train step at batch 100:
+   eager, channels_last, bf16, fp16 + GradScaler; the matmul ceiling): cold compiles would spend
+   the budget; `pytest bench --benchmark-only -m cuda` runs them all when there is time;
+3. one profile per net (train step, eager fp32), naming the cuDNN kernels;
+4. one short epoch per loader (the seed's DataLoader, the tensor loader), simple net;
+5. a one-rank nccl DDP run.
 
-Without a GPU (or with --dry-run) it lists the steps and checks that each would start: every
-mnist-bench command parses, every pytest selection selects something. Exit status 0 then.
+A step that runs out of time is sent Ctrl-C first (the benchmark session then writes a partial
+report), then killed; what it wrote stays. Everything goes under --out, laid out as the project's
+per-machine evidence (OUT/machines/<machine>/...), with the summary there too (gpu-check.md), so the
+folder can be copied into reports/ and committed. The folder must be new or empty: a stale JSON of
+an earlier run is never summarised as this one's.
+
+A GPU that exists but that torch cannot use (a CPU-only wheel, a driver older than the wheel needs,
+a hidden device) is an error, exit 1: the check never passes by checking nothing. A machine with no
+GPU at all exits 2 unless --dry-run was asked for. The dry run (exit 0) lists the steps with their
+limits, checks that each would start (every command parses, every pytest selection selects), and
+runs the CUDA branches that a CPU can run (tests/test_cuda_paths.py: the profile's kernel
+accounting, the numerics flags, identities, the compile reset).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -36,12 +44,15 @@ sys.path.insert(0, str(ROOT))
 
 from mnist_models.cli import build_parser  # noqa: E402
 from mnist_models.core.bench_row import BenchRow, bench_rows  # noqa: E402
-from mnist_models.reporting.benchmarks import fastest, load_bench_json  # noqa: E402
+from mnist_models.core.targets import target_for  # noqa: E402
+from mnist_models.reporting.benchmarks import load_bench_json  # noqa: E402
 from mnist_models.runs.records import RunStore  # noqa: E402
-from mnist_models.system.machine import evidence_dir  # noqa: E402
+from mnist_models.system import atomic  # noqa: E402
+from mnist_models.system.machine import machine_key, this_machine  # noqa: E402
 
 MODELS = ("simple", "deep")
-BUDGET_SECONDS = 8 * 60
+BUDGET_SECONDS = 8 * 60  # the lent GPU machine's time, less its start: every step's limit fits inside it
+GRACE_SECONDS = 20  # after Ctrl-C, how long a step has to write its partial results
 
 
 @dataclass
@@ -83,102 +94,63 @@ def dataset_here() -> str:
         return "mnist-5k"
 
 
-def has_ddp() -> bool:
-    return any("--nproc" in a.option_strings for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions)
-
-
-def plan(reports: Path, bench: dict | None, dataset: str) -> list[Step]:
-    """Every step, in order; steps 3 and 4 use the fastest variant that step 2 measured (eager fp32 before that)."""
-    kernels, runs = reports / "kernels-cuda", reports / "runs"
+def plan(evidence: Path, dataset: str) -> list[Step]:
+    """Every step, in order, its limit included; the limits add up to at most BUDGET_SECONDS."""
+    runs = evidence / "runs"
     steps = [
-        Step("tests (CUDA included)", pytest("-q", "tests", "-m", "cuda or not slow", "-p", "no:cacheprovider"), 240),
+        Step("CUDA tests", pytest("-q", "tests", "-m", "cuda", "-p", "no:cacheprovider"), 60),
         Step(
-            "quick CUDA benchmarks",
+            "quick CUDA benchmarks (no compile)",
             pytest(
                 "-q",
                 "bench",
                 "--benchmark-only",
                 "-m",
-                "cuda and quick",
+                "cuda and quick and not compile",
                 "-p",
                 "no:cacheprovider",
                 "--bench-report",
-                str(reports / "benchmarks-cuda.md"),
+                str(evidence / "benchmarks-cuda.md"),
             ),
-            240,
+            150,
         ),
     ]
     for model in MODELS:
-        best = fastest(bench, "train-step", model, "cuda", 100) if bench else None
-        for flags in {(): [], tuple(variant_flags(best)): variant_flags(best)}.values():
-            steps.append(
-                Step(
-                    f"profile {model} {' '.join(flags) or 'eager fp32'}",
-                    mnist_bench(
-                        "profile",
-                        "--model",
-                        model,
-                        "--device",
-                        "cuda",
-                        *flags,
-                        "--out",
-                        str(reports / "traces"),
-                        "--summary-dir",
-                        str(kernels),
-                        "--report",
-                        str(reports / "conv-kernels-cuda.md"),
-                    ),
-                    120,
-                )
-            )
-    for model in MODELS:
-        best = fastest(bench, "train-step", model, "cuda", 100) if bench else None
-        common = [
-            "--model",
-            model,
-            "--dataset",
-            dataset,
-            "--device",
-            "cuda",
-            "--runs-dir",
-            str(runs),
-            "--no-progress",
-            "--overwrite",
-        ]
-        steps.append(Step(f"{model}: one epoch, seed recipe", mnist_bench("train", *common, "--epochs", "1"), 180))
         steps.append(
             Step(
-                f"{model}: 15 epochs, fastest variant",
-                mnist_bench("train", *common, "--loader", "tensor", *variant_flags(best)),
-                240,
-            )
-        )
-    if has_ddp():
-        steps.append(
-            Step(
-                "DDP, one GPU, nccl",
+                f"profile {model} eager fp32",
                 mnist_bench(
-                    "train",
-                    "--nproc",
-                    "1",
-                    "--backend",
-                    "nccl",
+                    "profile",
                     "--model",
-                    "simple",
-                    "--dataset",
-                    dataset,
-                    "--epochs",
-                    "1",
+                    model,
                     "--device",
                     "cuda",
-                    "--runs-dir",
-                    str(runs / "ddp"),
-                    "--no-progress",
-                    "--overwrite",
+                    "--out",
+                    str(evidence / "traces"),
+                    "--summary-dir",
+                    str(evidence / "kernels"),
+                    "--report",
+                    str(evidence / "conv-kernels.md"),
                 ),
-                180,
+                40,
             )
         )
+    common = ["--model", "simple", "--dataset", dataset, "--device", "cuda", "--epochs", "1", "--no-progress"]
+    for loader in ("seed", "tensor"):
+        steps.append(
+            Step(
+                f"simple: one epoch, {loader} loader",
+                mnist_bench("train", *common, "--loader", loader, "--runs-dir", str(runs)),
+                45,
+            )
+        )
+    steps.append(
+        Step(
+            "DDP, one rank, nccl",
+            mnist_bench("train", "--nproc", "1", "--backend", "nccl", *common, "--runs-dir", str(runs / "ddp")),
+            60,
+        )
+    )
     return steps
 
 
@@ -194,89 +166,156 @@ def check(step: Step) -> str:
     return last
 
 
-def run(step: Step, left: float) -> tuple[str, float]:
+def run(step: Step, left: float, log: Path) -> tuple[str, float]:
+    """Run a step within min(its limit, what is left); past it, Ctrl-C, then a kill. Its output goes to `log`."""
     limit = max(1, min(step.timeout, int(left)))
     print(f"\n== {step.name}: {shlex.join(step.argv[1:])} (limit {limit} s)", flush=True)
     start = time.perf_counter()
-    try:
-        done = subprocess.run(step.argv, cwd=ROOT, timeout=limit)
-        status = "ok" if done.returncode == 0 else f"FAILED (exit {done.returncode})"
-    except subprocess.TimeoutExpired:
-        status = f"TIMED OUT after {limit} s"
+    with log.open("a") as out:
+        out.write(f"\n== {step.name}: {shlex.join(step.argv)}\n")
+        out.flush()
+        proc = subprocess.Popen(step.argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait(timeout=limit)
+            status = "ok" if code == 0 else f"FAILED (exit {code})"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGINT)  # the benchmark session writes its partial report on Ctrl-C
+            try:
+                proc.wait(timeout=GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+            status = f"TIMED OUT after {limit} s (partial results kept)"
     return status, time.perf_counter() - start
 
 
-def summary(results: list[tuple[Step, str, float]], reports: Path, dataset: str) -> str:
-    lines = ["", "== gpu-check summary", ""]
-    lines += [f"{status:24s} {seconds:7.1f} s  {step.name}" for step, status, seconds in results]
-    bench_json = reports / "benchmarks-cuda.json"
-    if bench_json.exists():
-        data = load_bench_json(bench_json)
-        lines += ["", "images/s per CUDA variant (median, batch 100):"]
-        for row in sorted(bench_rows(data), key=lambda r: r.name):
-            if row.images_per_s and row.variant.device == "cuda":
-                lines.append(f"  {row.suite + ' ' + row.label:60s} {row.images_per_s:>14,.0f}")
-    try:
-        records, _ = RunStore(reports / "runs").load_all()
-    except Exception:  # no runs folder yet: nothing to summarise
-        records = []
+def gpu_state() -> tuple[bool, str]:
+    """(usable, what is there): torch's view of the GPU, against the device files and the driver."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True, f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    devices = sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
+    smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True) if _which("nvidia-smi") else None
+    seen = devices or (smi is not None and smi.returncode == 0 and smi.stdout.strip())
+    if seen:
+        why = "a CPU-only torch wheel" if torch.version.cuda is None else f"torch built for CUDA {torch.version.cuda}"
+        return (
+            False,
+            f"a GPU is here ({', '.join(devices) or smi.stdout.strip().splitlines()[0]}) but torch cannot use it ({why}; a driver older than that, or a hidden device)",
+        )
+    return False, ""
+
+
+def _which(name: str) -> bool:
+    from shutil import which
+
+    return which(name) is not None
+
+
+def epoch_lines(records, dataset: str) -> list[str]:
+    """Per CUDA run: seconds per epoch (the first epoch pays cuDNN's autotuning and any compile, so it is
+    named apart) and the time to this net's target on this dataset (core/targets.py)."""
+    lines = []
     for r in (r for r in records if r.device == "cuda" and r.dataset.name == dataset):
-        line = f"  {r.name}: {r.train_seconds / len(r.epochs):.2f} s/epoch, accuracy {r.test_accuracy:.4f}"
-        for target in (0.9874, 0.9838):  # the seed's printed accuracies (MNIST, raw-pixel evaluation)
-            reached = next(
-                (
-                    sum(e.seconds for e in r.epochs[: i + 1])
-                    for i, e in enumerate(r.epochs)
-                    if e.test_accuracy is not None and e.test_accuracy >= target
-                ),
-                None,
-            )
-            line += f"; to {target}: " + (f"{reached:.1f} s" if reached is not None else "not reached")
-        lines.append(line)
-    return "\n".join(lines)
+        first = r.epochs[0].seconds
+        rest = [e.seconds for e in r.epochs[1:]]
+        per_epoch = (
+            f"{sum(rest) / len(rest):.2f} s/epoch after the first ({first:.2f} s)"
+            if rest
+            else f"{first:.2f} s, its only epoch (autotuning included)"
+        )
+        target = target_for(dataset, r.config.model).accuracy
+        elapsed, reached = 0.0, None
+        for e in r.epochs:
+            elapsed += e.seconds
+            if e.test_accuracy is not None and e.test_accuracy >= target and reached is None:
+                reached = elapsed
+        to_target = f"{reached:.1f} s" if reached is not None else f"not reached in {len(r.epochs)} epoch(s)"
+        lines.append(f"- `{r.name}`: {per_epoch}; accuracy {r.test_accuracy:.4f}; to {target:.2%}: {to_target}")
+    return lines
+
+
+def summary(results: list[tuple[Step, str, float]], evidence: Path, dataset: str, gpu: str, budget_used: float) -> str:
+    out = [
+        "# GPU check",
+        "",
+        f"Generated by `scripts/gpu-check --out ...`; do not edit by hand. GPU: {gpu}. Dataset: {dataset}.",
+        f"Budget {BUDGET_SECONDS} s, used {budget_used:.0f} s.",
+        "",
+        "| step | status | seconds |",
+        "|---|---|---:|",
+    ]
+    out += [f"| {step.name} | {status} | {seconds:.1f} |" for step, status, seconds in results]
+    bench_json = evidence / "benchmarks-cuda.json"
+    if bench_json.exists():
+        rows = [r for r in bench_rows(load_bench_json(bench_json)) if r.images_per_s and r.variant.device == "cuda"]
+        out += ["", "## Images/s per CUDA variant (median, this run)", ""]
+        out += [f"- {r.suite} `{r.label}`: {r.images_per_s:,.0f}" for r in sorted(rows, key=lambda r: r.name)]
+    try:
+        records, _ = RunStore(evidence / "runs").load_all()
+    except Exception:  # noqa: BLE001  no runs folder: nothing to summarise
+        records = []
+    epochs = epoch_lines(records, dataset)
+    if epochs:
+        out += ["", "## Epochs", "", *epochs]
+    return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/gpu-check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="list and check the steps without running them")
-    parser.add_argument(
-        "--reports",
-        default=str(evidence_dir()),
-        help=f"where reports, records and traces go (default: this machine's evidence folder, {evidence_dir()})",
-    )
+    parser.add_argument("--out", default=None, help="a new or empty folder for every result (required for a real run)")
     args = parser.parse_args(argv)
-    import torch
-
-    reports = ROOT / args.reports
-    gpu = torch.cuda.is_available()
-    if args.dry_run or not gpu:
-        why = "--dry-run" if gpu else "no CUDA GPU is visible to torch on this machine"
-        print(f"gpu-check: {why}; a dry run. On a GPU machine it would run, within about {BUDGET_SECONDS // 60} minutes:")
-        for i, step in enumerate(plan(reports, None, "fashion-mnist"), 1):
+    usable, gpu = gpu_state()
+    out = Path(args.out or "gpu-check-out").resolve()
+    evidence = out / "machines" / machine_key(this_machine())
+    if args.dry_run:
+        state = f"GPU: {gpu}" if gpu else "no GPU here"
+        print(f"gpu-check: a dry run ({state}); budget {BUDGET_SECONDS} s; output folder {out}")
+        print(f"evidence would go to {evidence} (on the GPU machine its key names the GPU)")
+        total = 0
+        for i, step in enumerate(plan(evidence, "fashion-mnist"), 1):
+            total += step.timeout
             print(f"{i:2d}. {step.name} (limit {step.timeout} s): {shlex.join(step.argv[1:])}\n    check: {check(step)}")
-        if not has_ddp():
-            print("    (a one-GPU nccl DDP run joins these once `mnist-bench train --nproc` exists)")
-        print("steps 3-4 use the fastest CUDA train-step variant measured in step 2")
-        return 0
-
-    print(f"gpu-check on {torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})")
+        print(f"the limits add up to {total} s of the {BUDGET_SECONDS} s budget")
+        cpu_side = subprocess.run(
+            pytest("-q", "tests/test_cuda_paths.py", "-p", "no:cacheprovider"), cwd=ROOT, capture_output=True, text=True
+        )
+        last = (cpu_side.stdout.strip().splitlines() or ["?"])[-1]
+        print(f"the CUDA branches a CPU can run (tests/test_cuda_paths.py): {last}")
+        return 0 if cpu_side.returncode == 0 else 1
+    if not usable:
+        if gpu:
+            print(f"gpu-check: error: {gpu}", file=sys.stderr)
+            return 1
+        print(
+            "gpu-check: error: no GPU on this machine: nothing was checked (scripts/gpu-check --dry-run shows the plan)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.out is None:
+        print("gpu-check: error: give --out DIR, a new or empty folder for the results", file=sys.stderr)
+        return 2
+    if out.exists() and any(out.iterdir()):
+        print(f"gpu-check: error: {out} is not empty: results of an earlier run would be read as this one's", file=sys.stderr)
+        return 2
+    evidence.mkdir(parents=True, exist_ok=True)
+    print(f"gpu-check on {gpu}; budget {BUDGET_SECONDS} s; results in {evidence}")
     dataset = dataset_here()
     started, results = time.perf_counter(), []
-    steps = plan(reports, None, dataset)
-    done = 0
-    while done < len(steps):
-        step = steps[done]
+    log = out / "gpu-check.log"
+    for i, step in enumerate(steps := plan(evidence, dataset)):
         left = BUDGET_SECONDS - (time.perf_counter() - started)
         if left <= 5:
-            results += [(s, "NOT RUN (time budget spent)", 0.0) for s in steps[done:]]
+            results += [(s, "NOT RUN (time budget spent)", 0.0) for s in steps[i:]]
             break
-        status, seconds = run(step, left)
+        status, seconds = run(step, left, log)
         results.append((step, status, seconds))
-        done += 1
-        if step.name == "quick CUDA benchmarks" and (reports / "benchmarks-cuda.json").exists():
-            steps = steps[:done] + plan(reports, load_bench_json(reports / "benchmarks-cuda.json"), dataset)[done:]
-    print(summary(results, reports, dataset))
-    print(json.dumps({"steps": len(results), "ok": sum(s == "ok" for _, s, _ in results)}))
+        print(f"   {status} ({seconds:.1f} s)", flush=True)
+    text = summary(results, evidence, dataset, gpu, time.perf_counter() - started)
+    atomic.write_text(evidence / "gpu-check.md", text)
+    print(text)
     return 0 if all(status == "ok" for _, status, _ in results) else 1
 
 

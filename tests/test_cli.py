@@ -81,6 +81,8 @@ def test_every_option_of_every_subcommand_has_help_text():
         "compare",
         "ab",
         "calibrate",
+        "bisect",
+        "explain",
         "recipe-search",
         "targets",
         "data",

@@ -135,13 +135,17 @@ def test_rows_that_measured_different_work_are_never_ratioed(tmp_path, capsys):
         data["benchmarks"][1]["extra_info"] |= {"threads": threads}
         path.write_text(json.dumps(data))
     out = tmp_path / "c.md"
-    assert cli.main(["compare", str(base), str(new), "--fail-above", "25%", "--out", str(out), "--no-plot"]) == 0
+    assert cli.main(["compare", str(base), str(new), "--out", str(out), "--no-plot"]) == 0  # a comparison: shown
     text = out.read_text()
     apart = text.split("### Not comparable")[1]
     assert "dataset mnist-5k → fashion-mnist, dataset_size 4000 → 60000" in apart
     assert "threads 2 → 1" in apart
     assert "0 compared" in text and "2 not comparable" in text and "FAIL" not in text
     assert "not comparable: test_train_step[simple-cpu-eager-fp32-b100] (dataset" in capsys.readouterr().out
+    # a gate that compared nothing gives no verdict: it fails, saying why (it passed a 10x slower run before)
+    assert cli.main(["compare", str(base), str(new), "--fail-above", "25%", "--out", str(out), "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert "the gate has nothing to judge" in err and "2 not comparable" in err
 
 
 def test_the_committed_baseline_against_the_committed_full_report_claims_no_regression_from_a_dataset_change(tmp_path):

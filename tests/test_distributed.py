@@ -145,6 +145,16 @@ def test_a_ranks_own_error_keeps_its_words(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("plant, what", [("code:1", "code"), ("data:1", "data")])
+def test_ranks_on_other_code_or_data_stop_before_the_first_step(tmp_path, plant, what):
+    """One rank's checkout with another data shuffle once trained beside the others silently."""
+    result = planted_job(tmp_path, plant)
+    assert result.returncode != 0
+    assert f"rank 1 was started with another {what} than rank 0" in result.stderr
+    assert "[Epoch:" not in result.stdout and not (tmp_path / "runs" / "mnist-5k").exists()
+
+
+@pytest.mark.slow
 def test_rank_0_alone_may_outlast_the_collective_timeout_at_the_end(tmp_path):
     """The other ranks once waited at a final barrier, under the collective timeout, while rank 0
     evaluated and saved alone: a slow end (here 16 s against an 8 s timeout) failed the whole job. (A

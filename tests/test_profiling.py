@@ -300,3 +300,13 @@ def test_profile_hides_kinetos_no_gpu_line_and_keeps_other_stderr(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert KINETO_GPU_NOISE not in result.stderr and "trace:" in result.stdout
+
+
+def test_profile_takes_the_variant_specs_that_train_sweep_and_ab_take(tmp_path, capsys):
+    out, summaries = tmp_path / "traces", tmp_path / "kernels"
+    common = ["profile", "--model", "simple", "--batch-size", "8", "--wait", "0", "--warmup", "1", "--active", "1"]
+    common += ["--out", str(out), "--summary-dir", str(summaries), "--report", str(tmp_path / "k.md"), "--device", "cpu"]
+    assert cli.main([*common, "--variant", "tensor-eager-fp32-cl-fast"]) == 0, capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["simple-train-cpu-eager-fp32-cl-fast-b8"]  # the loader token is ignored
+    assert cli.main([*common, "--variant", "eager-fp33"]) == 2
+    assert "unknown token 'fp33'" in capsys.readouterr().err

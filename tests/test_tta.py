@@ -171,9 +171,27 @@ def test_the_permutation_test_is_exact():
 
 def test_the_speedup_interval_holds_the_ratio_of_olympic_means():
     slow, fast = [100.0, 110.0, 90.0, 105.0, 95.0], [10.0, 11.0, 9.0, 10.5, 9.5]
-    low, high = ratio_interval(slow, fast)
+    low, high, level = ratio_interval(slow, fast)
     assert low <= olympic_mean(slow) / olympic_mean(fast) <= high and low > 8 and high < 12.5
-    assert ratio_interval(slow, fast[:3], fast_failures=2) is None  # mostly no score: no interval
+    # 5 + 5 runs: the 3rd smallest and largest of 25 differences; P(U <= 2) = 4 / 252, so 96.8%
+    assert level == pytest.approx(1 - 2 * 4 / 252)
+    assert ratio_interval(slow, fast[:3], fast_failures=2) is None  # no olympic mean: no interval
+    low, high, _ = ratio_interval(slow, fast[:4], fast_failures=1)  # a failed fast run is slower than any time
+    assert low == 0.0 and 8 < high < 12.5  # it could have been arbitrarily slow: the speedup has no lower bound
+
+
+def test_the_speedup_interval_covers_as_printed_by_simulation():
+    import math
+    import random
+
+    rng, trials, true_ratio, covered = random.Random(5), 2000, 3.0, 0
+    for _ in range(trials):
+        noise = lambda: math.exp(rng.gauss(0, 0.15)) * (1 + (rng.random() < 0.2) * rng.expovariate(5))  # noqa: E731
+        slow = [true_ratio * 10 * noise() for _ in range(5)]
+        fast = [10 * noise() for _ in range(5)]
+        low, high, level = ratio_interval(slow, fast)
+        covered += low <= true_ratio <= high
+    assert covered / trials >= level - 3 * math.sqrt(level * (1 - level) / trials)
 
 
 # --- the report -----------------------------------------------------------------------------------

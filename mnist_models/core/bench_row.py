@@ -36,6 +36,10 @@ IDENTITY_FIELDS = (
 )
 
 
+# Suites whose timed work is all on the device when the device is CUDA (no loader, no host compute).
+GPU_BOUND_SUITES = ("forward", "train-step", "ceiling")
+
+
 @dataclass(frozen=True)
 class BenchIdentity:
     """What a benchmark measured. `model` is None for the ceiling suite (torch's own ops, named by `op`)."""
@@ -99,9 +103,14 @@ class BenchIdentity:
         )
 
     def differences(self, other: BenchIdentity) -> list[str]:
-        """The identity fields in which two rows differ, e.g. ['dataset', 'dataset_size']."""
+        """The identity fields in which two rows differ, e.g. ['dataset', 'dataset_size']. On CUDA the
+        host's thread count does not change the work of a forward, a train step or a ceiling op (the
+        GPU runs it): two GPU machines with other core counts still compare there."""
         mine, theirs = self.to_info(), other.to_info()
-        return [name for name in IDENTITY_FIELDS if mine[name] != theirs[name]]
+        names = IDENTITY_FIELDS
+        if self.variant.device == other.variant.device == "cuda" and self.suite == other.suite and self.suite in GPU_BOUND_SUITES:
+            names = tuple(name for name in names if name != "threads")
+        return [name for name in names if mine[name] != theirs[name]]
 
     def label(self, pinned_threads: bool = False) -> str:
         """A readable name rendered from the fields ('simple-tensor-cpu-eager-fp32-cl-b100'); the

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import math
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,16 @@ class Dataset:
 
     def counts(self) -> dict[str, int]:
         return {"train": len(self.train), "test": len(self.test)}
+
+    def digest(self) -> str:
+        """A digest of every image and label, train and test: two processes that agree on it hold the same data."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for split in (self.train, self.test):
+            h.update(split.images.contiguous().numpy().tobytes())
+            h.update(split.labels.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
 
 def load_dataset(name: str, root: Path | str = DEFAULT_ROOT, download: bool = True) -> Dataset:
@@ -130,7 +141,7 @@ def _stage_debian_fashion(root: Path) -> bool:
         try:
             with gzip.open(source, "rb") as fh:
                 atomic.write_bytes(raw / name, fh.read())
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:  # a truncated or damaged archive: zlib's own error too
             raise DataError(f"corrupt file {source}: {exc}") from None
     return True
 
@@ -143,7 +154,12 @@ def _download(name: str, root: Path) -> None:
     try:
         cls(str(root), train=True, download=True)
     except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError on failure
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # torchvision's message is "Error downloading X:" with the cause on the lines after it (or in __cause__)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None and len(lines) <= 1:
+            lines.append(f"{type(cause).__name__}: {cause}")
+        reason = " ".join(lines)[:300] or type(exc).__name__
         raise DataError(f"{name} is not in {root} and could not be downloaded ({reason}); {OFFLINE_HINT}") from None
 
 
@@ -186,7 +202,7 @@ def _load_mnist_5k() -> Dataset:
     path = _mnist_5k_path()
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.int64)
-    except (OSError, EOFError, ValueError) as exc:
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise DataError(f"corrupt file {path}: {exc}") from None
     if table.ndim != 2 or table.shape[1] != IMAGE_SIZE * IMAGE_SIZE + 1:
         raise DataError(f"corrupt file {path}: expected 785 columns, got shape {table.shape}")

@@ -6,6 +6,7 @@ the synchronised call. A number from one mode therefore describes the code the o
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +87,40 @@ class Workload:
         return call
 
 
+DETERMINISTIC_ENV = "MNIST_BENCH_DETERMINISTIC"
+
+
+def deterministic_requested() -> bool:
+    raw = os.environ.get(DETERMINISTIC_ENV, "0")
+    if raw not in ("0", "1"):
+        from ..system.errors import UsageError
+
+        raise UsageError(f"${DETERMINISTIC_ENV} is 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
+def configure_backends(variant: Variant) -> None:
+    """The one place every mode (training, profiling, benchmarks, tune) sets what decides the kernels.
+
+    On CUDA: cuDNN autotuning on, so that training, profiles and benchmarks run the same kernels (the
+    kernel report names what the benchmarks timed); with $MNIST_BENCH_DETERMINISTIC=1 deterministic
+    algorithms instead (bit-identical repeats, slower), as the CUDA determinism test asks. The flags
+    land in every record through machine_info()["numerics"]. A compiled variant starts from a fresh
+    dynamo: a new net must not reuse the graphs of the previous case, nor hit the recompile limit
+    and silently run eager under a compile label, and its compile time must not depend on order."""
+    if variant.device == "cuda":
+        deterministic = deterministic_requested()
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
+            torch.use_deterministic_algorithms(True)
+    if variant.compile != "off":
+        from torch import _dynamo
+
+        _dynamo.reset()
+
+
 def build(
     model_name: str,
     variant: Variant,
@@ -101,6 +136,7 @@ def build(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    configure_backends(variant)
     seed_everything(seed, variant.device)
     model = build_model(model_name)
     if variant.fast:

@@ -15,12 +15,11 @@ tests/test_stats.py checks the printed level by simulation on skewed, drifting r
 
 from __future__ import annotations
 
+import functools
 import math
-import random
 import statistics
 from dataclasses import dataclass
 
-RESAMPLES = 2000
 LEVEL = 0.95  # the level an interval aims for; Ratio.level says the one it has
 MIN_ROUNDS_FOR_LEVEL = 6  # the fewest rounds whose interval reaches LEVEL (1 - 2 / 2**6 = 96.9%)
 
@@ -130,31 +129,51 @@ def olympic_mean(times: list[float], failures: int = 0) -> float | None:
     return statistics.fmean(kept)
 
 
+def mann_whitney_cdf(m: int, n: int, u: int) -> float:
+    """P(U <= u) for the Mann-Whitney statistic of samples of m and n with no difference (exact)."""
+
+    @functools.cache
+    def ways(m: int, n: int, u: int) -> int:  # arrangements of m x's and n y's with exactly u (x > y) pairs
+        if u < 0:
+            return 0
+        if m == 0 or n == 0:
+            return 1 if u == 0 else 0
+        return ways(m - 1, n, u - n) + ways(m, n - 1, u)
+
+    return sum(ways(m, n, k) for k in range(u + 1)) / math.comb(m + n, m)
+
+
 def ratio_interval(
     slow: list[float],
     fast: list[float],
     slow_failures: int = 0,
     fast_failures: int = 0,
-    seed: int = 0,
-    resamples: int = RESAMPLES,
-) -> tuple[float, float] | None:
-    """A percentile bootstrap interval (95%) of olympic_mean(slow) / olympic_mean(fast), resampling each
-    side's runs (failures included) independently: the runs of two recipes are not paired."""
-    rng = random.Random(seed)
-    slow_runs = [*slow, *([math.inf] * slow_failures)]
-    fast_runs = [*fast, *([math.inf] * fast_failures)]
-    ratios = []
-    for _ in range(resamples):
-        a, b = rng.choices(slow_runs, k=len(slow_runs)), rng.choices(fast_runs, k=len(fast_runs))
-        top = olympic_mean([t for t in a if math.isfinite(t)], sum(not math.isfinite(t) for t in a))
-        bottom = olympic_mean([t for t in b if math.isfinite(t)], sum(not math.isfinite(t) for t in b))
-        if top is not None and bottom:
-            ratios.append(top / bottom)
-    if len(ratios) < resamples // 2:  # most resamples have no score: too many failures for an interval
+    level: float = LEVEL,
+) -> tuple[float, float, float] | None:
+    """The ratio of slow's typical time to fast's, as an interval with its exact level: (low, high, level).
+
+    The runs of two recipes are independent, not paired. Taking log times, the k-th smallest and the
+    k-th largest of the m x n differences log(slow_i) - log(fast_j) bound the shift between the two
+    (the log of their time ratio) with probability 1 - 2 P(U < k) under the Mann-Whitney statistic U's
+    exact null distribution, whatever the distribution of a run's time, provided the two differ by a
+    factor (the same spread in log time). k is the largest that keeps the level at or above 95%. A run
+    that never reached the target counts as slower than every run that did (an infinite time), as
+    MLPerf's olympic mean counts it. None where either side has no olympic mean (fewer than 3 runs, or
+    more than one failure), or both sides have failures (their order is unknown)."""
+    if olympic_mean(slow, slow_failures) is None or olympic_mean(fast, fast_failures) is None:
         return None
-    ratios.sort()
-    tail = (1 - LEVEL) / 2
-    return ratios[int(tail * (len(ratios) - 1))], ratios[int((1 - tail) * (len(ratios) - 1))]
+    if slow_failures and fast_failures:
+        return None
+    a = [math.log(t) for t in slow] + [math.inf] * slow_failures
+    b = [math.log(t) for t in fast] + [math.inf] * fast_failures
+    m, n = len(a), len(b)
+    diffs = sorted(x - y for x in a for y in b)
+    best, exact = 1, 1 - 2 * mann_whitney_cdf(m, n, 0)
+    for k in range(1, m * n // 2 + 1):
+        covered = 1 - 2 * mann_whitney_cdf(m, n, k - 1)
+        if covered >= level:
+            best, exact = k, covered
+    return math.exp(diffs[best - 1]), math.exp(diffs[m * n - best]), exact
 
 
 def permutation_p(a: list[float], b: list[float]) -> float:

@@ -114,11 +114,57 @@ def _row_flops(name: str, shapes: list, conv_flops: dict) -> tuple[int | None, s
     return None, None
 
 
+def ops_and_kernels(events, on_cuda: bool) -> tuple[list, list]:
+    """The operator rows of a profile, and (on CUDA) its device-side rows apart.
+
+    On CUDA, torch gives each kernel's time to the CPU op that launched it (that op's self device
+    time), and lists the kernel again as a row of its own, and GPU-side annotations (ProfilerStep's
+    device span, record_function ranges) again: summing every row counts a step two or three times
+    and lists each convolution twice. Operator rows are the CPU-side events; the kernels are kept
+    apart, for the table of which kernels ran. On CPU every row is an operator row."""
+    if not on_cuda:
+        return list(events), []
+    from torch.autograd import DeviceType
+
+    ops = [e for e in events if getattr(e, "device_type", DeviceType.CPU) == DeviceType.CPU]
+    device = [e for e in events if getattr(e, "device_type", DeviceType.CPU) != DeviceType.CPU]
+    kernels = [e for e in device if not _ANNOTATION.match(e.key)]
+    return ops, kernels
+
+
+# GPU-side spans of annotations (the profiler step, record_function ranges): not kernels.
+_ANNOTATION = re.compile(r"^(ProfilerStep#?\d*|## .* ##|\[.*\])$|^(Optimizer|autograd|DistributedDataParallel)[.:]")
+
+
+def kernel_rows(kernels, active: int, step_us: float) -> list[dict]:
+    """The device kernels by time, each once: name, calls and time per step, share of the step."""
+    rows = [
+        {
+            "name": k.key,
+            "calls_per_step": k.count / active,
+            "ms_per_step": float(k.self_device_time_total) / active / 1e3,
+            "share": float(k.self_device_time_total) / active / step_us if step_us else 0.0,
+            "convolution": bool(_CONV_KERNEL.search(k.key)),
+        }
+        for k in kernels
+        if float(k.self_device_time_total) > 0
+    ]
+    return sorted(rows, key=lambda r: -r["ms_per_step"])[:20]
+
+
+# cuDNN / CUTLASS convolution kernels (implicit GEMM, Winograd, FFT, split-K reductions of a weight
+# gradient); not inductor's fused elementwise kernels ("triton_poi_fused_convolution_relu_0"), whose
+# names say what they follow, not what they compute.
+_CONV_KERNEL = re.compile(
+    r"^(?!triton_)(.*(fprop|dgrad|wgrad|implicit_?gemm|winograd|convolve|conv2d|fft|cudnn).*|.*splitKreduce.*)$", re.IGNORECASE
+)
+
+
 def summarise(prof, config: ProfileConfig, variant: Variant, model, roofs: RoofMeasurement | None = None) -> dict:
     """Per-row tables from a finished profiler: convolution rows and the top other rows; with the
     machine's `roofs`, each layer against its roofline."""
     on_cuda = variant.device == "cuda"
-    events = prof.key_averages(group_by_input_shape=True)
+    events, kernels = ops_and_kernels(prof.key_averages(group_by_input_shape=True), on_cuda)
 
     def self_us(e) -> float:
         return float(e.self_device_time_total if on_cuda else e.self_cpu_time_total)
@@ -126,7 +172,10 @@ def summarise(prof, config: ProfileConfig, variant: Variant, model, roofs: RoofM
     def total_us(e) -> float:
         return float(e.device_time_total if on_cuda else e.cpu_time_total)
 
-    step_us = sum(self_us(e) for e in events) / config.active  # time of one step, as the profiler saw it
+    # Time of one step as the profiler saw it. On CUDA each kernel's time is counted once, on the op that
+    # launched it (its self device time); the kernel rows and the GPU-side annotations, which repeat it,
+    # are not operator rows (ops_and_kernels).
+    step_us = sum(self_us(e) for e in events) / config.active
     conv_flops = _conv_flops_by_shape(model, config.batch_size, config.mode)
     convs, comms, others, own = [], [], [], []
     for e in events:
@@ -176,6 +225,7 @@ def summarise(prof, config: ProfileConfig, variant: Variant, model, roofs: RoofM
         "step_ms": step_us / 1e3,
         "conv_share": conv_share,
         "conv_rows": convs,
+        "kernel_rows": kernel_rows(kernels, config.active, step_us),
         "comm_rows": sorted(comms, key=lambda r: -r["total_ms_per_step"]),
         "other_rows": others[:8],
         "flop_source": "per-layer count from the nets' own layer shapes (mnist_models.core.nets.layer_flops)",

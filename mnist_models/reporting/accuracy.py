@@ -24,7 +24,7 @@ from ..core.variants import Variant
 from ..runs.records import RunRecord
 from ..system import atomic
 from ..system.machine import machine_key, machine_label
-from .markdown import fmt_num, header, md, table
+from .markdown import fmt_num, header, md, plural, table
 
 # The seed's printed per-epoch costs (MNIST, its unnamed machine) and accuracies (raw-pixel evaluation).
 SEED_COSTS = {
@@ -119,6 +119,23 @@ def full_budget(runs: list[RunRecord]) -> list[RunRecord]:
     return [r for r in runs if r.key.target is None]
 
 
+def without_trials(runs: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
+    """(kept, left out): a run of the seed's recipe cut short (--epochs below the seed's, the rest the
+    seed's) beside full-length runs of the same net, dataset, loader and variant is a trial (a quick
+    check written to the runs folder), not a recipe this report compares: it would add a row of its
+    own to every table. Left out, and the report says how many."""
+
+    def family(r: RunRecord) -> tuple:
+        c = r.config
+        return (r.dataset.name, c.model, c.loader, r.variant.tag, c.batch_size, c.lr, c.schedule, c.ranks)
+
+    full = {family(r) for r in runs if r.config.epochs == SEED_EPOCHS}
+    kept, trials = [], []
+    for r in runs:
+        (trials if r.config.epochs < SEED_EPOCHS and family(r) in full else kept).append(r)
+    return kept, trials
+
+
 def _label(g: pd.Series | dict) -> str:
     ranks = f", {g['ranks']} DDP ranks" if g["ranks"] > 1 else ""
     return f"{g['model']} {g['loader']}-loader {g['tag']}{ranks}"
@@ -144,15 +161,19 @@ def _time_to(row, target: float) -> float | None:
 
 def summarise_groups(df: pd.DataFrame, keys: list[str] = GROUP_KEYS) -> pd.DataFrame:
     def agg(g: pd.DataFrame) -> pd.Series:
+        # n counts seeds, not records: one seed trained at two thread counts (or on two machines) is one
+        # sample of the seed-to-seed spread, its accuracy the mean of its records
+        per_seed = g.groupby("seed")[["accuracy", "seed_style"]].mean()
         return pd.Series(
             {
-                "n": len(g),
-                "seeds": sorted(g["seed"]),
-                "acc_mean": g["accuracy"].mean(),
-                "acc_std": g["accuracy"].std(ddof=1) if len(g) > 1 else 0.0,
-                "acc_min": g["accuracy"].min(),
-                "acc_max": g["accuracy"].max(),
-                "seed_style_mean": g["seed_style"].mean(),
+                "n": len(per_seed),
+                "records": len(g),
+                "seeds": sorted(per_seed.index),
+                "acc_mean": per_seed["accuracy"].mean(),
+                "acc_std": per_seed["accuracy"].std(ddof=1) if len(per_seed) > 1 else 0.0,
+                "acc_min": per_seed["accuracy"].min(),
+                "acc_max": per_seed["accuracy"].max(),
+                "seed_style_mean": per_seed["seed_style"].mean(),
                 "sec_per_epoch": g["sec_per_epoch"].mean(),
                 "train_seconds": g["train_seconds"].mean(),
                 "train_seconds_std": g["train_seconds"].std(ddof=1) if len(g) > 1 else 0.0,
@@ -285,7 +306,7 @@ def _rerun_line(groups: pd.DataFrame) -> list[str]:
     elsewhere = int(again["replaced_elsewhere"].sum())
     where = f"{elsewhere} of them first ran on another machine" if elsewhere else "all on the same machine as before"
     return [
-        f"- **Same seed, run again**: {len(again)} runs were retrained after their first records had been timed on a "
+        f"- **Same seed, run again**: {plural(len(again), 'run')} {'was' if len(again) == 1 else 'were'} retrained after their first records had been timed on a "
         f"shared CPU ({where}; see `replaces` in each record). Their accuracy moved by {moved.mean():.4f} on average "
         f"(max {moved.max():.4f}; {identical} identical): "
         + (
@@ -347,7 +368,7 @@ def _cost_reading(groups: pd.DataFrame) -> list[str]:
     for model, g in same_schedule.groupby("model"):
         fastest = g.loc[g["train_seconds"].idxmin()]
         lines.append(
-            f"- **Cheapest {model} training** over {fastest['epochs_cfg']} epochs: {_label(fastest)}, {fastest['train_seconds']:.0f} s "
+            f"- **Cheapest {model} training** over {plural(fastest['epochs_cfg'], 'epoch')}: {_label(fastest)}, {fastest['train_seconds']:.0f} s "
             f"for {fastest['acc_mean']:.4f} (n = {fastest['n']})."
         )
     return lines
@@ -359,9 +380,10 @@ def render(runs: list[RunRecord], problems: list[str], benches: dict[str, dict] 
     stopped = len(runs)
     runs = full_budget(runs)
     stopped -= len(runs)
+    runs, trials = without_trials(runs)
     if not runs:
         return (
-            f"# Accuracy versus cost\n\nNo run here trained its whole budget: the {stopped} runs stopped at a "
+            f"# Accuracy versus cost\n\nNo run here trained its whole budget: the {plural(stopped, 'run')} stopped at a "
             "time-to-accuracy target, which each machine's `time-to-accuracy.md` scores.\n"
         )
     df = runs_frame(runs)
@@ -370,7 +392,8 @@ def render(runs: list[RunRecord], problems: list[str], benches: dict[str, dict] 
     out = [header("Accuracy versus cost", list(machines.values()), df["dataset"].unique() if len(df) else [], command)]
     codes = Counter(r.machine.get("code") or "unknown" for r in runs)
     if len(codes) > 1:  # records made by several commits: name them all
-        out.append(f"- **Runs made by code**: {md(', '.join(f'{code} ({n} runs)' for code, n in codes.most_common()))}\n")
+        made = ", ".join(f"{code} ({plural(n, 'run')})" for code, n in codes.most_common())
+        out.append(f"- **Runs made by code**: {md(made)}\n")
     out.append(
         "\nEvery figure comes from stored run records (`reports/machines/<machine>/runs/<dataset>/*.json`), made by "
         "`mnist-bench train` / `mnist-bench sweep`. Accuracy is on the test set with pixels scaled as in training; the "
@@ -379,9 +402,14 @@ def render(runs: list[RunRecord], problems: list[str], benches: dict[str, dict] 
         "compared across machines. Training time excludes the per-epoch evaluations. Datasets are reported "
         "separately and never averaged together.\n"
     )
+    if trials:
+        out.append(
+            f"\n{plural(len(trials), 'run')} of the seed's recipe cut short (fewer than its {SEED_EPOCHS} epochs, beside "
+            "full-length runs of the same net and variant) are left out: trial runs, not a recipe this report compares.\n"
+        )
     if stopped:
         out.append(
-            f"\n{stopped} runs stopped at a time-to-accuracy target are left out (their last accuracy is not their "
+            f"\n{plural(stopped, 'run')} stopped at a time-to-accuracy target are left out (their last accuracy is not their "
             "recipe's): each machine's `time-to-accuracy.md` scores them.\n"
         )
     dirty = sum(n for code, n in codes.items() if code.endswith("+dirty"))
@@ -432,7 +460,7 @@ def machine_verdicts(runs: list[RunRecord]) -> list[str]:
 def _machine_section(sub: pd.DataFrame, dataset: str, key: str, bench: dict | None, out_dir: Path) -> str:
     """Every cost figure of one machine's runs of one dataset, under a heading naming the machine."""
     groups = summarise_groups(sub)
-    out = [f"\n### Cost on {md(key)}\n\n_{md(machine_label(sub['machine'].iloc[0]))}: {len(sub)} runs._\n\n"]
+    out = [f"\n### Cost on {md(key)}\n\n_{md(machine_label(sub['machine'].iloc[0]))}: {plural(len(sub), 'run')}._\n\n"]
     if groups["contended"].any():
         out.append(
             "_Runs marked * shared the CPU with other work (see `busy_before_start` and "

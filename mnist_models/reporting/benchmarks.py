@@ -16,7 +16,7 @@ from ..core.stats import format_level
 from ..system import atomic
 from ..system.errors import UsageError
 from ..system.machine import machine_key, native_bf16
-from .markdown import code, fmt_num, fmt_time, header, md, table
+from .markdown import code, fmt_num, fmt_time, header, md, plural, table
 
 SUITE_ORDER = ("ceiling", "forward", "train-step", "epoch", "process", "scaling")
 SUITE_TITLES = {
@@ -35,7 +35,7 @@ def pairs_with_level(row: BenchRow) -> str:
     pairs = f"{row.speedup_pairs:.0f} alternated pairs"
     if row.speedup_level:
         return f"{pairs}, interval {format_level(row.speedup_level)}"
-    return f"{pairs}, interval of unstated level (an older run)"
+    return f"{pairs}, interval level unknown (older run)"
 
 
 def load_bench_json(path: Path) -> dict:
@@ -183,7 +183,7 @@ def _group_rows(
                 f"process, {pairs_with_level(r)}"
             )
         if r.rounds < 5:
-            extras.append(f"{r.rounds} rounds: no real spread")
+            extras.append(f"{plural(r.rounds, 'round')}: no real spread")
         if emulated and r.variant.device == "cpu" and r.variant.precision != "fp32":
             extras.append("**emulated** (no native bf16 on this CPU)")
         rows.append(
@@ -312,6 +312,18 @@ def headlines(groups: dict[str, list[BenchRow]], peaks: dict) -> list[str]:
     return sorted(lines)
 
 
+GLOSSARY = """
+**Words used below.** *Seed pipeline*: the seed's own way to feed a net (torchvision's DataLoader, eager,
+fp32). *Tensor loader*: the whole dataset as one in-memory tensor, batches sliced from it. *cl*:
+channels_last, the convolutions in NHWC memory format. *fast*: the fast path (max-pool before ReLU,
+in-place ReLU, fused Adam), the same function and weights. *Conv ceiling*: the fastest rate this
+machine reached on a large convolution in this run, the roof the nets' convolutions are measured
+against. *Strong / weak scaling*: N ranks share the seed's batch of 100 / each rank takes 100.
+*Data made by code X*: the commit whose code measured these rows. *Within noise*: the range that the two
+rows' quartiles allow for their ratio holds 1, so it cannot tell them apart.
+"""
+
+
 def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
     rows = bench_rows(data)
     extra = data.get("mnist_bench") if isinstance(data.get("mnist_bench"), dict) else {}
@@ -328,6 +340,7 @@ def render(data: dict, command: str = "pytest bench --benchmark-only") -> str:
             when=(data.get("datetime") or "")[:16].replace("T", " ") + " UTC",
         )
     ]
+    out.append(GLOSSARY)
     if extra.get("partial"):
         out.insert(
             1,

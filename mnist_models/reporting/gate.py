@@ -55,6 +55,12 @@ def compare_and_gate(
         changes, apart = compare(base, run)
         if not changes and not apart:
             raise UsageError(f"{base.path} and {run.path} have no benchmark in common")
+        if fail_above is not None and not changes:  # no verdict from nothing: a gate that compared nothing fails
+            first = apart[0]
+            raise UsageError(
+                f"no benchmark of {run.path} is comparable with {base.path} ({len(apart)} not comparable, e.g. {first.name}: "
+                f"{first.describe()}): the gate has nothing to judge; make a new baseline on this machine"
+            )
         png = out.with_name(f"{out.stem}-{len(sections) + 1}.png") if plot else None
         if png is not None and changes:
             plot_ratios(changes, png)

@@ -12,11 +12,12 @@ import json
 from pathlib import Path
 
 from ..core.bench_row import BenchRow, bench_rows
+from ..core.stats import format_level
 from ..core.variants import Variant, render_tag
 from ..system.errors import UsageError
 from ..system.machine import machine_label
 from .benchmarks import group_baseline, load_bench_json, pairs_with_level, speedup_cell
-from .markdown import code, fmt_time, md
+from .markdown import code, fmt_time, md, plural
 
 REPORT_FILES = (
     "benchmarks-cpu.md",
@@ -129,6 +130,13 @@ def _noise_lines(folder: Path) -> list[str]:
     return lines
 
 
+def _level_of(ratio: dict) -> str:
+    """A stored interval's level: the exact one it was computed with, or, for one stored before levels
+    were (a bootstrap printed as 95% at any n), a plain statement that it is not known."""
+    level = ratio.get("level")
+    return format_level(level) if level else "level unknown (older run)"
+
+
 def _tune_spec(best: dict) -> str:
     """A tune pick as a sweep spec (tune.json files before issue 21 hold the variant's fields loose)."""
     variant = best.get("variant") or {k: best.get(k) for k in ("compile", "precision", "channels_last", "fast")}
@@ -146,7 +154,7 @@ def _tune_lines(folder: Path) -> list[str]:
         if interleaved:  # tune since issue 23: interleaved pairs, with an interval
             ratio = (
                 f", {interleaved['estimate']:.2f}x ({interleaved['low']:.2f}-{interleaved['high']:.2f}, "
-                f"{interleaved['rounds']} interleaved pairs) the seed pipeline's mnist-5k epoch"
+                f"{interleaved['rounds']} interleaved pairs, interval {_level_of(interleaved)}) the seed pipeline's mnist-5k epoch"
             )
         else:
             ratio = f", {seed / epoch:.2f}x the seed pipeline's mnist-5k epoch (one timing each)" if seed and epoch else ""
@@ -191,7 +199,9 @@ def render_index(reports_dir: Path, machines_dir: Path) -> str:
         history = len(list((folder / "history").glob("*.json"))) if (folder / "history").is_dir() else 0
         links = [f"[{name}]({rel}/{name})" for name in REPORT_FILES if (folder / name).is_file()]
         links += [f"{runs} run records (`{rel}/runs/`)"] if runs else []
-        links += [f"{history} benchmark sessions in its history (`mnist-bench compare {rel}/history`)"] if history else []
+        links += (
+            [f"{plural(history, 'benchmark session')} in its history (`mnist-bench compare {rel}/history`)"] if history else []
+        )
         links += [f"[cluster-sweep/]({rel}/cluster-sweep/)"] if (folder / "cluster-sweep").is_dir() else []
         out.append("\nReports: " + "; ".join(links) + "\n" if links else "")
     return "".join(out)
@@ -211,7 +221,9 @@ def _tune_epoch_cell(folder: Path, model: str) -> str:
     if not best or not ratio:
         return "-"
     spec = _tune_spec(best)
-    return f"{ratio['estimate']:.2f}x ({ratio['low']:.2f}-{ratio['high']:.2f}) {code(spec)} on mnist-5k (tune)"
+    return (
+        f"{ratio['estimate']:.2f}x ({ratio['low']:.2f}-{ratio['high']:.2f}, {_level_of(ratio)}) {code(spec)} on mnist-5k (tune)"
+    )
 
 
 def results_table(machines_dir: Path, link_prefix: str) -> str:

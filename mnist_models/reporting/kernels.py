@@ -274,7 +274,12 @@ def write_roofline_plot(s: dict, folder) -> Path | None:
     for kind, colour in colours.items():
         if any(x["kind"] == kind for x in points):
             ax.scatter([], [], color=colour, label=kind)
-    ax.scatter([], [], color="gray", marker="o", label="forward (o), backward (s), step (^)")
+    shapes = (("forward", "o", "circle: forward"), ("backward", "s", "square: backward"))
+    for phase, marker, label in shapes:
+        if any(x["phase"] == phase for x in points):
+            ax.scatter([], [], color="gray", marker=marker, label=label)
+    if any(x["phase"] not in ("forward", "backward") for x in points):
+        ax.scatter([], [], color="gray", marker="^", label="triangle: optimizer step")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOPs per byte moved, the bytes model of the report)")

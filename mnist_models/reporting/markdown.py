@@ -47,7 +47,7 @@ def header(
     isa = md(", ".join(map(str, machine.get("cpu_isa") or []))) or "unknown"
     threads = machine.get("torch_threads")
     from ..system.allocator import describe as describe_allocator
-    from ..system.machine import machine_key, machine_label
+    from ..system.machine import describe_numerics, machine_key, machine_label
 
     one = (
         f"- **Machine**: {m.get('cpu', '?')} ({m.get('cores', '?')} cores; ISA: {isa}), "
@@ -78,6 +78,11 @@ def header(
         *(
             [f"- **Allocator**: {md(describe_allocator(machine['allocator']))}"] if machine.get("allocator") else []
         ),  # recorded since issue 25
+        *(  # recorded since issue 41; what "fp32" means on CUDA and which kernels run there
+            [f"- **CUDA numerics**: {md(describe_numerics(machine['numerics']))}"]
+            if machine.get("numerics") and machine.get("gpu")
+            else []
+        ),
         f"- **Rendered by**: code {md(rendering_code())}",
         f"- **Dataset{'s' if len(datasets) > 1 else ''}**: {', '.join(datasets) or 'none'}"
         + (" (mixed: compare within a dataset only)" if len(datasets) > 1 else ""),
@@ -89,6 +94,11 @@ def header(
         else:
             lines.append(f"- **Machine load**: quiet (other processes used {md(busy.get('cores_used_by_others', 0))} cores)")
     return "\n".join(lines) + "\n"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """'1 run', '3 runs', '1 benchmark session': a count with its noun in the right number."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence], align: str | None = None) -> str:

@@ -7,7 +7,7 @@ the whole budget gives the same figure from its per-epoch record. A recipe x var
 its seeds by the olympic mean (drop the fastest and the slowest; a run that never reached the target
 counts as the slowest, and more than one such run leaves no score), as MLPerf does, with the spread
 and the failures shown, never dropped. Speedups are against the seed's recipe on the seed's pipeline
-on the same machine, with a bootstrap interval over both sides' seeds.
+on the same machine, with an interval over both sides' seeds at the level it has.
 
 The targets themselves come from the seed recipe's final accuracy, pooled over every machine's
 records (accuracy does not depend on the machine), one run per seed.
@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..core.recipes import SEED_RECIPE, Recipe
-from ..core.stats import olympic_mean, permutation_p, ratio_interval
+from ..core.stats import format_level, olympic_mean, permutation_p, ratio_interval
 from ..core.targets import TARGETS, target_for
 from ..runs.records import RunRecord
 from ..system import atomic
@@ -156,7 +156,7 @@ def _speedup(group: TtaGroup, baseline: TtaGroup | None) -> str:
     if baseline is None or group is baseline or group.score is None or baseline.score is None:
         return "-"
     interval = ratio_interval(baseline.times, group.times, baseline.failures, group.failures)
-    spread = f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else ""
+    spread = f" ({interval[0]:.2f}-{interval[1]:.2f}, {format_level(interval[2])})" if interval else ""
     return f"{baseline.score / group.score:.2f}x{spread}"
 
 
@@ -208,7 +208,9 @@ def render(runs: list[RunRecord], all_runs: list[RunRecord], out_dir: Path, comm
         "olympic mean (the fastest and the slowest run dropped; a run that never reached the target counts as the "
         f"slowest, and more than one leaves no score); MLPerf asks for at least {MIN_RUNS_FOR_SCORE} runs. Speedups are "
         "against the seed's recipe on the seed's pipeline (`e15-b100-lr0.001-const`, `seed-eager-fp32`) on this machine; "
-        "their interval is a 95% bootstrap over both sides' seeds. Times are this machine's only.",
+        "their interval bounds the ratio of the two sides' typical times from the Mann-Whitney statistic's exact "
+        "distribution over both sides' seeds (runs are not paired), at the level printed beside it. Times are this "
+        "machine's only.",
         "",
     ]
     for dataset in datasets:

@@ -96,16 +96,42 @@ class Worker:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else ""
         if not line:
+            alive = self.proc.poll() is None
             self.close()
             err = (self.proc.stderr.read() or "").strip().splitlines()
-            reason = err[-1] if err else f"no answer within {timeout:.0f} s"
+            if err:
+                reason = err[-1]
+            elif alive:
+                reason = f"no answer within {timeout:.0f} s"
+            else:
+                reason = f"it ended with status {self.proc.returncode}"
             raise UsageError(f"the A/B worker for {self.side.label} failed to {what}: {reason}")
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError:
+            self.close()
+            raise UsageError(f"the A/B worker for {self.side.label} answered {line.strip()[:80]!r}, not a timing") from None
 
     def block(self, steps: int) -> float:
-        self.proc.stdin.write(f"{steps}\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(f"{steps}\n")
+            self.proc.stdin.flush()
+        except OSError:  # BrokenPipeError: the worker died (killed, out of memory) between two blocks
+            self.close()
+            err = (self.proc.stderr.read() or "").strip().splitlines()
+            reason = err[-1] if err else f"it ended with status {self.proc.returncode}"
+            raise UsageError(f"the A/B worker for {self.side.label} died: {reason}; nothing was compared") from None
         return float(self._read(BLOCK_TIMEOUT_S, "time a block")[f"{BLOCK_STATISTIC}_s"])
+
+    def profile(self, steps: int) -> list[dict]:
+        """Per op: name, input shapes, self microseconds and calls per step, over `steps` profiled steps."""
+        try:
+            self.proc.stdin.write(f"profile {steps}\n")
+            self.proc.stdin.flush()
+        except OSError:
+            self.close()
+            raise UsageError(f"the A/B worker for {self.side.label} died; nothing was profiled") from None
+        return self._read(BLOCK_TIMEOUT_S, "profile a block")["ops"]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -158,12 +184,12 @@ def compare(a: Side, b: Side, rounds: int = DEFAULT_ROUNDS, steps: int = DEFAULT
 
 
 @contextlib.contextmanager
-def checkout_of(revision: str) -> Iterator[Path]:
-    """A detached git worktree of `revision` of this checkout, removed afterwards."""
-    git = ["git", "-C", str(SOURCE_ROOT)]
+def checkout_of(revision: str, repo: Path = SOURCE_ROOT) -> Iterator[Path]:
+    """A detached git worktree of `revision` of `repo` (this checkout by default), removed afterwards."""
+    git = ["git", "-C", str(repo)]
     found = subprocess.run([*git, "rev-parse", "--verify", f"{revision}^{{commit}}"], capture_output=True, text=True)
     if found.returncode != 0:
-        raise UsageError(f"no commit {revision!r} in {SOURCE_ROOT} (a shallow clone may lack it: git fetch --unshallow)")
+        raise UsageError(f"no commit {revision!r} in {repo} (a shallow clone may lack it: git fetch --unshallow)")
     folder = Path(tempfile.mkdtemp(prefix="mnist-bench-ab-")) / revision.replace("/", "_").replace("~", "-")
     subprocess.run([*git, "worktree", "add", "--detach", str(folder), found.stdout.strip()], capture_output=True, check=True)
     try:
@@ -259,7 +285,7 @@ def calibrate(
     again = replace(side, label=f"{side.label} (again)")
     held_out = runs if held_out is None else held_out
     for run in range(max(runs, held_out)):
-        line = [f"  run {run + 1}/{max(runs, held_out)}:"]
+        line = []
         if run < runs:
             result.setting.append(compare(side, again, rounds, steps))
             line.append(f"A/A (setting) {result.setting[-1]}")
@@ -271,7 +297,7 @@ def calibrate(
                 slowed = replace(side, label=f"{side.label} +{100 * share:.0f}%", slowdown=share)
                 result.planted[share].append(compare(side, slowed, rounds, steps))
                 line.append(f"+{100 * share:.0f}% {result.planted[share][-1]}")
-        log("; ".join(line))
+        log(f"  run {run + 1}/{max(runs, held_out)}: " + "; ".join(line))
     result.seconds = time.perf_counter() - started
     return result
 

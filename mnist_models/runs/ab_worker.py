@@ -6,7 +6,8 @@ it on request (mnist_models.runs.ab drives two of them in alternation).
 Protocol, one line each: it prints {"ready": ...} once warmed up; then for each line "N" on stdin it
 times a block of N steps (core/blocks.py: one untimed step first, since the other side's block has
 just evicted the caches) and prints {"trimmed_mean_s": ..., "median_s": ...}; "quit" or end of input
-ends it. It imports only what has been in the package since the layout of issue 20 (core.harness,
+ends it; "profile N" answers {"ops": [...]}, the self time of each op over N profiled steps
+(mnist-bench explain). It imports only what has been in the package since the layout of issue 20 (core.harness,
 core.data, core.variants, system.machine), plus the allocator where the commit has one (issue 25);
 the block timing itself is loaded by path from this checkout's core/blocks.py (standard library
 only), so run from an older commit's worktree it times that commit's code the way this one times.
@@ -34,6 +35,24 @@ def load_blocks():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def profile_ops(call, steps: int) -> list[dict]:
+    """`steps` steps under torch.profiler (after one untimed step): per op and input shapes, its self
+    CPU time and calls per step. Only torch.profiler's own API, so older commits' workers answer too."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            call()
+    rows = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.self_cpu_time_total <= 0 or e.key.startswith("ProfilerStep"):
+            continue
+        shapes = [list(s) for s in (e.input_shapes or []) if s][:3]
+        rows.append({"name": e.key, "input_shapes": shapes, "self_us": e.self_cpu_time_total / steps, "calls": e.count / steps})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in sys.stdin:
             if line.strip() in ("", "quit"):
                 break
+            if line.startswith("profile "):  # mnist-bench explain: where the step's time goes, op by op
+                print(json.dumps({"ops": profile_ops(call, int(line.split()[1]))}), flush=True)
+                continue
             times = blocks.time_steps(call, int(line), plant=args.slowdown)
             print(json.dumps(blocks.summary(times)), flush=True)
     except BrokenPipeError:  # the driver is gone (killed, or it stopped the comparison): nothing to answer

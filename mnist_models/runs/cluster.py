@@ -87,12 +87,54 @@ def connect(address: str) -> bool:
     options = dict(log_to_driver=False, logging_level=logging.WARNING)  # the driver prints one line per run instead
     if address == "local":
         options["include_dashboard"] = False
+    _bounded(lambda: ray.init(address=address, **options), address)
+    return True
+
+
+CONNECT_TIMEOUT_ENV = "MNIST_BENCH_RAY_CONNECT_TIMEOUT"
+
+
+def connect_timeout() -> float:
+    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "120")
     try:
-        ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise UsageError(f"${CONNECT_TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+    return seconds
+
+
+def _bounded(init, address: str) -> None:
+    """ray.init with a bound: a head that accepts the connection and never answers kept ray.init waiting
+    for minutes with no word. It runs in a daemon thread; past the bound the command fails in one line
+    (the thread, stuck in Ray's handshake, dies with the process)."""
+    import threading
+
+    seconds = connect_timeout()
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            init()
+            outcome["ok"] = True
+        except BaseException as exc:  # noqa: BLE001  carried to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="ray-connect", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise UsageError(
+            f"the Ray cluster at {address!r} accepted the connection but did not answer within {seconds:g} s "
+            f"(is it a Ray head, and a version that matches this one's? ${CONNECT_TIMEOUT_ENV} sets the bound)"
+        )
+    exc = outcome.get("error")
+    if isinstance(exc, (ConnectionError, RuntimeError, ValueError)):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"cannot reach a Ray cluster at {address!r}: {first}") from None
-    return True
+    if exc is not None:
+        raise exc
 
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:

@@ -7,6 +7,7 @@ name, so a finished record is never mistaken for, or replaced by, a run of anoth
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -52,6 +53,24 @@ def check_threads(threads: int | None) -> None:
             f"{threads} threads is far above the {cpus} logical CPUs here (at most {MAX_THREADS_PER_CPU * cpus}): "
             "torch would oversubscribe the cores and every timing would be meaningless"
         )
+
+
+def check_thread_env(env: dict | None = None) -> None:
+    """$OMP_NUM_THREADS (torch reads it at import) checked with the same rules as --threads: OMP_NUM_THREADS=0
+    or =two ran silently with torch's own choice, and =6 on 2 CPUs trained where --threads 6 is refused."""
+    raw = (os.environ if env is None else env).get("OMP_NUM_THREADS")
+    if raw is None or raw == "":
+        return
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise UsageError(f"$OMP_NUM_THREADS must be a positive integer, got {raw!r} (unset it for torch's own choice)")
+    try:
+        check_threads(threads)
+    except UsageError as exc:
+        raise UsageError(f"$OMP_NUM_THREADS={raw}: {exc}") from None
 
 
 class _RecipeAndSpec:

@@ -33,7 +33,7 @@ from ..core.data import DATASETS
 from ..core.nets import MODELS, build_model
 from ..core.variants import Variant
 from ..system import atomic
-from ..system.errors import CheckpointError, MnistBenchError, RecordError, RunExists, UsageError
+from ..system.errors import CheckpointError, MnistBenchError, RecordError, RunExists, UsageError, WriteError
 from ..system.machine import BUSY_CORES, evidence_dir, machine_key
 from ..system.paths import shown
 from .config import RunKey, TrainConfig
@@ -501,8 +501,11 @@ class RunStore:
     def claim(self, key: RunKey) -> bool:
         """Atomically take the right to train this run; False when a live process holds it."""
         path = self._claim_path(key)
-        self._mkdir(path.parent)
-        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        try:
+            self._mkdir(path.parent)
+        except OSError as exc:
+            raise WriteError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
+        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": atomic.process_start(os.getpid())})
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -524,7 +527,16 @@ class RunStore:
             return False  # half-written by a killed claimer
         if not isinstance(holder, dict) or holder.get("host") != socket.gethostname():
             return True  # another machine's claim (a shared folder): never steal it
-        return isinstance(holder.get("pid"), int) and atomic.pid_alive(holder["pid"])
+        # the pid alone could be another process's now (a claim of a killed sweep, its pid reused): the start time tells
+        return isinstance(holder.get("pid"), int) and atomic.same_process_alive(holder["pid"], holder.get("started"))
+
+    def claim_holder(self, key: RunKey) -> str:
+        """Who holds a run's claim, for a message: 'pid 123 on host'."""
+        try:
+            holder = json.loads(self._claim_path(key).read_text())
+            return f"pid {holder.get('pid')} on {holder.get('host')}"
+        except (OSError, ValueError, AttributeError):
+            return "another process"
 
     def release(self, key: RunKey) -> None:
         self._claim_path(key).unlink(missing_ok=True)

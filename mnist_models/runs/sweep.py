@@ -18,7 +18,7 @@ from pathlib import Path
 from ..core.data import load_dataset
 from ..core.recipes import Recipe
 from ..core.variants import parse_tag
-from ..system.errors import TrainingDiverged
+from ..system.errors import RunExists, TrainingDiverged
 from .config import SPEC_FIELDS, RunKey, TrainConfig
 from .records import RunStore
 from .train import train
@@ -137,10 +137,17 @@ def started_line(run: Run, plan: _Plan) -> str:
     return f"== {run.key.dataset} {run.key.name}{retrain}"
 
 
-def store_result(store: RunStore, plan: _Plan, record, weights, counts: dict, write, where: str = "") -> Path:
-    """Write a finished run (record + weights, all or nothing) and say so."""
+def store_result(store: RunStore, plan: _Plan, record, weights, counts: dict, write, where: str = "") -> Path | None:
+    """Write a finished run (record + weights, all or nothing) and say so. When another command stored
+    the same run meanwhile (a `train` beside this sweep), that one is kept and this run is skipped:
+    the sweep goes on (None)."""
     record.replaces = plan.replaces
-    saved = store.save(record, weights, path=plan.path, overwrite=plan.path is not None)
+    try:
+        saved = store.save(record, weights, path=plan.path, overwrite=plan.path is not None)
+    except RunExists as exc:
+        write(f"   {record.name}: another command finished this run meanwhile; its record is kept, this one dropped ({exc})")
+        counts["skipped"] += 1
+        return None
     counts["trained"] += 1
     write(
         f"   {record.name}{where}: test accuracy {record.test_accuracy:.4f} (seed-style {record.seed_style_accuracy:.4f}), "

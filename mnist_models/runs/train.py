@@ -34,11 +34,13 @@ from ..scale import distributed
 from ..scale.distributed import Rank
 from ..system.allocator import keep_freed_memory
 from ..system.atomic import check_writable_dir
-from ..system.errors import MnistBenchError, RunExists, TrainingDiverged, UsageError
+from ..system.errors import RunExists, TrainingDiverged, UsageError
 from ..system.machine import (
     CpuContention,
     busy_check,
+    code_fingerprint,
     emulated_half_warning,
+    git_commit,
     machine_info,
     peak_memory_mb,
     reset_peak_memory,
@@ -183,6 +185,8 @@ def _set_up(config: TrainConfig, key: RunKey, dataset: Dataset | None, rank: Ran
     busy = busy_check()  # before any work of ours, so the busy share is somebody else's
     dataset = dataset or load_dataset(config.dataset, config.data_root)
     check_batch_size(config.batch_size, dataset.train)
+    if rank:  # every rank must train on the same images, in the same order of files
+        distributed.agree("data", {"name": dataset.name, **dataset.counts(), "digest": dataset.digest()})
     reset_peak_memory(variant.device)
     wrap = (lambda model: distributed.wrap(model, variant.device)) if rank else None
     work = build(config.model, variant, "train", seed=config.seed, lr=config.lr, wrap=wrap)
@@ -370,31 +374,45 @@ def train_and_store(
     get (None, None)); it starts and ends the process group, and a collective that fails because
     another rank died or hung becomes a one-line RankFailed."""
     main = rank is None or rank.is_main
+    claimed = False  # rank 0 holds the run's claim while it trains: a sweep on the same folder skips this run
+    key = run_key(config, rank)  # resolved once: the check below, the run and the save use this one key
     try:
-        key = run_key(config, rank)  # resolved once: the check below, the run and the save use this one key
-        if rank:
-            distributed.start(rank, config.backend, key.variant.device)
-            distributed.agree("config", config.to_json())
-        problem, found = None, None
-        if main:
-            found = store.find(key)
-            if found.path is not None and not overwrite:
-                state = "a finished run of this recipe" if found.record else f"a record that does not load ({found.problem})"
-                problem = f"{state} is already stored at {found.path}; it is kept (pass --overwrite to train and replace it)"
-        if rank:
-            distributed.decide(rank, problem)
-        elif problem:
-            raise RunExists(problem)
-        if main:
-            check_writable_dir(store.folder(config.dataset))
-        model, record = train(config, progress=progress, rank=rank, log=log, key=key)
-    except (RuntimeError, OSError) as exc:  # under DDP: a collective failed, or this rank's own error
-        if rank is None or isinstance(exc, MnistBenchError):
-            raise
-        raise distributed.rank_failure(exc) from None
+        try:
+            if rank:
+                distributed.start(rank, config.backend, key.variant.device)
+                distributed.agree("config", config.to_json())
+                # the same flags are not the same job: a rank on another checkout (another shuffle, another net)
+                distributed.agree("code", {"commit": git_commit(), "source": code_fingerprint()})
+            problem, found = None, None
+            if main:
+                found = store.find(key)
+                if found.path is not None and not overwrite:
+                    state = "a finished run of this recipe" if found.record else f"a record that does not load ({found.problem})"
+                    problem = f"{state} is already stored at {found.path}; it is kept (pass --overwrite to train and replace it)"
+                else:
+                    check_writable_dir(store.folder(config.dataset))  # before the claim creates the folder
+                    if not (claimed := store.claim(key)):  # a sweep (or another train) is training this very run now
+                        problem = (
+                            f"this run is being trained by {store.claim_holder(key)} right now; wait for it, or pick another seed"
+                        )
+            if rank:
+                distributed.decide(rank, problem)
+            elif problem:
+                raise RunExists(problem)
+            if main:
+                check_writable_dir(store.folder(config.dataset))
+            model, record = train(config, progress=progress, rank=rank, log=log, key=key)
+        except (RuntimeError, OSError) as exc:  # under DDP: a collective failed, or this rank's own error
+            if rank is None:
+                raise
+            raise distributed.rank_failure(exc) from None
+        finally:
+            if rank:
+                distributed.stop()
+        if record is None:
+            return None, None
+        return record, store.save(record, model, path=found.path, overwrite=overwrite)
     finally:
-        if rank:
-            distributed.stop()
-    if record is None:
-        return None, None
-    return record, store.save(record, model, path=found.path, overwrite=overwrite)
+        if claimed:
+            store.release(key)
+            store.prune_empty()  # a run that failed leaves no empty folder behind

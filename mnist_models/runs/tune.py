@@ -305,13 +305,21 @@ def load_best(model: str, tune_dir: Path | None = None) -> Candidate:
     path = tune_path(tune_dir)
     try:
         data = json.loads(path.read_text())
-        return Candidate.from_json(data["best"][model])
     except FileNotFoundError:
         raise UsageError(f"no tuned variant for this machine ({path.name}): run mnist-bench tune first") from None
-    except KeyError:
-        raise UsageError(f"{path} has no tuned variant for the {model} net: run mnist-bench tune --models {model}") from None
-    except (ValueError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         raise UsageError(f"{path} is not a tune result ({exc}); run mnist-bench tune again") from None
+    best = data.get("best") if isinstance(data, dict) else None
+    if not isinstance(best, dict):
+        raise UsageError(f"{path} is not a tune result (no 'best' table); run mnist-bench tune again")
+    if model not in best:
+        raise UsageError(f"{path} has no tuned variant for the {model} net: run mnist-bench tune --models {model}")
+    try:  # a pick that is there but malformed is a broken file, not a missing pick
+        return Candidate.from_json(best[model])
+    except (KeyError, ValueError, TypeError, UsageError) as exc:
+        raise UsageError(
+            f"{path}: the {model} net's pick cannot be read ({type(exc).__name__}: {exc}); run mnist-bench tune again"
+        ) from None
 
 
 def best_choice(model: str, tune_dir: Path | None = None) -> dict:

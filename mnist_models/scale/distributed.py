@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..system.errors import MnistBenchError, UsageError
+from ..system.errors import Interrupted, MnistBenchError, UsageError
 from ..system.machine import usable_cpus
 
 # How long a rank waits in a collective for the others (the job's bound when a rank hangs). A rank
@@ -71,15 +71,52 @@ class Rank:
 
     @classmethod
     def from_env(cls) -> Rank | None:
-        """This process's place in a torchrun job, or None when it was not started by torchrun."""
+        """This process's place in a torchrun job, or None when it was not started as a rank. Read once
+        and checked with the same rules as the flags: a stray or half-set torchrun environment (RANK
+        without WORLD_SIZE, WORLD_SIZE=two, MASTER_PORT=notaport) is a one-line error naming the
+        variable, never torch.distributed's ValueError."""
         env = os.environ
-        if not all(k in env for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
+        present = [k for k in RANK_VARIABLES if k in env]
+        if not present:
             return None
-        world = int(env["WORLD_SIZE"])
-        local_world = int(env.get("LOCAL_WORLD_SIZE", world))
-        return cls(
-            int(env["RANK"]), int(env["LOCAL_RANK"]), world, local_world, int(env.get("GROUP_WORLD_SIZE", world // local_world))
-        )
+        missing = [k for k in RANK_VARIABLES if k not in env]
+        if missing:
+            raise UsageError(
+                f"${', $'.join(present)} set without ${', $'.join(missing)}: this looks like a stray torchrun environment; "
+                "unset it for a plain run, or start ranks with mnist-bench train --nproc N (or torchrun)"
+            )
+        world = _env_int("WORLD_SIZE", minimum=1)
+        rank = _env_int("RANK", minimum=0)
+        local_rank = _env_int("LOCAL_RANK", minimum=0)
+        local_world = _env_int("LOCAL_WORLD_SIZE", minimum=1, default=world)
+        if rank >= world or local_rank >= local_world or local_world > world:
+            raise UsageError(
+                f"$RANK={rank}, $LOCAL_RANK={local_rank}, $LOCAL_WORLD_SIZE={local_world} do not fit $WORLD_SIZE={world}"
+            )
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if not env.get(name):
+                raise UsageError(f"${name} is not set: a rank needs its rendezvous address (torchrun sets it; so does --nproc)")
+        _env_int("MASTER_PORT", minimum=1, maximum=65535)
+        if _env_int("TORCHELASTIC_MAX_RESTARTS", minimum=0, default=0) > 0:
+            raise UsageError(RESTARTS_REFUSED)
+        return cls(rank, local_rank, world, local_world, _env_int("GROUP_WORLD_SIZE", minimum=1, default=world // local_world))
+
+
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def _env_int(name: str, minimum: int, maximum: int | None = None, default: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None and default is not None:
+        return default
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value < minimum or (maximum is not None and value > maximum):
+        bound = f"an integer from {minimum} to {maximum}" if maximum is not None else f"an integer >= {minimum}"
+        raise UsageError(f"${name} must be {bound}, got {raw!r}")
+    return value
 
 
 def resolve_backend(backend: str, device: str) -> str:
@@ -101,13 +138,21 @@ def threads_per_rank(rank: Rank) -> int:
     return max(1, usable_cpus() // rank.local_world_size)
 
 
+def gpu_of(rank: Rank, visible: int) -> int:
+    """The GPU index a rank uses: its local rank among all the node's GPUs, or the one GPU it sees when
+    the launcher (SLURM, a scheduler) gave each rank its own CUDA_VISIBLE_DEVICES."""
+    if visible > rank.local_rank:
+        return rank.local_rank
+    if visible == 1:
+        return 0
+    raise UsageError(f"local rank {rank.local_rank} has no GPU of its own ({visible} visible to it)")
+
+
 def start(rank: Rank, backend: str, device: str) -> str:
     """Join the job's process group; returns the backend used."""
     backend = resolve_backend(backend, device)
     if device == "cuda":
-        if torch.cuda.device_count() <= rank.local_rank:
-            raise UsageError(f"local rank {rank.local_rank} has no GPU of its own ({torch.cuda.device_count()} visible)")
-        torch.cuda.set_device(rank.local_rank)
+        torch.cuda.set_device(gpu_of(rank, torch.cuda.device_count()))
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=pg_timeout())
     return backend
@@ -158,7 +203,8 @@ def agree(what: str, value: object) -> None:
     if isinstance(first, dict) and isinstance(other, dict):
         key = next((k for k in first if first.get(k) != other.get(k)), None)
         diff = f" ({key}: {first.get(key)!r} on rank 0, {other.get(key)!r} on rank {other_rank})" if key else ""
-    raise UsageError(f"rank {other_rank} was started with another {what} than rank 0{diff}; every rank needs the same flags")
+    need = {"code": "the same checkout (commit and edits)", "data": "the same dataset files"}.get(what, "the same flags")
+    raise UsageError(f"rank {other_rank} was started with another {what} than rank 0{diff}; every rank needs {need}")
 
 
 def decide(rank: Rank, problem: str | None) -> None:
@@ -226,6 +272,7 @@ def launch(nproc: int, module_args: list[str]) -> None:
 
     A failed job raises RankFailed with one line: the first rank that failed and its reason.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -240,12 +287,26 @@ def launch(nproc: int, module_args: list[str]) -> None:
     )
     try:
         run(args)
+    except SignalException as exc:  # Ctrl-C or SIGTERM: torchrun's agent has already ended every rank
+        raise Interrupted(
+            f"interrupted by {exc.sigval.name}: every rank was ended; nothing of the unfinished run was written",
+            int(exc.sigval),
+        ) from None
     except ChildFailedError as exc:
         rank, failure = first_cause(exc.failures)
         reason = failure.message if isinstance(failure.message, str) and failure.message else _exit_reason(failure)
         if not reason.startswith("rank "):
             reason = f"rank {rank}: {reason}"
         raise RankFailed(f"the distributed job failed: {reason}") from None
+
+
+# torchrun's elastic restarts re-run a whole job after a rank dies. A restarted job here starts over
+# from its first step (no checkpoint is resumed), and its seeded shuffle would then differ from the
+# recorded recipe's: refused up front rather than half-working.
+RESTARTS_REFUSED = (
+    "elastic restarts (torchrun --max-restarts) are not supported: a restarted job would start over from step 0 without "
+    "its checkpoint; rerun the command instead (a finished run is kept, the unfinished one left nothing behind)"
+)
 
 
 # What a rank says when a collective fails because another rank died or hung: a follow-on, not a cause.

@@ -51,10 +51,25 @@ def stage(path: Path, write: Callable[[Any], None], mode: str = "w") -> Path:
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise _cannot(path, exc) from None
+    except RuntimeError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if "PytorchStreamWriter" in str(exc) or "inline_container" in str(exc):  # torch.save's C++ writer on a failed write
+            raise WriteError(f"cannot write {path}: the write failed ({_free_space(path.parent)})") from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return Path(tmp)
+
+
+def _free_space(folder: Path) -> str:
+    """'no space left on the device: 0 bytes free' or how much is free, for a failed write's message."""
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return "is the disk full?"
+    free = stats.f_bavail * stats.f_frsize
+    return "no space left on the device" if free < 2**20 else f"{free / 2**20:.0f} MiB free there; is the disk full?"
 
 
 def commit(tmp: Path, path: Path) -> Path:
@@ -130,6 +145,27 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # somebody else's live process
     return True
+
+
+def process_start(pid: int) -> str | None:
+    """When a process started (clock ticks since boot, /proc/PID/stat field 22), or None where that
+    cannot be read (not Linux, no such process). With the pid it names one process: a pid is reused,
+    a (pid, start) pair is not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces and ')'
+    return fields[19] if len(fields) > 19 else None
+
+
+def same_process_alive(pid: int, started: str | None) -> bool:
+    """Is the process that wrote (pid, started) still running? A live pid with another start time is a
+    different process that got the number after the writer died."""
+    if not pid_alive(pid):
+        return False
+    now = process_start(pid)
+    return started is None or now is None or now == started
 
 
 def stale_temp_files(folder: Path) -> list[Path]:

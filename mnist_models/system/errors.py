@@ -39,3 +39,12 @@ class TrainingDiverged(MnistBenchError):
     """The loss became NaN or infinite, or rose above its first epoch's; nothing from the run is written."""
 
     exit_code = 3
+
+
+class Interrupted(MnistBenchError):
+    """Ctrl-C or SIGTERM reached a command that had started other processes; they were ended and
+    nothing unfinished was written. Exit 130 for SIGINT, 143 for SIGTERM (128 + the signal)."""
+
+    def __init__(self, message: str, signal_number: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number

@@ -320,6 +320,19 @@ def git_commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def code_fingerprint(package: Path | None = None) -> str:
+    """A digest of the library's own source files as this process loaded them: two processes that
+    agree on it run the same code, committed or not, checkout or installed package."""
+    import hashlib
+
+    package = Path(package or Path(__file__).resolve().parents[1])
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def machine_info() -> dict:
     """Versions and hardware, for the top of every record and report."""
     info = {
@@ -338,10 +351,48 @@ def machine_info() -> dict:
         "allocator": allocator_state(),  # L2 of one core, the last-level cache: the roofline's levels
         **torch_cpu_build(),
     }
+    info["numerics"] = numerics_flags()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["cudnn"] = torch.backends.cudnn.version()
+        info["cuda_driver"] = _cuda_driver()
     return info
+
+
+def numerics_flags() -> dict:
+    """The settings that change what "fp32" means and which kernels run on CUDA, as this process has them.
+    In torch 2.14, cuDNN convolutions default to TF32 while matmuls stay FP32: an "fp32" CUDA row is
+    TF32 convolutions plus FP32 linear layers unless these say otherwise. Recorded on CPU too (where
+    they change nothing), so that every record and report has the same fields."""
+    return {
+        "conv_tf32": bool(torch.backends.cudnn.allow_tf32),
+        "matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
+    }
+
+
+def describe_numerics(flags: dict) -> str:
+    """'conv TF32 on, matmul TF32 off (highest), cuDNN autotuning on, deterministic off'."""
+    onoff = {True: "on", False: "off"}
+    return (
+        f"conv TF32 {onoff[bool(flags.get('conv_tf32'))]}, matmul TF32 {onoff[bool(flags.get('matmul_tf32'))]} "
+        f"({flags.get('float32_matmul_precision', '?')}), cuDNN autotuning {onoff[bool(flags.get('cudnn_benchmark'))]}, "
+        f"deterministic {onoff[bool(flags.get('deterministic_algorithms') or flags.get('cudnn_deterministic'))]}"
+    )
+
+
+def _cuda_driver() -> str | None:
+    """The driver's CUDA version (e.g. '12.8'), which must be at least the wheel's."""
+    try:
+        version = torch.cuda.driver_version() if hasattr(torch.cuda, "driver_version") else None
+    except Exception:  # noqa: BLE001  a driver that cannot say is recorded as unknown
+        version = None
+    if isinstance(version, int):
+        return f"{version // 1000}.{version % 1000 // 10}"
+    return version
 
 
 def reset_peak_memory(device: str) -> None:

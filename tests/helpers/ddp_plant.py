@@ -4,6 +4,8 @@ usage (under torchrun): ddp_plant.py PLANT mnist-bench-args...
 PLANT  nan:R        rank R's epoch loss is NaN (as if its shard blew up)
        error:R      rank R raises its own RuntimeError (an out-of-memory) in its first epoch
        slow-end:S   rank 0's seed-style evaluation, done alone after training, takes S seconds longer
+       code:R       rank R runs another checkout's code (its source digest differs)
+       data:R       rank R loaded other data (its dataset digest differs)
 """
 
 import math
@@ -35,4 +37,10 @@ def evaluate(*a, scale=True, **k):
 
 
 training.train_epoch, training.evaluate = epoch, evaluate
+if kind == "code" and rank == int(value):
+    training.code_fingerprint = lambda: "another-checkout"
+if kind == "data" and rank == int(value):
+    from mnist_models.core.data import Dataset
+
+    Dataset.digest = lambda self: "other-images"
 sys.exit(cli.main(args))

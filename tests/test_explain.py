@@ -1,0 +1,89 @@
+"""mnist-bench explain: a step's difference attributed to layers and ops, each with its interval."""
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_models.profiling.explain import REST, attribute, explain
+
+ROOT = Path(__file__).resolve().parent.parent
+CONV2_FORWARD = {"name": "aten::mkldnn_convolution", "input_shapes": [[100, 32, 14, 14], [64, 32, 3, 3], [64]]}
+CONV1_FORWARD = {"name": "aten::mkldnn_convolution", "input_shapes": [[100, 1, 28, 28], [32, 1, 3, 3], [32]]}
+POOL1 = {"name": "aten::max_pool2d_with_indices", "input_shapes": [[100, 32, 28, 28]]}
+LOSS = {"name": "aten::log_softmax", "input_shapes": [[100, 10]]}
+
+
+def ops(rng: random.Random, conv2_us: float) -> list[dict]:
+    """One profiled block of the simple net, a few ops of it, each with a little noise."""
+    noisy = lambda us: us * (1 + rng.gauss(0, 0.03))  # noqa: E731
+    return [
+        CONV1_FORWARD | {"self_us": noisy(700), "calls": 1},
+        CONV2_FORWARD | {"self_us": noisy(conv2_us), "calls": 1},
+        POOL1 | {"self_us": noisy(900), "calls": 1},
+        LOSS | {"self_us": noisy(50), "calls": 1},
+    ]
+
+
+def test_ops_are_attributed_to_their_layers_and_the_rest_of_the_step():
+    layers, by_op = attribute(ops(random.Random(0), 1200), "simple", "fp32")
+    assert layers["layer1.0 forward"] > 600 / 1e3 and layers["layer2.0 forward"] > 1000 / 1e3
+    assert layers["layer1.2 forward"] > 800 / 1e3  # the pool of layer1, found by the shape it sees
+    assert layers[REST] == pytest.approx(by_op["aten::log_softmax"])  # the loss belongs to no layer
+
+
+def test_a_slowdown_planted_in_one_layer_is_named_first_and_the_others_stay_within_noise():
+    rng = random.Random(1)
+    result = explain(lambda: ops(rng, 1200), lambda: ops(rng, 2400), "A", "B", "simple", ("fp32", "fp32"), rounds=8, steps=5)
+    first = result.culprits()[0]
+    assert first.name == "layer2.0 forward" and first.low > 0 and first.estimate == pytest.approx(1.2, abs=0.15)
+    assert [d.name for d in result.culprits()] == ["layer2.0 forward"]
+    assert "slower beyond noise: layer2.0 forward" in result.summary()
+
+
+PLANT = """
+
+
+def _forward_with_an_extra_conv2(self, x):
+    x = self.layer1(x)
+    _ = self.layer2[0](x)  # planted: layer2's convolution run once more, its result unused
+    x = self.layer2(x)
+    return self.fc(x.flatten(1))
+
+
+SimpleCNN.forward = _forward_with_an_extra_conv2
+"""
+
+
+def git(repo: Path, *args: str) -> str:
+    env = os.environ | {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, env=env).stdout.strip()
+
+
+@pytest.mark.slow
+def test_explain_names_the_layer_a_commit_slowed(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(ROOT / "mnist_models", repo / "mnist_models", ignore=shutil.ignore_patterns("__pycache__"))
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "plain")
+    nets = repo / "mnist_models" / "core" / "nets.py"
+    nets.write_text(nets.read_text() + PLANT)
+    git(repo, "commit", "-qam", "an extra conv2")
+    env = os.environ | {"MNIST_BENCH_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "mnist_models", "explain", "HEAD~1", "HEAD", "--repo", str(repo), "--threads", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "slower beyond noise: layer2.0 forward" in result.stdout, result.stdout[-3000:]
+    (report,) = (tmp_path / "home").rglob("explain/*.md")
+    assert "| layer2.0 forward |" in report.read_text()
