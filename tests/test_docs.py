@@ -107,3 +107,36 @@ def test_report_rewrites_the_readme_results_of_its_home(tmp_path):
     assert readme.startswith(f"# mine\n{README_START}\n| machine |") and readme.endswith(f"{README_END}\nkept\n")
     assert "stale" not in readme and f"[{zen4}](reports/machines/{zen4}/benchmarks-cpu.md)" in readme
     assert "2.83x (2.74-2.95) `eager-bf16-cl-fast`" in readme
+
+
+# A measured figure in prose: a ratio with decimals (2.83x), a time in ms, a rate in GFLOP/s or GB/s,
+# an accuracy to four places (0.9234). Definitions (batch 100, 15 epochs, 96.9% for 6 rounds) are not.
+FIGURE = re.compile(r"(?<![\w.])(\d+\.\d+x|\d+(?:\.\d+)? ?ms|\d[\d,]*(?:\.\d+)? (?:GFLOP/s|GB/s)|0\.\d{4,})(?![\w])")
+# Pages that quote the seed's own document (its printed costs and accuracies), not our measurements.
+QUOTING_THE_SEED = {"SEED.md"}
+
+
+def _figures(text: str) -> set[str]:
+    return {m.group(1) for m in FIGURE.finditer(text)}
+
+
+def _generated_text() -> str:
+    reports = SOURCE_ROOT / "reports"
+    return "\n".join(p.read_text(errors="replace") for p in reports.rglob("*") if p.suffix in (".md", ".json", ".txt", ".log"))
+
+
+def test_no_page_states_a_figure_that_no_generated_file_holds():
+    generated = _generated_text()
+    readme = (SOURCE_ROOT / "README.md").read_text()
+    readme = readme.split(README_START)[0] + readme.split(README_END)[-1]  # the table is generated
+    pages = {"README.md": readme} | {
+        f"docs/{p.name}": p.read_text() for p in sorted((SOURCE_ROOT / "docs").glob("*.md")) if p.name not in QUOTING_THE_SEED
+    }
+    typed = {name: sorted(f for f in _figures(text) if f not in generated) for name, text in pages.items()}
+    typed = {name: figures for name, figures in typed.items() if figures}
+    assert not typed, f"figures typed by hand, held by no generated file under reports/: {typed}"
+
+
+def test_the_figure_check_sees_ratios_times_rates_and_accuracies():
+    text = "2.83x faster, 26.7 ms a step, 452 GFLOP/s, 33 GB/s, accuracy 0.9234; batch 100, 15 epochs, 96.9%"
+    assert _figures(text) == {"2.83x", "26.7 ms", "452 GFLOP/s", "33 GB/s", "0.9234"}

@@ -347,3 +347,12 @@ def test_a_trial_run_cut_short_beside_full_runs_is_left_out_of_the_accuracy_repo
     full, trial, alone = run(15, 1), run(1, 2), run(2, 3, model="deep")  # deep has no full-length run: not a trial
     kept, left = without_trials([full, trial, alone])
     assert kept == [full, alone] and left == [trial]
+
+
+def test_a_worktree_leaves_no_temporary_folder_behind():
+    from mnist_models.runs.ab import checkout_of
+
+    with checkout_of("HEAD") as folder:
+        parent = folder.parent
+        assert (folder / "mnist_models").is_dir()
+    assert not parent.exists()  # the worktree and the temporary folder that held it

@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -190,12 +191,14 @@ def checkout_of(revision: str, repo: Path = SOURCE_ROOT) -> Iterator[Path]:
     found = subprocess.run([*git, "rev-parse", "--verify", f"{revision}^{{commit}}"], capture_output=True, text=True)
     if found.returncode != 0:
         raise UsageError(f"no commit {revision!r} in {repo} (a shallow clone may lack it: git fetch --unshallow)")
-    folder = Path(tempfile.mkdtemp(prefix="mnist-bench-ab-")) / revision.replace("/", "_").replace("~", "-")
+    parent = Path(tempfile.mkdtemp(prefix="mnist-bench-ab-"))
+    folder = parent / revision.replace("/", "_").replace("~", "-")
     subprocess.run([*git, "worktree", "add", "--detach", str(folder), found.stdout.strip()], capture_output=True, check=True)
     try:
         yield folder
     finally:
         subprocess.run([*git, "worktree", "remove", "--force", str(folder)], capture_output=True)
+        shutil.rmtree(parent, ignore_errors=True)  # the temporary folder that held it, too
 
 
 # --- calibration -----------------------------------------------------------------------------
