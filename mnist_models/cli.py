@@ -333,10 +333,12 @@ def _ab_side(args: argparse.Namespace, label: str, spec: str, source: Path | Non
 
 def cmd_ab(args: argparse.Namespace) -> int:
     """Two variants or two commits, interleaved; with --gate, exit 1 when B is slower beyond noise."""
-    from .runs.ab import check_rounds, checkout_of, compare, threshold_for
+    from .runs.ab import DEFAULT_ROUNDS, GATE_ROUNDS, check_rounds, checkout_of, compare, threshold_for
 
     if bool(args.commits) == bool(args.b):
         raise UsageError("give --b SPEC (two variants) or --commits A B (two commits), one of the two")
+    if args.rounds is None:
+        args.rounds = GATE_ROUNDS if args.gate else DEFAULT_ROUNDS
     warning = check_rounds(args.rounds, args.gate)
     if warning:
         print(warning, file=sys.stderr)
@@ -369,10 +371,12 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
 def cmd_bisect(args: argparse.Namespace) -> int:
     """Which first-parent commit made the train step slower; exit 1 when it could not be decided."""
+    from .runs.ab import GATE_ROUNDS
     from .runs.bisect import run_bisect
     from .system.paths import SOURCE_ROOT
 
     parse_tag(args.a, ("compile", "precision", "channels_last", "fast"))  # a bad spec is one line before any worktree
+    args.rounds = args.rounds or GATE_ROUNDS  # every step decides, as a gate does
     result, path = run_bisect(
         args.good,
         args.bad,
@@ -414,9 +418,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .runs.ab import calibrate, check_rounds, save_calibration
+    from .runs.ab import DEFAULT_ROUNDS, calibrate, check_rounds, save_calibration
 
-    check_rounds(args.rounds, gate=True)  # a calibration is for the gate: the same rounds, the same interval
+    args.rounds = args.rounds or DEFAULT_ROUNDS  # the comparisons ab makes by default; a gate's 20 are steadier still
+    check_rounds(args.rounds, gate=True)
     side = _ab_side(args, args.spec, args.spec)
     held_out = args.runs if args.held_out is None else args.held_out
     plants = ", ".join(f"+{100 * share:.0f}%" for share in args.plants)
@@ -987,10 +992,15 @@ def _tune_parser(sub) -> None:
 
 
 def _ab_common(p) -> None:
-    from .runs.ab import DEFAULT_ROUNDS, DEFAULT_STEPS
+    from .runs.ab import DEFAULT_ROUNDS, DEFAULT_STEPS, GATE_ROUNDS
 
     p.add_argument("--model", default="simple", choices=list(MODELS), help="which net's train step (default: simple)")
-    p.add_argument("--rounds", type=_positive_int, default=DEFAULT_ROUNDS, help=f"interleaved rounds (default: {DEFAULT_ROUNDS})")
+    p.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=None,
+        help=f"interleaved rounds (default: {DEFAULT_ROUNDS}; {GATE_ROUNDS} for a decision: ab --gate, bisect)",
+    )
     p.add_argument(
         "--steps",
         type=_positive_int,

@@ -29,6 +29,12 @@ def ops(rng: random.Random, conv2_us: float) -> list[dict]:
     ]
 
 
+def block(rng: random.Random, conv2_us: float, outside_ms: float = 0.3) -> dict:
+    """A block as a worker answers it: the ops, and the wall time of a step (ops plus time outside them)."""
+    table = ops(rng, conv2_us)
+    return {"ops": table, "wall_ms": sum(o["self_us"] for o in table) / 1e3 + outside_ms * (1 + rng.gauss(0, 0.03))}
+
+
 def test_ops_are_attributed_to_their_layers_and_the_rest_of_the_step():
     layers, by_op = attribute(ops(random.Random(0), 1200), "simple", "fp32")
     assert layers["layer1.0 forward"] > 600 / 1e3 and layers["layer2.0 forward"] > 1000 / 1e3
@@ -38,11 +44,27 @@ def test_ops_are_attributed_to_their_layers_and_the_rest_of_the_step():
 
 def test_a_slowdown_planted_in_one_layer_is_named_first_and_the_others_stay_within_noise():
     rng = random.Random(1)
-    result = explain(lambda: ops(rng, 1200), lambda: ops(rng, 2400), "A", "B", "simple", ("fp32", "fp32"), rounds=8, steps=5)
+    result = explain(lambda: block(rng, 1200), lambda: block(rng, 2400), "A", "B", "simple", ("fp32", "fp32"), rounds=8, steps=5)
     first = result.culprits()[0]
     assert first.name == "layer2.0 forward" and first.low > 0 and first.estimate == pytest.approx(1.2, abs=0.15)
     assert [d.name for d in result.culprits()] == ["layer2.0 forward"]
     assert "slower beyond noise: layer2.0 forward" in result.summary()
+
+
+def test_time_outside_every_op_is_named_when_no_layer_is_slower():
+    """A busy-wait after the step's last op (the bisect session's plant) is seen by the wall clock only."""
+    rng = random.Random(2)
+    result = explain(
+        lambda: block(rng, 1200),
+        lambda: block(rng, 1200, outside_ms=3.0),
+        "A",
+        "B",
+        "simple",
+        ("fp32", "fp32"),
+        rounds=8,
+        steps=5,
+    )
+    assert [d.name for d in result.culprits()] == ["outside every torch op"]
 
 
 PLANT = """

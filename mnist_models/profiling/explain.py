@@ -5,7 +5,8 @@ rounds (core.interleave) each profiles a block of steps with torch.profiler and 
 self time per step. The current checkout attributes those ops to the net's layers, forward and
 backward, and to the optimizer, by the same matching as the roofline report (profiling/roofline.py:
 a convolution by its shapes, pooling, ReLU, linear and dropout by the shapes their layer sees);
-whatever no layer claims is "the rest of the step". Per layer, each round gives one difference
+whatever no layer claims is "the rest of the step", and the wall time no op accounts for (Python
+around the step, waits) is "outside every torch op". Per layer, each round gives one difference
 B - A; the estimate is their median and its interval the order-statistic interval of the median at
 the level it has (core/stats.py). A layer "accounts for" the slowdown when its interval excludes
 zero. Ops (the kernels on a CPU) get the same treatment, and each layer names the roof it sits under
@@ -36,6 +37,7 @@ BATCH = 100
 DEFAULT_ROUNDS = 6
 DEFAULT_STEPS = 5
 REST = "rest of the step"
+OUTSIDE = "outside every torch op"
 
 
 def attribute(ops: list[dict], model_name: str, precision: str, batch: int = BATCH) -> tuple[dict[str, float], dict[str, float]]:
@@ -122,7 +124,7 @@ class Explanation:
         return [d for d in self.layers if d.beyond_noise and d.estimate > 0]
 
     def summary(self) -> str:
-        step = f"the profiled step: {self.step.cells()} ms" if self.step else ""
+        step = f"the profiled step (wall): {self.step.cells()} ms" if self.step else ""
         slower = self.culprits()
         if not slower:
             return f"{step}; no layer is slower beyond noise"
@@ -141,15 +143,18 @@ def explain(
     steps: int = DEFAULT_STEPS,
 ) -> Explanation:
     """Profile both sides in alternating rounds and attribute the difference (the profilers are
-    parameters: two workers' `profile`, or a test's tables)."""
+    parameters: two workers' `profile`, or a test's tables: {"ops": [...], "wall_ms": ...} per block)."""
     pairs = alternate(profile_a, profile_b, rounds)
     layer_rounds, op_rounds, step_rounds = [], [], []
-    for ops_a, ops_b in pairs:
-        la, oa = attribute(ops_a, model, precisions[0])
-        lb, ob = attribute(ops_b, model, precisions[1])
+    for block_a, block_b in pairs:
+        la, oa = attribute(block_a["ops"], model, precisions[0])
+        lb, ob = attribute(block_b["ops"], model, precisions[1])
+        for layers, block in ((la, block_a), (lb, block_b)):
+            # what the wall clock saw that no op did: Python around the step, waits (a busy-wait plant lands here)
+            layers[OUTSIDE] = max(0.0, block["wall_ms"] - sum(layers.values()))
         layer_rounds.append((la, lb))
         op_rounds.append((oa, ob))
-        step_rounds.append(({"step": sum(la.values())}, {"step": sum(lb.values())}))
+        step_rounds.append(({"step": block_a["wall_ms"]}, {"step": block_b["wall_ms"]}))
     result = Explanation(a, b, model, rounds, steps, deltas(layer_rounds), deltas(op_rounds), deltas(step_rounds)[0])
     return result
 

@@ -47,6 +47,10 @@ from ..system.paths import SOURCE_ROOT
 
 WORKER = Path(__file__).with_name("ab_worker.py")
 DEFAULT_ROUNDS = 10
+# A decision (--gate, bisect) takes twice the rounds: on the Zen 4, a commit whose train step busy-waits
+# 10% of its time was caught in 7 of 10 comparisons at 10 rounds and 10 of 10 at 20 (the k-th order
+# statistic of 20 rounds is far steadier than the 2nd of 10); reports/machines/<zen4>/ab/ holds both.
+GATE_ROUNDS = 20
 DEFAULT_STEPS = 15  # steps per block: a block is their trimmed mean (core/blocks.py says why)
 DEFAULT_THRESHOLD = 0.05  # without a calibration of this machine
 READY_TIMEOUT_S = 120.0  # start-up and warm-up of one worker (torch import, build, 5 steps)
@@ -124,15 +128,16 @@ class Worker:
             raise UsageError(f"the A/B worker for {self.side.label} died: {reason}; nothing was compared") from None
         return float(self._read(BLOCK_TIMEOUT_S, "time a block")[f"{BLOCK_STATISTIC}_s"])
 
-    def profile(self, steps: int) -> list[dict]:
-        """Per op: name, input shapes, self microseconds and calls per step, over `steps` profiled steps."""
+    def profile(self, steps: int) -> dict:
+        """{"ops": per op its name, input shapes, self microseconds and calls per step; "wall_ms": a step's
+        wall time}, over `steps` profiled steps."""
         try:
             self.proc.stdin.write(f"profile {steps}\n")
             self.proc.stdin.flush()
         except OSError:
             self.close()
             raise UsageError(f"the A/B worker for {self.side.label} died; nothing was profiled") from None
-        return self._read(BLOCK_TIMEOUT_S, "profile a block")["ops"]
+        return self._read(BLOCK_TIMEOUT_S, "profile a block")
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -6,7 +6,7 @@ it on request (mnist_models.runs.ab drives two of them in alternation).
 Protocol, one line each: it prints {"ready": ...} once warmed up; then for each line "N" on stdin it
 times a block of N steps (core/blocks.py: one untimed step first, since the other side's block has
 just evicted the caches) and prints {"trimmed_mean_s": ..., "median_s": ...}; "quit" or end of input
-ends it; "profile N" answers {"ops": [...]}, the self time of each op over N profiled steps
+ends it; "profile N" answers {"ops": [...], "wall_ms": ...}, the self time of each op over N profiled steps and a step's wall time
 (mnist-bench explain). It imports only what has been in the package since the layout of issue 20 (core.harness,
 core.data, core.variants, system.machine), plus the allocator where the commit has one (issue 25);
 the block timing itself is loaded by path from this checkout's core/blocks.py (standard library
@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 BLOCKS_FILE = Path(__file__).resolve().parents[1] / "core" / "blocks.py"
@@ -37,22 +38,25 @@ def load_blocks():
     return module
 
 
-def profile_ops(call, steps: int) -> list[dict]:
+def profile_ops(call, steps: int) -> tuple[list[dict], float]:
     """`steps` steps under torch.profiler (after one untimed step): per op and input shapes, its self
-    CPU time and calls per step. Only torch.profiler's own API, so older commits' workers answer too."""
+    CPU time and calls per step; and the wall time of a step under the profiler, in ms. Only
+    torch.profiler's own API, so older commits' workers answer too."""
     from torch.profiler import ProfilerActivity, profile
 
     call()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        started = time.perf_counter()
         for _ in range(steps):
             call()
+        wall_ms = (time.perf_counter() - started) / steps * 1e3
     rows = []
     for e in prof.key_averages(group_by_input_shape=True):
         if e.self_cpu_time_total <= 0 or e.key.startswith("ProfilerStep"):
             continue
         shapes = [list(s) for s in (e.input_shapes or []) if s][:3]
         rows.append({"name": e.key, "input_shapes": shapes, "self_us": e.self_cpu_time_total / steps, "calls": e.count / steps})
-    return rows
+    return rows, wall_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             if line.strip() in ("", "quit"):
                 break
             if line.startswith("profile "):  # mnist-bench explain: where the step's time goes, op by op
-                print(json.dumps({"ops": profile_ops(call, int(line.split()[1]))}), flush=True)
+                ops, wall_ms = profile_ops(call, int(line.split()[1]))
+                print(json.dumps({"ops": ops, "wall_ms": wall_ms}), flush=True)
                 continue
             times = blocks.time_steps(call, int(line), plant=args.slowdown)
             print(json.dumps(blocks.summary(times)), flush=True)
