@@ -129,3 +129,24 @@ def test_a_rank_with_its_own_visible_gpu_uses_it():
     assert gpu_of(rank, 4) == 3 and gpu_of(rank, 1) == 0  # the launcher's CUDA_VISIBLE_DEVICES: one GPU each
     with pytest.raises(UsageError, match="has no GPU of its own"):
         gpu_of(rank, 2)
+
+
+def test_a_cuda_profiles_memory_is_the_devices_not_the_hosts_too(tmp_path):
+    import json
+
+    from mnist_models.profiling.trace_check import step_memory
+
+    def mem(ts, total, device_type, nbytes=1 << 20):
+        return {"name": "[memory]", "ph": "i", "ts": ts, "tid": 1, "args": {"Total Allocated": total, "Bytes": nbytes, "Device Type": device_type}}
+
+    events = [
+        {"name": "ProfilerStep#1", "ph": "X", "ts": 100, "dur": 100, "tid": 1},
+        mem(90, 1000 << 20, 0),  # the host allocator's level: the dataset in RAM
+        mem(95, 10 << 20, 1),  # the GPU's level before the step
+        mem(120, 2000 << 20, 0),
+        mem(130, 40 << 20, 1),
+    ]
+    trace = tmp_path / "t.pt.trace.json"
+    trace.write_text(json.dumps({"traceEvents": events}))
+    cuda, cpu = step_memory(trace, device="cuda"), step_memory(trace, device="cpu")
+    assert cuda["step_peak_mb"] == pytest.approx(30) and cpu["step_peak_mb"] == pytest.approx(1000)  # never one merged series

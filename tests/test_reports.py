@@ -9,6 +9,7 @@ import pytest
 
 from mnist_models import cli
 from mnist_models.core.bench_row import BenchRow
+from mnist_models.core.variants import Variant
 from mnist_models.reporting.accuracy import pareto, render
 from mnist_models.reporting.benchmarks import render as render_bench
 from mnist_models.runs.config import TrainConfig
@@ -24,7 +25,9 @@ def load_runs(folder):
 def runs_dir(tmp_path_factory):
     """Real runs: both nets, the seed recipe, two seeds, one epoch on mnist-5k."""
     folder = tmp_path_factory.mktemp("runs")
-    base = TrainConfig(dataset="mnist-5k", epochs=1, measure_latency=False)
+    base = TrainConfig(
+        dataset="mnist-5k", epochs=1, measure_latency=False, variant=Variant("cpu")
+    )  # -cpu- names on a GPU box too
     run_sweep(sweep_configs(base, ["simple", "deep"], ["seed-eager-fp32"], [1, 2]), folder, progress=False, log=lambda s: None)
     return folder
 

@@ -12,7 +12,9 @@ from mnist_models.system.atomic import save_torch
 from mnist_models.system.errors import CheckpointError, DeviceError, TrainingDiverged, UsageError
 from mnist_models.system.machine import EMULATED_BF16_SLOWDOWN
 
-FAST = dict(dataset="mnist-5k", loader="tensor", epochs=1, measure_latency=False)
+# On the CPU by name: bit-identical repeats need deterministic kernels, which CUDA has only when asked
+# (test_cuda_repeats_are_bit_identical_when_deterministic below)
+FAST = dict(dataset="mnist-5k", loader="tensor", epochs=1, measure_latency=False, variant=Variant("cpu"))
 
 
 def quiet(line):
@@ -122,7 +124,7 @@ def test_bad_variant_is_a_usage_error(fields, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_gpu_is_a_device_error(small5k):
     with pytest.raises(DeviceError, match="no CUDA GPU"):
-        train(TrainConfig(**FAST, variant=Variant(device="cuda")), small5k, log=quiet)
+        train(TrainConfig(**(FAST | {"variant": Variant(device="cuda")})), small5k, log=quiet)
 
 
 @pytest.mark.cuda
@@ -134,6 +136,19 @@ def test_cuda_training_learns(mnist5k):
         log=quiet,
     )
     assert record.test_accuracy > 0.8
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_repeats_are_bit_identical_when_deterministic(small5k, monkeypatch):
+    monkeypatch.setenv("MNIST_BENCH_DETERMINISTIC", "1")  # autotuning off, deterministic algorithms on
+    config = TrainConfig(model="deep", eval_every_epoch=False, **(FAST | {"variant": Variant("cuda")}))
+    model_a, run_a = train(config, small5k, log=quiet)
+    model_b, run_b = train(config, small5k, log=quiet)
+    assert run_a.epochs[0].cost == run_b.epochs[0].cost
+    assert run_a.machine["numerics"]["deterministic_algorithms"]
+    for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_bf16_autocast_runs_the_convolutions_in_bf16_and_learns(small5k):
@@ -149,7 +164,7 @@ def test_bf16_autocast_runs_the_convolutions_in_bf16_and_learns(small5k):
     assert seen == [(torch.bfloat16, True)]  # autocast ran the conv in bf16, in NHWC
     assert work.model.layer1[0].weight.dtype == torch.float32  # master weights stay fp32
     _, record = train(
-        TrainConfig(model="simple", **FAST, variant=Variant(device="cpu", precision="bf16", channels_last=True)),
+        TrainConfig(model="simple", **(FAST | {"variant": Variant(device="cpu", precision="bf16", channels_last=True)})),
         small5k,
         log=quiet,
     )
@@ -187,7 +202,7 @@ def test_half_precision_without_native_bf16_warns_before_training(small5k, monke
     assert machine.emulated_half_warning("cpu", "bf16") is None  # native: no warning
     monkeypatch.setattr(machine, "cpu_isa", lambda: ["avx2", "fma"])  # a Zen 3: no AVX-512 BF16, no AMX
     assert machine.emulated_half_warning("cpu", "fp32") is None
-    train(TrainConfig(model="simple", **FAST, variant=Variant(device="cpu", precision="bf16")), small5k, log=quiet)
+    train(TrainConfig(model="simple", **(FAST | {"variant": Variant(device="cpu", precision="bf16")})), small5k, log=quiet)
     err = capsys.readouterr().err
     assert "WARNING: bf16 on this CPU is emulated" in err and EMULATED_BF16_SLOWDOWN in err
 

@@ -23,7 +23,8 @@ from mnist_models.system.errors import UsageError
 from mnist_models.system.machine import set_threads
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = dict(dataset="mnist-5k", loader="tensor", measure_latency=False, threads=1)
+# device cpu, named: the run names below say -cpu-, also on a machine with a GPU (where auto would pick cuda)
+QUICK = dict(dataset="mnist-5k", loader="tensor", measure_latency=False, threads=1, variant=Variant("cpu"))
 
 
 def quiet(line):

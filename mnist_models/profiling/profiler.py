@@ -345,7 +345,8 @@ def read_back(run_dir: Path, worker: str, summary: dict) -> dict:
         check = cross_check(summary, traces[-1])
     except ImportError as exc:
         check = {"skipped": str(exc)}
-    return {"memory": step_memory(traces[-1]), "trace_check": check}
+    device = (summary.get("variant") or {}).get("device", "cpu")
+    return {"memory": step_memory(traces[-1], device=device), "trace_check": check}
 
 
 # ---------------------------------------------------------------------------------------------

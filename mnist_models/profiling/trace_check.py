@@ -155,11 +155,16 @@ _ALLOCATORS = {
 }
 
 
-def step_memory(trace: Path, top: int = 5) -> dict | None:
-    """From the allocator's `[memory]` events (profile_memory=True): the highest total allocated during
-    each profiled step above its level when the step began, the highest level reached, and the ops
-    that allocate most per step (an allocation inside aten::empty and its kin counts for the op that
-    called it). None when the trace holds no memory events."""
+# kineto's "Device Type" of a memory event: the CPU's allocator and CUDA's keep separate totals.
+DEVICE_TYPE = {"cpu": 0, "cuda": 1}
+
+
+def step_memory(trace: Path, top: int = 5, device: str = "cpu") -> dict | None:
+    """From the allocator's `[memory]` events (profile_memory=True) of `device` only (a CUDA profile
+    also holds the host allocator's events, whose totals are another allocator's): the highest total
+    allocated during each profiled step above its level when the step began, the highest level reached,
+    and the ops that allocate most per step (an allocation inside aten::empty and its kin counts for
+    the op that called it). None when the trace holds no memory events."""
     events = json.loads(Path(trace).read_text()).get("traceEvents", [])
     steps = sorted(
         (e["ts"], e["ts"] + e["dur"]) for e in events if str(e.get("name", "")).startswith("ProfilerStep#") and "dur" in e
@@ -167,7 +172,9 @@ def step_memory(trace: Path, top: int = 5) -> dict | None:
     memory = sorted(
         (e["ts"], e["args"]["Total Allocated"], e["args"].get("Bytes", 0), e.get("tid"))
         for e in events
-        if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {})
+        if e.get("name") == "[memory]"
+        and "Total Allocated" in e.get("args", {})
+        and e["args"].get("Device Type", 0) == DEVICE_TYPE.get(device, 0)
     )
     if not steps or not memory:
         return None

@@ -333,8 +333,8 @@ def train(
 
     model, variant = s.work.model, s.work.variant
     seed_style = evaluate(model, s.dataset.test, variant.device, config.eval_batch_size, scale=False)
+    peak, peak_kind = peak_memory_mb(variant.device)  # training's peak, before the batch-1000 latency run adds its own
     latency = inference_latency_ms(model, variant) if config.measure_latency else {}
-    peak, peak_kind = peak_memory_mb(variant.device)
     train_seconds = sum(e.seconds for e in epochs)
 
     record = RunRecord(

@@ -413,7 +413,10 @@ def reset_peak_memory(device: str) -> None:
 def peak_memory_mb(device: str) -> tuple[float, str]:
     """Peak memory since reset_peak_memory, and what kind of peak it is."""
     if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20, "cuda max_memory_allocated"
+        reserved = torch.cuda.max_memory_reserved() / 2**20
+        return torch.cuda.max_memory_allocated() / 2**20, (
+            f"cuda max_memory_allocated during training, the device-resident dataset included (max reserved {reserved:.0f} MB)"
+        )
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
