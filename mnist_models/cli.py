@@ -543,7 +543,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     )
     if rank and config.mode != "train":
         raise UsageError("profile --nproc profiles DDP train steps; --mode forward has nothing to distribute")
-    try:
+    with distributed.rank_work(rank):
         if rank:
             distributed.start(rank, "auto", config.variant.resolved().device)
             distributed.agree("profile config", dataclasses.asdict(config))
@@ -552,13 +552,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
             # Every rank's trace is written: all leave together, so none tears its connections down
             # (and exits) while another still reads them (seen: rank 0 aborted by SIGABRT).
             distributed.finish()
-    except (RuntimeError, OSError) as exc:  # under DDP: a collective failed, or this rank's own error
-        if rank is None or isinstance(exc, MnistBenchError):
-            raise
-        raise distributed.rank_failure(exc) from None
-    finally:
-        if rank:
-            distributed.stop()
     if summary is None:
         return 0  # not rank 0: its trace is written; rank 0 writes the summary and report
     save_summary(summary, Path(args.summary_dir))

@@ -23,3 +23,39 @@ def small5k(mnist5k) -> Dataset:
         Split(mnist5k.test.images[:500], mnist5k.test.labels[:500]),
         mnist5k.source,
     )
+
+
+class History:
+    """A small git repository holding a copy of this checkout's package: commits on it are the
+    histories that bisect and explain are tested on."""
+
+    ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def __init__(self, repo):
+        import shutil
+        from pathlib import Path
+
+        self.repo = repo
+        repo.mkdir()
+        package = Path(__file__).resolve().parent.parent / "mnist_models"
+        shutil.copytree(package, repo / "mnist_models", ignore=shutil.ignore_patterns("__pycache__"))
+        self.git("init", "-q")
+        self.commit("the package as it is")
+
+    def git(self, *args: str) -> str:
+        import subprocess
+
+        done = subprocess.run(
+            ["git", "-C", str(self.repo), *args], capture_output=True, text=True, check=True, env=os.environ | self.ENV
+        )
+        return done.stdout.strip()
+
+    def commit(self, message: str) -> str:
+        self.git("add", "-A")
+        self.git("commit", "-qm", message)
+        return self.git("rev-parse", "--short", "HEAD")
+
+
+@pytest.fixture
+def history(tmp_path) -> History:
+    return History(tmp_path / "repo")

@@ -2,7 +2,6 @@
 whose train step is slowed by a busy-wait in one commit."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,16 +93,6 @@ def test_an_undecided_step_is_measured_again_then_stops_saying_where():
     assert "inconclusive" in result.summary()
 
 
-def git(repo: Path, *args: str) -> str:
-    env = os.environ | {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, env=env).stdout.strip()
-
-
 PLANTED_STEP = """
 import time as _time
 
@@ -132,25 +121,19 @@ make_train_step = _planted(make_train_step)
 
 
 @pytest.mark.slow
-def test_bisect_names_the_commit_that_made_the_step_15_percent_slower(tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copytree(ROOT / "mnist_models", repo / "mnist_models", ignore=shutil.ignore_patterns("__pycache__"))
+def test_bisect_names_the_commit_that_made_the_step_15_percent_slower(tmp_path, history):
+    repo = history.repo
     harness = repo / "mnist_models" / "core" / "harness.py"
     harness.write_text(harness.read_text() + PLANTED_STEP)
     plant = repo / "mnist_models" / "core" / "plant.py"
     plant.write_text("SHARE = 0.0\n")
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "good")
-    good = git(repo, "rev-parse", "--short", "HEAD")
+    good = history.commit("good")
     for i in range(1, 9):
         (repo / "history.txt").write_text(f"{i}\n")
         if i == 5:
             plant.write_text("SHARE = 0.15\n")
-        git(repo, "add", "-A")
-        git(repo, "commit", "-qm", f"commit {i}")
-    culprit = git(repo, "rev-parse", "--short", "HEAD~3")
+        history.commit(f"commit {i}")
+    culprit = history.git("rev-parse", "--short", "HEAD~3")
     env = os.environ | {"MNIST_BENCH_HOME": str(tmp_path / "home")}
     cmd = [sys.executable, "-m", "mnist_models", "bisect", good, "HEAD", "--repo", str(repo), "--threshold", "5%"]
     cmd += ["--rounds", "6", "--steps", "6", "--no-explain"]
@@ -159,4 +142,4 @@ def test_bisect_names_the_commit_that_made_the_step_15_percent_slower(tmp_path):
     assert f"first slower commit: {culprit}" in result.stdout, result.stdout[-3000:]
     reports = list((tmp_path / "home").rglob("bisect/*.md"))
     assert len(reports) == 1 and culprit in reports[0].read_text()
-    assert git(repo, "worktree", "list").count("\n") == 0  # every worktree removed
+    assert history.git("worktree", "list").count("\n") == 0  # every worktree removed

@@ -137,7 +137,13 @@ def test_a_cuda_profiles_memory_is_the_devices_not_the_hosts_too(tmp_path):
     from mnist_models.profiling.trace_check import step_memory
 
     def mem(ts, total, device_type, nbytes=1 << 20):
-        return {"name": "[memory]", "ph": "i", "ts": ts, "tid": 1, "args": {"Total Allocated": total, "Bytes": nbytes, "Device Type": device_type}}
+        return {
+            "name": "[memory]",
+            "ph": "i",
+            "ts": ts,
+            "tid": 1,
+            "args": {"Total Allocated": total, "Bytes": nbytes, "Device Type": device_type},
+        }
 
     events = [
         {"name": "ProfilerStep#1", "ph": "X", "ts": 100, "dur": 100, "tid": 1},

@@ -2,7 +2,6 @@
 
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,27 +80,12 @@ SimpleCNN.forward = _forward_with_an_extra_conv2
 """
 
 
-def git(repo: Path, *args: str) -> str:
-    env = os.environ | {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, env=env).stdout.strip()
-
-
 @pytest.mark.slow
-def test_explain_names_the_layer_a_commit_slowed(tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copytree(ROOT / "mnist_models", repo / "mnist_models", ignore=shutil.ignore_patterns("__pycache__"))
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "plain")
-    nets = repo / "mnist_models" / "core" / "nets.py"
+def test_explain_names_the_layer_a_commit_slowed(tmp_path, history):
+    nets = history.repo / "mnist_models" / "core" / "nets.py"
     nets.write_text(nets.read_text() + PLANT)
-    git(repo, "commit", "-qam", "an extra conv2")
+    history.commit("an extra conv2")
+    repo = history.repo
     env = os.environ | {"MNIST_BENCH_HOME": str(tmp_path / "home")}
     cmd = [sys.executable, "-m", "mnist_models", "explain", "HEAD~1", "HEAD", "--repo", str(repo), "--threads", "1"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)

@@ -377,7 +377,7 @@ def train_and_store(
     claimed = False  # rank 0 holds the run's claim while it trains: a sweep on the same folder skips this run
     key = run_key(config, rank)  # resolved once: the check below, the run and the save use this one key
     try:
-        try:
+        with distributed.rank_work(rank):
             if rank:
                 distributed.start(rank, config.backend, key.variant.device)
                 distributed.agree("config", config.to_json())
@@ -402,13 +402,6 @@ def train_and_store(
             if main:
                 check_writable_dir(store.folder(config.dataset))
             model, record = train(config, progress=progress, rank=rank, log=log, key=key)
-        except (RuntimeError, OSError) as exc:  # under DDP: a collective failed, or this rank's own error
-            if rank is None:
-                raise
-            raise distributed.rank_failure(exc) from None
-        finally:
-            if rank:
-                distributed.stop()
         if record is None:
             return None, None
         return record, store.save(record, model, path=found.path, overwrite=overwrite)

@@ -331,6 +331,22 @@ def is_collective_failure(exc: BaseException) -> bool:
     return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and bool(_COLLECTIVE.search(str(exc))))
 
 
+@contextlib.contextmanager
+def rank_work(rank: Rank | None):
+    """The body of a rank's work, for train and profile alike: a RuntimeError or OSError (a collective that
+    failed because another rank died or hung, or this rank's own error) becomes one line, RankFailed, and
+    the process group is stopped on the way out. For a plain process (None) it changes nothing."""
+    try:
+        yield
+    except (RuntimeError, OSError) as exc:
+        if rank is None:
+            raise
+        raise rank_failure(exc) from None
+    finally:
+        if rank:
+            stop()
+
+
 def rank_failure(exc: BaseException) -> RankFailed:
     """A failure of a rank under DDP as one line: a follow-on 'lost the other ranks' when a collective
     failed, else the rank's own error, named by its type (torchrun's launcher reports that one)."""
