@@ -10,9 +10,7 @@ bench: setup
 
 # Every test: lint, the quick set, the slow set (subprocess jobs, torchrun, Ray), every benchmark body once.
 test: setup lint
-	.venv/bin/pytest -q tests
-	.venv/bin/pytest -q -m slow tests --durations=12
-	.venv/bin/pytest -q bench --benchmark-disable
+	. .venv/bin/activate && pytest && pytest -m slow && pytest bench --benchmark-disable
 
 lint: setup
 	.venv/bin/ruff check mnist_models bench tests scripts

@@ -392,11 +392,18 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     print(result.summary())
     print(f"report: {path}")
     if result.outcome == "found" and args.explain:
-        from .profiling.explain import run_explain
+        from .profiling.explain import DEFAULT_ROUNDS, DEFAULT_STEPS, run_explain
 
         parent = result.own.against
         explained, where = run_explain(
-            parent, result.culprit, args.model, args.a, 6, 5, args.threads, Path(args.repo or SOURCE_ROOT)
+            parent,
+            result.culprit,
+            args.model,
+            args.a,
+            DEFAULT_ROUNDS,
+            DEFAULT_STEPS,
+            args.threads,
+            Path(args.repo or SOURCE_ROOT),
         )
         print(f"where {result.culprit} is slower than {parent}: {explained.summary()} (report: {where})")
     return 0 if result.outcome in ("found", "none", "spread") else 1
@@ -984,21 +991,21 @@ def _tune_parser(sub) -> None:
     p.set_defaults(func=cmd_tune)
 
 
-def _ab_common(p) -> None:
+def _ab_common(p, rounds: int | None = None, steps: int | None = None, rounds_help: str | None = None) -> None:
+    """--model, --rounds, --steps, --threads of the commands that run A/B workers (ab, calibrate, bisect, explain)."""
     from .runs.ab import DEFAULT_ROUNDS, DEFAULT_STEPS, GATE_ROUNDS
 
-    p.add_argument("--model", default="simple", choices=list(MODELS), help="which net's train step (default: simple)")
-    p.add_argument(
-        "--rounds",
-        type=_positive_int,
-        default=None,
-        help=f"interleaved rounds (default: {DEFAULT_ROUNDS}; {GATE_ROUNDS} for a decision: ab --gate, bisect)",
+    steps = steps or DEFAULT_STEPS
+    rounds_help = (
+        rounds_help or f"interleaved rounds (default: {DEFAULT_ROUNDS}; {GATE_ROUNDS} for a decision: ab --gate, bisect)"
     )
+    p.add_argument("--model", default="simple", choices=list(MODELS), help="which net's train step (default: simple)")
+    p.add_argument("--rounds", type=_positive_int, default=rounds, help=rounds_help)
     p.add_argument(
         "--steps",
         type=_positive_int,
-        default=DEFAULT_STEPS,
-        help=f"train steps per block; a block is their trimmed mean, the middle 60%% (default: {DEFAULT_STEPS})",
+        default=steps,
+        help=f"train steps per block (ab: their trimmed mean, the middle 60%%; explain: profiled) (default: {steps})",
     )
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads of both sides (default: torch's choice)")
 
@@ -1084,12 +1091,7 @@ def _explain_parser(sub) -> None:
     p.add_argument("b_side", metavar="B", help="a commit, or a variant spec (e.g. eager-fp32-cl)")
     p.add_argument("--a", default="eager-fp32", help="with two commits: the variant spec both run (default: eager-fp32)")
     p.add_argument("--repo", default=None, help="the git repository of the commits (default: this checkout)")
-    p.add_argument("--model", default="simple", choices=list(MODELS), help="which net's train step (default: simple)")
-    p.add_argument("--rounds", type=_positive_int, default=EXPLAIN_ROUNDS, help=f"alternating rounds (default: {EXPLAIN_ROUNDS})")
-    p.add_argument(
-        "--steps", type=_positive_int, default=EXPLAIN_STEPS, help=f"profiled steps per block (default: {EXPLAIN_STEPS})"
-    )
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads of both sides (default: torch's choice)")
+    _ab_common(p, EXPLAIN_ROUNDS, EXPLAIN_STEPS, f"alternating rounds of profiled blocks (default: {EXPLAIN_ROUNDS})")
     p.set_defaults(func=cmd_explain)
 
 

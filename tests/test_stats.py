@@ -9,7 +9,7 @@ import pytest
 
 from mnist_models.core import blocks
 from mnist_models.core.interleave import a_first, alternate, paired
-from mnist_models.core.stats import LEVEL, MIN_ROUNDS_FOR_LEVEL, Ratio, median_ranks, paired_ratio
+from mnist_models.core.stats import LEVEL, MIN_ROUNDS_FOR_LEVEL, median_ranks, paired_ratio
 
 
 def test_levels_are_exact_binomial_levels():
@@ -26,7 +26,6 @@ def test_a_ratio_prints_its_real_level_never_a_nominal_95():
     assert three.level == 0.75 and "range of 3 rounds, 75%" in str(three) and "95%" not in str(three)
     ten = paired_ratio([(1.0, 1 + i / 100) for i in range(10)])
     assert "97.9% interval" in str(ten) and (ten.low, ten.high) == pytest.approx((1.01, 1.08))
-    assert Ratio.from_json({"estimate": 1, "low": 0.9, "high": 1.1, "rounds": 3}).level == 0.0  # an old bootstrap: unknown
     with pytest.raises(ValueError):
         paired_ratio([(0.0, 1.0)])
 

@@ -77,27 +77,24 @@ class Ratio:
         return "within noise"
 
     @property
+    def is_range(self) -> bool:
+        """Too few rounds for LEVEL: the interval is the rounds' whole range (median_ranks' k = 1)."""
+        return self.level < LEVEL
+
+    @property
     def interval_name(self) -> str:
         """'96.9% interval', or 'range of 3 rounds, 75%' where the interval is the rounds' whole range."""
-        k, _ = median_ranks(self.rounds)
-        if k == 1 and self.level < LEVEL:
+        if self.is_range:
             return f"range of {self.rounds} rounds, {format_level(self.level)}"
         return f"{format_level(self.level)} interval"
 
     def __str__(self) -> str:
-        k, _ = median_ranks(self.rounds)
-        if k == 1 and self.level < LEVEL:
+        if self.is_range:
             return f"{self.estimate:.3f}x ({self.interval_name}: {self.low:.3f}-{self.high:.3f})"
         return f"{self.estimate:.3f}x ({self.interval_name} {self.low:.3f}-{self.high:.3f}, {self.rounds} rounds)"
 
     def to_json(self) -> dict:
         return {"estimate": self.estimate, "low": self.low, "high": self.high, "rounds": self.rounds, "level": self.level}
-
-    @classmethod
-    def from_json(cls, data: dict) -> Ratio:
-        """A stored ratio; one stored before levels were recorded had a bootstrap interval labelled 95%,
-        whose level is not known: it reads as level 0 (never treated as meeting LEVEL)."""
-        return cls(data["estimate"], data["low"], data["high"], data["rounds"], data.get("level", 0.0))
 
 
 def median_interval(values: list[float], level: float = LEVEL) -> tuple[float, float, float]:
@@ -129,18 +126,19 @@ def olympic_mean(times: list[float], failures: int = 0) -> float | None:
     return statistics.fmean(kept)
 
 
+@functools.cache
+def _arrangements(m: int, n: int, u: int) -> int:
+    """Orderings of m x's and n y's with exactly u pairs (x > y): the Mann-Whitney count."""
+    if u < 0:
+        return 0
+    if m == 0 or n == 0:
+        return 1 if u == 0 else 0
+    return _arrangements(m - 1, n, u - n) + _arrangements(m, n - 1, u)
+
+
 def mann_whitney_cdf(m: int, n: int, u: int) -> float:
     """P(U <= u) for the Mann-Whitney statistic of samples of m and n with no difference (exact)."""
-
-    @functools.cache
-    def ways(m: int, n: int, u: int) -> int:  # arrangements of m x's and n y's with exactly u (x > y) pairs
-        if u < 0:
-            return 0
-        if m == 0 or n == 0:
-            return 1 if u == 0 else 0
-        return ways(m - 1, n, u - n) + ways(m, n - 1, u)
-
-    return sum(ways(m, n, k) for k in range(u + 1)) / math.comb(m + n, m)
+    return sum(_arrangements(m, n, k) for k in range(u + 1)) / math.comb(m + n, m)
 
 
 def ratio_interval(

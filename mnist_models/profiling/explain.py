@@ -18,6 +18,7 @@ two sides, not for quoting; `mnist-bench ab` times the step itself.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -40,10 +41,17 @@ REST = "rest of the step"
 OUTSIDE = "outside every torch op"
 
 
+@functools.lru_cache(maxsize=8)
+def _step_of(model_name: str, precision: str, batch: int = BATCH) -> tuple[list, dict]:
+    """A net's step as the roofline sees it (its layers' work, traced by one forward) and its conv shape
+    table: the same for every round of a side, so built once."""
+    model = build_model(model_name)
+    return step_work(model, batch, precision), _conv_flops_by_shape(model, batch, "train")
+
+
 def attribute(ops: list[dict], model_name: str, precision: str, batch: int = BATCH) -> tuple[dict[str, float], dict[str, float]]:
     """(ms per step per layer and phase, e.g. 'layer2.0 forward', plus REST; ms per step per op name)."""
-    model = build_model(model_name)
-    conv_flops = _conv_flops_by_shape(model, batch, "train")
+    works, conv_flops = _step_of(model_name, precision, batch)
     rows = []
     for op in ops:
         row = {"name": op["name"], "input_shapes": op["input_shapes"], "self_ms_per_step": op["self_us"] / 1e3}
@@ -54,7 +62,7 @@ def attribute(ops: list[dict], model_name: str, precision: str, batch: int = BAT
         rows.append(row)
     layers: dict[str, float] = {}
     claimed: set[int] = set()
-    for work in step_work(model, batch, precision):
+    for work in works:
         hits = [i for i, r in enumerate(rows) if i not in claimed and _runs(work, r)]
         claimed.update(hits)
         key = f"{work.layer} {work.phase}"
@@ -155,14 +163,13 @@ def explain(
         layer_rounds.append((la, lb))
         op_rounds.append((oa, ob))
         step_rounds.append(({"step": block_a["wall_ms"]}, {"step": block_b["wall_ms"]}))
-    result = Explanation(a, b, model, rounds, steps, deltas(layer_rounds), deltas(op_rounds), deltas(step_rounds)[0])
-    return result
+    return Explanation(a, b, model, rounds, steps, deltas(layer_rounds), deltas(op_rounds), deltas(step_rounds)[0])
 
 
 def layer_roofs(model: str, precision: str, threads: int) -> dict[str, str]:
     """Per layer and phase, the roof that bounds it on this machine at this precision ('compute', 'L2', ...)."""
     measured = measure_roofs(precision, cache_capacity(threads), threads, native_bf16())
-    return {f"{w.layer} {w.phase}": attainable(w, measured.roofs).roof for w in step_work(build_model(model), BATCH, precision)}
+    return {f"{w.layer} {w.phase}": attainable(w, measured.roofs).roof for w in _step_of(model, precision)[0]}
 
 
 def render(result: Explanation, machine: str, command: str) -> str:

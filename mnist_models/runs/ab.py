@@ -39,7 +39,7 @@ from pathlib import Path
 
 from ..core.blocks import BLOCK_STATISTIC
 from ..core.interleave import alternate
-from ..core.stats import MIN_ROUNDS_FOR_LEVEL, Ratio, paired_ratio
+from ..core.stats import MIN_ROUNDS_FOR_LEVEL, Ratio, format_level, median_ranks, paired_ratio
 from ..system import atomic
 from ..system.errors import UsageError
 from ..system.machine import evidence_dir, machine_info
@@ -166,18 +166,13 @@ def workers(*sides: Side) -> Iterator[list[Worker]]:
             w.close()
 
 
-def rounds_of(a: Worker, b: Worker, rounds: int, steps: int) -> list[tuple[float, float]]:
-    """`rounds` paired blocks [(a, b), ...], the order alternating inside each round."""
-    return alternate(lambda: a.block(steps), lambda: b.block(steps), rounds)
-
-
 def compare_pairs(a: Side, b: Side, rounds: int = DEFAULT_ROUNDS, steps: int = DEFAULT_STEPS) -> list[tuple[float, float]]:
     """The rounds of one comparison: the first half with A's worker started first, the second half with
     a fresh pair, B's started first (the start order's effect cancels); within each half the order of
     the blocks alternates."""
     first = rounds // 2 + rounds % 2
     with workers(a, b) as (wa, wb):
-        pairs = rounds_of(wa, wb, first, steps)
+        pairs = alternate(lambda: wa.block(steps), lambda: wb.block(steps), first)
     if rounds - first:
         with workers(b, a) as (wb, wa):
             pairs += alternate(lambda: wa.block(steps), lambda: wb.block(steps), rounds - first, start_with_a=False)
@@ -375,7 +370,7 @@ def check_rounds(rounds: int, gate: bool) -> str | None:
         return None
     if rounds < 2:
         raise UsageError(f"--rounds {rounds}: a comparison needs at least 2 rounds ({MIN_ROUNDS_FOR_LEVEL} for a 95% interval)")
-    level = Ratio(1, 1, 1, rounds, 1 - 2 / 2**rounds).interval_name
+    level = f"range of {rounds} rounds, {format_level(median_ranks(rounds)[1])}"
     if gate:
         raise UsageError(
             f"--rounds {rounds}: a gate needs at least {MIN_ROUNDS_FOR_LEVEL} rounds (with {rounds} its interval is the {level})"

@@ -399,8 +399,6 @@ def train_and_store(
                 distributed.decide(rank, problem)
             elif problem:
                 raise RunExists(problem)
-            if main:
-                check_writable_dir(store.folder(config.dataset))
             model, record = train(config, progress=progress, rank=rank, log=log, key=key)
         if record is None:
             return None, None
