@@ -527,6 +527,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .profiling.profiler import load_summaries, profile, save_summary
     from .reporting.kernels import write_kernel_report
     from .scale import distributed
+    from .scale.job import open_job
 
     launched, rank = distributed.launch_or_join(args.nproc, args.argv)
     if launched:
@@ -550,15 +551,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     )
     if rank and config.mode != "train":
         raise UsageError("profile --nproc profiles DDP train steps; --mode forward has nothing to distribute")
-    with distributed.rank_work(rank):
-        if rank:
-            distributed.start(rank, "auto", config.variant.resolved().device)
-            distributed.agree("profile config", dataclasses.asdict(config))
-        run_dir, summary = profile(config, rank=rank)
-        if rank:
-            # Every rank's trace is written: all leave together, so none tears its connections down
-            # (and exits) while another still reads them (seen: rank 0 aborted by SIGABRT).
-            distributed.finish()
+    with open_job(rank, "auto", config.variant.resolved().device) as job:
+        job.agree("profile config", dataclasses.asdict(config))
+        run_dir, summary = profile(config, job=job)
     if summary is None:
         return 0  # not rank 0: its trace is written; rank 0 writes the summary and report
     save_summary(summary, Path(args.summary_dir))

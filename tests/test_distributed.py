@@ -102,10 +102,13 @@ def test_the_loop_reshuffles_a_distributed_sampler_every_epoch(small5k, monkeypa
     order unless told the epoch: the loop tells it."""
     import mnist_models.runs.train as training
     from mnist_models.core.data import make_loader
+    from mnist_models.scale.job import Solo
+
+    class RankZeroOfTwo(Solo):  # one process, fed rank 0's shard as a 2-rank job would be
+        def loader(self, kind, split, batch_size, device, seed):
+            return make_loader(kind, split, 50, rank=0, world=2, shuffle_seed=seed)
 
     config = TrainConfig(dataset="mnist-5k", loader="seed", epochs=2, measure_latency=False, eval_every_epoch=False)
-    setup = training._set_up(config, training.run_key(config), small5k, None)
-    setup.batches = make_loader("seed", small5k.train, 50, rank=0, world=2, shuffle_seed=config.seed)
     firsts, real_epoch = [], training.train_epoch
 
     def epoch(step, batches, *a, **k):
@@ -113,7 +116,7 @@ def test_the_loop_reshuffles_a_distributed_sampler_every_epoch(small5k, monkeypa
         return real_epoch(step, batches, *a, **k)
 
     monkeypatch.setattr(training, "train_epoch", epoch)
-    training._fit(setup, progress=False, log=lambda line: None)
+    training.train(config, small5k, log=lambda line: None, job=RankZeroOfTwo())
     assert len(firsts) == 2 and firsts[0] != firsts[1]
 
 
@@ -362,9 +365,11 @@ def test_threads_per_rank_come_from_the_cpus_this_process_may_use(tmp_path, monk
     assert machine.usable_cpus(tmp_path) == 8
     monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {3}, raising=False)  # taskset -c 3
     assert machine.usable_cpus(tmp_path) == 1
-    monkeypatch.setattr(distributed, "usable_cpus", lambda: 4)
+    from mnist_models.scale import job
+
+    monkeypatch.setattr(job, "usable_cpus", lambda: 4)
     rank = distributed.Rank(rank=0, local_rank=0, world_size=2, local_world_size=2, nodes=1)
-    assert distributed.threads_per_rank(rank) == 2
+    assert job.Job(rank, "gloo").threads() == 2 and job.SOLO.threads() is None  # alone: torch's own choice
 
 
 def test_the_job_names_the_rank_that_died_not_a_follow_on():

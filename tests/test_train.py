@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_models.core.data import Split
+from mnist_models.core.data import Split, make_loader
 from mnist_models.core.harness import build, real_batch
+from mnist_models.core.nets import build_model
 from mnist_models.core.variants import Variant
 from mnist_models.runs.config import TrainConfig
 from mnist_models.runs.records import load_weights, weights_state
@@ -222,3 +223,31 @@ def test_the_fast_train_step_follows_the_seed_steps(name, small5k):
     for key in seed_key:
         torch.testing.assert_close(fast_state[key], seed_state[key], rtol=1e-3, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
     assert works[1].optimizer.defaults["fused"] and not works[0].optimizer.defaults.get("fused")
+
+
+def test_train_is_the_seeds_own_loop_to_the_bit(small5k):
+    """The seed's loop written out plainly beside train(): torch.manual_seed(777), the net, Adam 1e-3,
+    the seed's shuffling DataLoader, zero_grad / forward / cross-entropy / backward / step. With the
+    seed's recipe, train() (its job, schedule and loader machinery included) must end with the same
+    weights to the bit and print the same epoch costs: no restructuring may change a seed run."""
+    config = TrainConfig(model="deep", dataset="mnist-5k", epochs=2, measure_latency=False, variant=Variant("cpu"))
+    model, record = train(config, small5k, log=quiet)
+
+    torch.manual_seed(777)
+    net = build_model("deep")
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.001)
+    loader = make_loader("seed", small5k.train, 100)
+    costs = []
+    for _ in range(2):
+        avg_cost = 0.0
+        for x, y in loader:
+            optimizer.zero_grad()
+            cost = nn.functional.cross_entropy(net(x), y)
+            cost.backward()
+            optimizer.step()
+            avg_cost += float(cost.detach()) / len(loader)
+        costs.append(avg_cost)
+
+    assert [e.cost for e in record.epochs] == pytest.approx(costs, rel=1e-6)  # summed in another order
+    for name, value in net.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name

@@ -11,14 +11,14 @@ import torch
 from mnist_models.cli import main
 from mnist_models.core import targets
 from mnist_models.core.harness import build, real_batch
-from mnist_models.core.recipes import SEED_RECIPE, Recipe, lr_factor
+from mnist_models.core.recipes import SEED_RECIPE, Recipe, lr_factor, scheduler
 from mnist_models.core.stats import olympic_mean, permutation_p, ratio_interval
 from mnist_models.core.variants import Variant, parse_tag
 from mnist_models.reporting import tta
 from mnist_models.runs import recipe_search
 from mnist_models.runs.config import TrainConfig
 from mnist_models.runs.records import RunRecord, RunStore
-from mnist_models.runs.train import _follow_schedule, train
+from mnist_models.runs.train import train, train_epoch
 from mnist_models.system.errors import UsageError
 from mnist_models.system.machine import set_threads
 
@@ -96,16 +96,17 @@ def test_schedules_warm_up_peak_at_the_rate_and_anneal(schedule):
 
 def test_the_schedule_moves_the_optimizers_rate_every_step(small5k):
     work = build("simple", Variant("cpu"), "train", lr=0.004)
-    _follow_schedule(work, "onecycle", total_steps=8)
     x, y = real_batch(small5k.train, 20, work.variant)
     rates = []
-    for _ in range(8):
-        work.step(x, y)
+
+    def record_rate(steps, total):
         rates.append(work.optimizer.param_groups[0]["lr"])
+
+    train_epoch(work.step, [(x, y)] * 8, work.variant, record_rate, scheduler(work.optimizer, "onecycle", total_steps=8))
     assert rates[1] > rates[0] and rates[-1] < rates[2]  # up during warm-up, down after
     constant = build("simple", Variant("cpu"), "train", lr=0.004)
-    _follow_schedule(constant, "const", total_steps=8)
-    constant.step(x, y)
+    assert scheduler(constant.optimizer, "const", total_steps=8) is None
+    train_epoch(constant.step, [(x, y)], constant.variant)
     assert constant.optimizer.param_groups[0]["lr"] == 0.004
 
 

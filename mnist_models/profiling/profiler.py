@@ -31,7 +31,7 @@ from ..core.nets import MODELS
 from ..core.roofline import RoofMeasurement, measure_roofs
 from ..core.variants import MODES, Variant, device_name, render_tag
 from ..runs.config import check_choice, check_threads
-from ..scale import distributed
+from ..scale.job import SOLO, Solo
 from ..system import atomic
 from ..system.errors import UsageError
 from ..system.machine import busy_check, cache_capacity, evidence_dir, machine_info, native_bf16, set_threads
@@ -262,20 +262,20 @@ def _without_profiler_noise():
                     print(line, file=sys.stderr)
 
 
-def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = None) -> tuple[Path, dict | None]:
+def profile(config: ProfileConfig, log=print, job: Solo = SOLO) -> tuple[Path, dict | None]:
     """Profile one model + variant; returns the trace run directory and the kernel summary.
 
-    Under DDP (`rank`, its process group started) every rank profiles its own DDP step and writes
+    In a DDP `job` (scale/job.py, its process group started) every rank profiles its own DDP step and writes
     its own trace into the one run folder (TensorBoard shows a worker per rank); rank 0 returns the
     summary, the others None.
     """
     from torch.profiler import ProfilerActivity, schedule, tensorboard_trace_handler
 
     variant = config.variant.resolved()
-    threads = config.threads or distributed.default_threads(rank)
+    threads = config.threads or job.threads()
     if threads is not None:
         set_threads(threads)
-    main = rank is None or rank.is_main
+    main = job.is_main
     run_name = config.run_name(variant)
     run_dir = Path(config.out_dir) / run_name
     if main:
@@ -283,13 +283,12 @@ def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = No
         # Old trace files of the same run would show up as extra workers in TensorBoard.
         for old in run_dir.glob("*.pt.trace.json*"):
             old.unlink()
-    if rank:
-        torch.distributed.barrier()  # no rank writes its trace before the old ones are gone
+    job.barrier()  # no rank writes its trace before the old ones are gone
     busy = busy_check()
 
     # Real digits; the op mix does not depend on the dataset.
     x, y = real_batch(load_dataset("mnist-5k").train, config.batch_size, variant)
-    work = build(config.model, variant, config.mode, wrap=(lambda m: distributed.wrap(m, variant.device)) if rank else None)
+    work = build(config.model, variant, config.mode, wrap=job.wrapper(variant.device))
     run = work.call_on(x, y)
     seconds = warm_up(run)  # compile and first-call costs stay out of the trace
     if main:
@@ -298,7 +297,7 @@ def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = No
     # The roofs at the profile's threads, measured before it (a few seconds; CPU, one process only:
     # under DDP the other ranks would be computing beside the measurement).
     roofs = None
-    if variant.device == "cpu" and rank is None:
+    if variant.device == "cpu" and job.world_size == 1:
         threads_now = torch.get_num_threads()
         roofs = measure_roofs(variant.precision, cache_capacity(threads_now), threads_now, native_bf16())
         log(
@@ -306,7 +305,7 @@ def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = No
             + ", ".join(f"{k} {v:.0f} GB/s" for k, v in roofs.roofs.bandwidth_gbs.items())
         )
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if variant.device == "cuda" else [])
-    worker = run_name + (f"-rank{rank.rank}" if rank else "")
+    worker = run_name + (f"-rank{job.index}" if job.world_size > 1 else "")
     wall = []
     with (
         _without_profiler_noise(),
@@ -324,6 +323,9 @@ def profile(config: ProfileConfig, log=print, rank: distributed.Rank | None = No
             run()
             wall.append(time.perf_counter() - t)
             prof.step()
+    # Every rank's trace is written: all leave together, so none tears its connections down (and
+    # exits) while another still reads them (seen: rank 0 aborted by SIGABRT).
+    job.finish()
     if not main:
         return run_dir, None
     summary = summarise(prof, config, variant, work.model, roofs)

@@ -1,18 +1,14 @@
-"""Data-parallel training on torch.distributed: DistributedDataParallel under torchrun.
+"""Starting and ending DDP jobs on torch.distributed: DistributedDataParallel under torchrun.
 
 torchrun (or `mnist-bench train --nproc N`, which calls torchrun's own launcher in this process)
-starts one process per rank; each runs the same CLI command. This module holds what a rank does
-differently from a plain run:
+starts one process per rank; each runs the same CLI command. This module holds what happens around
+a rank's work (the work itself runs in a scale/job.py Job):
 
-- `Rank.from_env()` reads torchrun's RANK / LOCAL_RANK / WORLD_SIZE / LOCAL_WORLD_SIZE / GROUP_WORLD_SIZE;
-- `start()` joins the process group (gloo on CPU, nccl on CUDA, one GPU per local rank) with a
-  timeout of PG_TIMEOUT, so a rank that dies cannot leave the others waiting for ever;
-- `agree()` checks that every rank was started with the same config;
-- `threads_per_rank()`: the CPUs this process may use divided by its local ranks (torchrun sets OMP_NUM_THREADS=1);
-- `launch_or_join()` / `launch()` run torchrun's launcher (single node, `--standalone`: a free port is picked) and turns
-  a failed job into one line naming the rank and its reason.
-
-Rank 0 evaluates, prints and writes the one record and weights; the others only train.
+- `Rank.from_env()` reads torchrun's RANK / LOCAL_RANK / WORLD_SIZE / LOCAL_WORLD_SIZE / GROUP_WORLD_SIZE
+  and refuses a stray or half-set environment;
+- `pg_timeout()`, `resolve_backend()`, `gpu_of()`: how a rank joins its process group;
+- `launch_or_join()` / `launch()` run torchrun's launcher (single node, `--standalone`: a free port is picked)
+  and turn a failed job into one line naming the rank and its reason (`first_cause`, `rank_failure`).
 """
 
 from __future__ import annotations
@@ -22,15 +18,12 @@ import json
 import logging
 import os
 import re
-import socket
 import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-import torch
 import torch.distributed as dist
-from torch import nn
 
 from ..system.errors import Interrupted, MnistBenchError, UsageError
 from ..system.machine import usable_cpus
@@ -127,17 +120,6 @@ def resolve_backend(backend: str, device: str) -> str:
     return backend
 
 
-def default_threads(rank: Rank | None) -> int | None:
-    """The threads a process uses when its config names none: a rank's share of the CPUs, or (None)
-    torch's own choice for a plain process."""
-    return threads_per_rank(rank) if rank else None
-
-
-def threads_per_rank(rank: Rank) -> int:
-    """The CPUs this process may use (affinity mask, cgroup quota) shared among the node's ranks."""
-    return max(1, usable_cpus() // rank.local_world_size)
-
-
 def gpu_of(rank: Rank, visible: int) -> int:
     """The GPU index a rank uses: its local rank among all the node's GPUs, or the one GPU it sees when
     the launcher (SLURM, a scheduler) gave each rank its own CUDA_VISIBLE_DEVICES."""
@@ -146,30 +128,6 @@ def gpu_of(rank: Rank, visible: int) -> int:
     if visible == 1:
         return 0
     raise UsageError(f"local rank {rank.local_rank} has no GPU of its own ({visible} visible to it)")
-
-
-def start(rank: Rank, backend: str, device: str) -> str:
-    """Join the job's process group; returns the backend used."""
-    backend = resolve_backend(backend, device)
-    if device == "cuda":
-        torch.cuda.set_device(gpu_of(rank, torch.cuda.device_count()))
-    if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=pg_timeout())
-    return backend
-
-
-def finish() -> None:
-    """The ranks' last collective: all wait here, then leave the process group. No rank tears it
-    down while another still uses the rendezvous store (seen: a SIGABRT in a store read), and what
-    rank 0 does alone afterwards runs under no collective timeout."""
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def stop() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def under_torchrun() -> bool:
@@ -187,74 +145,6 @@ def leave(code: int) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
-
-
-def agree(what: str, value: object) -> None:
-    """Every rank must have been started with the same `value` (e.g. the config); else every rank
-    raises the same one-line UsageError naming the first rank that differs and how."""
-    values: list = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    differing = [r for r, v in enumerate(values) if v != values[0]]
-    if not differing:
-        return
-    other_rank = differing[0]
-    first, other = values[0], values[other_rank]
-    diff = ""
-    if isinstance(first, dict) and isinstance(other, dict):
-        key = next((k for k in first if first.get(k) != other.get(k)), None)
-        diff = f" ({key}: {first.get(key)!r} on rank 0, {other.get(key)!r} on rank {other_rank})" if key else ""
-    need = {"code": "the same checkout (commit and edits)", "data": "the same dataset files"}.get(what, "the same flags")
-    raise UsageError(f"rank {other_rank} was started with another {what} than rank 0{diff}; every rank needs {need}")
-
-
-def decide(rank: Rank, problem: str | None) -> None:
-    """Rank 0's verdict for everyone: when rank 0 found a problem (a run already stored, say), every
-    rank raises it, so no rank trains alone and waits for the others."""
-    box = [problem]
-    dist.broadcast_object_list(box, src=0)
-    if box[0] is not None:
-        raise UsageError(box[0]) if rank.is_main else UsageError(f"rank 0 stopped the job: {box[0]}")
-
-
-def mean(value: float) -> float:
-    """The mean of a number over all ranks (an epoch's loss: each rank saw its own shard). Every rank
-    gets the same value, so decisions made from it (divergence) are the same on every rank."""
-    t = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t)
-    return float(t) / dist.get_world_size()
-
-
-def gather(value: object) -> list:
-    """Every rank's `value`, in rank order, on every rank."""
-    values: list = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
-
-
-def from_main(value: object) -> object:
-    """Rank 0's `value` on every rank (e.g. the accuracy only rank 0 measured)."""
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def siblings_cpu_seconds(own_seconds: float) -> float:
-    """CPU seconds used by the other ranks on this rank's machine (a collective: every rank calls it)."""
-    me = (socket.gethostname(), dist.get_rank())
-    values: list = [None] * dist.get_world_size()
-    dist.all_gather_object(values, (me, own_seconds))
-    return sum(seconds for (host, rank), seconds in values if host == me[0] and rank != me[1])
-
-
-def wrap(model: nn.Module, device: str) -> nn.Module:
-    """DistributedDataParallel around a placed net: rank 0's weights are broadcast, gradients averaged."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    if device == "cuda":
-        return DistributedDataParallel(model, device_ids=[torch.cuda.current_device()])
-    return DistributedDataParallel(model)
 
 
 def report_failure(message: str) -> None:
@@ -331,22 +221,6 @@ def is_collective_failure(exc: BaseException) -> bool:
     return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and bool(_COLLECTIVE.search(str(exc))))
 
 
-@contextlib.contextmanager
-def rank_work(rank: Rank | None):
-    """The body of a rank's work, for train and profile alike: a RuntimeError or OSError (a collective that
-    failed because another rank died or hung, or this rank's own error) becomes one line, RankFailed, and
-    the process group is stopped on the way out. For a plain process (None) it changes nothing."""
-    try:
-        yield
-    except (RuntimeError, OSError) as exc:
-        if rank is None:
-            raise
-        raise rank_failure(exc) from None
-    finally:
-        if rank:
-            stop()
-
-
 def rank_failure(exc: BaseException) -> RankFailed:
     """A failure of a rank under DDP as one line: a follow-on 'lost the other ranks' when a collective
     failed, else the rank's own error, named by its type (torchrun's launcher reports that one)."""
@@ -405,17 +279,3 @@ def collective_error(exc: BaseException) -> str:
     """The first sentence of a backend's error, without its source location (gloo: '[.../pair.cc:545] Read error ...')."""
     text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     return text.split(". ")[0][:300]
-
-
-def describe(rank: Rank, backend: str, per_rank_batch: int, threads: int) -> dict:
-    """What a record says of the job that made it."""
-    cores = usable_cpus()
-    return {
-        "world_size": rank.world_size,
-        "local_world_size": rank.local_world_size,
-        "nodes": rank.nodes,
-        "backend": backend,
-        "per_rank_batch": per_rank_batch,
-        "threads_per_rank": threads,
-        "oversubscribed": rank.local_world_size * threads > cores,  # more busy threads than cores on a node
-    }

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import sys
 
@@ -33,29 +32,25 @@ from ..core.interleave import alternate
 from ..core.stats import paired_ratio
 from ..core.variants import Variant
 from ..system import atomic
-from ..system.machine import set_threads
+from ..system.machine import set_threads, usable_cpus
 from . import distributed
+from .distributed import Rank
+from .job import SOLO, Solo, open_job
 
 
 def measure(
-    model: str, per_rank_batch: int, steps: int, rank: distributed.Rank, device: str = "cpu", threads: int | None = None
+    model: str, per_rank_batch: int, steps: int, job: Solo = SOLO, device: str = "cpu", threads: int | None = None
 ) -> dict:
     variant = Variant(device)
-    threads = threads or distributed.threads_per_rank(rank)
+    threads = threads or job.threads() or usable_cpus()
     set_threads(threads)
-    ddp = rank.world_size > 1
-    if ddp:
-        distributed.start(rank, "auto", device)
-    wrap = (lambda m: distributed.wrap(m, device)) if ddp else None
-    work = build(model, variant, "train", wrap=wrap)
+    work = build(model, variant, "train", wrap=job.wrapper(device))
     images = load_dataset("mnist-5k").train  # real digits; each rank its own slice
-    x, y = real_batch(images, per_rank_batch * rank.world_size, variant)
-    x, y = (
-        x[rank.rank * per_rank_batch : (rank.rank + 1) * per_rank_batch],
-        y[rank.rank * per_rank_batch : (rank.rank + 1) * per_rank_batch],
-    )
-    call = work.call_on(x, y)
+    x, y = real_batch(images, per_rank_batch * job.world_size, variant)
+    mine = slice(job.index * per_rank_batch, (job.index + 1) * per_rank_batch)
+    call = work.call_on(x[mine], y[mine])
     warm_up(call, calls=5)
+    ddp = job.world_size > 1
 
     def timed(no_sync: bool) -> float:
         with work.wrapped.no_sync() if no_sync and ddp else contextlib.nullcontext():
@@ -66,11 +61,10 @@ def measure(
     pairs = alternate(lambda: timed(False), lambda: timed(True), steps)
     step_s, nosync_s = [a for a, _ in pairs], [b for _, b in pairs]
     share = paired_ratio(pairs) if ddp else None  # no_sync / synced
-    per_rank = [{"step_s": step_s, "nosync_step_s": nosync_s}]
-    if ddp:
-        per_rank = distributed.gather(per_rank[0])
-        distributed.finish()
+    per_rank = job.gather({"step_s": step_s, "nosync_step_s": nosync_s})
+    job.finish()
     job_steps = [max(times) for times in zip(*(r["step_s"] for r in per_rank))]  # a step ends on its slowest rank
+    rank = job.rank or Rank(0, 0, 1, 1, 1)
     return {
         "model": model,
         "device": device,
@@ -151,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: cores / local ranks)")
     parser.add_argument("--out", required=True, help="JSON file rank 0 writes")
     args = parser.parse_args(argv)
-    rank = distributed.Rank.from_env() or distributed.Rank(0, 0, 1, 1, 1)
-    result = measure(args.model, args.per_rank_batch, args.steps, rank, args.device, args.threads)
-    if rank.is_main:
-        atomic.write_json(args.out, result | {"cores": os.cpu_count()})
+    with open_job(Rank.from_env(), "auto", args.device) as job:
+        result = measure(args.model, args.per_rank_batch, args.steps, job, args.device, args.threads)
+    if job.is_main:
+        atomic.write_json(args.out, result | {"cores": usable_cpus()})
     return 0
 
 

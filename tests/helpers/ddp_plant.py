@@ -38,7 +38,9 @@ def evaluate(*a, scale=True, **k):
 
 training.train_epoch, training.evaluate = epoch, evaluate
 if kind == "code" and rank == int(value):
-    training.code_fingerprint = lambda: "another-checkout"
+    import mnist_models.scale.job as job
+
+    job.code_fingerprint = lambda: "another-checkout"
 if kind == "data" and rank == int(value):
     from mnist_models.core.data import Dataset
 
