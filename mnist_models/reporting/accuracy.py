@@ -19,8 +19,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.bench_row import bench_rows
-from ..core.seed_recipe import SEED, SEED_BATCH_SIZE, SEED_EPOCHS, SEED_LR
+from ..core.recipes import Recipe
+from ..core.seed_recipe import SEED, SEED_EPOCHS
 from ..core.variants import Variant
+from ..runs.config import is_seed_way
 from ..runs.records import RunRecord
 from ..system import atomic
 from ..system.machine import machine_key, machine_label
@@ -142,14 +144,9 @@ def _label(g: pd.Series | dict) -> str:
 
 
 def _is_seed_recipe(row) -> bool:
-    return (
-        row["loader"] == "seed"
-        and row["variant"].is_plain
-        and row["batch_size"] == SEED_BATCH_SIZE
-        and row["lr"] == SEED_LR
-        and row["schedule"] == "const"
-        and row["ranks"] == 1
-    )
+    """A report row (a run or a group of runs) of the seed's way at any epoch budget (runs/config.py owns the test)."""
+    recipe = Recipe(row["epochs_cfg"], row["batch_size"], row["lr"], row["schedule"])
+    return is_seed_way(row["loader"], row["variant"], row["ranks"], recipe, any_epochs=True)
 
 
 def _time_to(row, target: float) -> float | None:

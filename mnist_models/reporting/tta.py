@@ -69,7 +69,7 @@ class TtaGroup:
 
     @property
     def is_seed_baseline(self) -> bool:
-        return self.recipe == SEED_RECIPE and self.tag == "seed-eager-fp32" and self.device == "cpu" and self.ranks == 1
+        return self.device == "cpu" and self.runs[0].key.is_seed_way()  # the group's runs share their key's fields
 
     @property
     def label(self) -> str:

@@ -184,6 +184,23 @@ def compare(a: Side, b: Side, rounds: int = DEFAULT_ROUNDS, steps: int = DEFAULT
     return paired_ratio(compare_pairs(a, b, rounds, steps))
 
 
+def decide(a: Side, b: Side, rounds: int, steps: int, threshold: float, confirm: bool, log: Callable[[str], None] = print) -> str:
+    """One comparison's verdict (faster, slower, same) at `threshold`, each comparison logged. With
+    `confirm` (a gate that fails a build) a "slower" must be found twice in a row, by a second
+    comparison of fresh workers: a false alarm twice running is the square of its rate."""
+    ratio = compare(a, b, rounds, steps)
+    verdict = ratio.verdict(threshold)
+    log(f"B / A = {ratio}: {verdict}")
+    if not (confirm and verdict == "slower"):
+        return verdict
+    log("slower: confirming with a second comparison")
+    again = compare(a, b, rounds, steps)
+    log(f"B / A = {again}: {again.verdict(threshold)}")
+    if again.verdict(threshold) != "slower":
+        return "same"  # not confirmed: no verdict a build may fail on
+    return "slower"
+
+
 @contextlib.contextmanager
 def checkout_of(revision: str, repo: Path = SOURCE_ROOT) -> Iterator[Path]:
     """A detached git worktree of `revision` of `repo` (this checkout by default), removed afterwards."""

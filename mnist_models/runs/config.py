@@ -73,8 +73,20 @@ def check_thread_env(env: dict | None = None) -> None:
         raise UsageError(f"$OMP_NUM_THREADS={raw}: {exc}") from None
 
 
+def is_seed_way(loader: str, variant: Variant, ranks: int, recipe: Recipe, any_epochs: bool = False) -> bool:
+    """The one test of "the seed's way" every report uses: the seed's pipeline (its DataLoader; eager,
+    fp32, contiguous, the seed's layer order; one process) with the seed's recipe (Recipe.is_seed).
+    any_epochs: its batch, rate and schedule at any epoch budget (the accuracy report's seed rows)."""
+    if any_epochs:
+        recipe = replace(recipe, epochs=SEED_EPOCHS)
+    return loader == "seed" and variant.is_plain and ranks == 1 and recipe.is_seed
+
+
 class _RecipeAndSpec:
     """What a config and its run key both answer from the fields they share."""
+
+    def is_seed_way(self, any_epochs: bool = False) -> bool:
+        return is_seed_way(self.loader, self.variant, self.ranks, self.recipe, any_epochs)
 
     @property
     def recipe(self) -> Recipe:
