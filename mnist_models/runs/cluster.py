@@ -37,6 +37,7 @@ from pathlib import Path
 
 from ..core.data import load_dataset
 from ..system.errors import CheckpointError, MnistBenchError, UsageError
+from ..system.settings import seconds_from_env
 from .config import RunKey, TrainConfig
 from .records import RunRecord, RunStore, weights_state
 from .sweep import new_counts, plan_sweep, started_line, store_result, take
@@ -95,14 +96,7 @@ CONNECT_TIMEOUT_ENV = "MNIST_BENCH_RAY_CONNECT_TIMEOUT"
 
 
 def connect_timeout() -> float:
-    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "120")
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise UsageError(f"${CONNECT_TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
-    return seconds
+    return seconds_from_env(CONNECT_TIMEOUT_ENV, 120.0)
 
 
 def _bounded(init, address: str) -> None:

@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from ..system.errors import Interrupted, MnistBenchError, UsageError
 from ..system.machine import usable_cpus
+from ..system.settings import seconds_from_env
 
 # How long a rank waits in a collective for the others (the job's bound when a rank hangs). A rank
 # that dies is noticed sooner: its peers' sockets close, and torchrun ends the other ranks. Only
@@ -36,14 +37,7 @@ PG_TIMEOUT_ENV = "MNIST_BENCH_PG_TIMEOUT"
 
 
 def pg_timeout() -> timedelta:
-    raw = os.environ.get(PG_TIMEOUT_ENV, "60")
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise UsageError(f"${PG_TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
-    return timedelta(seconds=seconds)
+    return timedelta(seconds=seconds_from_env(PG_TIMEOUT_ENV, 60.0))
 
 
 class RankFailed(MnistBenchError):
