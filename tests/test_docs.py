@@ -48,6 +48,8 @@ def test_readme_is_short_and_links_every_doc_page():
 def test_readme_results_are_what_the_evidence_renders():
     readme = (SOURCE_ROOT / "README.md").read_text()
     table = results_table(SOURCE_ROOT / "reports" / "machines", "reports/machines")
+    if "age unknown" in table:
+        pytest.skip("this clone lacks commits the evidence names (a shallow clone): it cannot tell stale rows")
     assert README_START in readme and README_END in readme
     assert with_results(readme, table) == readme, "README's results table is stale: run mnist-bench report"
 

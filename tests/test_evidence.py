@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_models.system.machine import machine_key
+from mnist_models.system.machine import code_age, machine_key
 
 ROOT = Path(__file__).resolve().parent.parent
 ISA = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni"]
@@ -131,3 +131,28 @@ def test_the_index_gives_each_machine_its_verdicts_and_every_link_resolves():
     )
     links = re.findall(r"\]\(([^)]+)\)", text)
     assert links and all((reports / link).exists() for link in links), [x for x in links if not (reports / x).exists()]
+
+
+def test_a_figure_is_stale_once_the_code_it_timed_changed(tmp_path):
+    """A results row names its commit and whether the timed code changed since (the README once showed
+    rows measured before about 60 changed files as if current)."""
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "timed.py").write_text("step = 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "measured here")
+    measured = git("rev-parse", "--short", "HEAD")
+    (tmp_path / "report.py").write_text("words = 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "a report changed")
+    assert code_age(measured, ("timed.py",), tmp_path) == "current"
+    (tmp_path / "timed.py").write_text("step = 2\n")
+    git("commit", "-qam", "the timed code changed")
+    assert code_age(measured, ("timed.py",), tmp_path) == "stale"
+    assert code_age(f"{measured}+dirty", ("timed.py",), tmp_path) == "dirty"
+    assert code_age("0000000", ("timed.py",), tmp_path) == "unknown" and code_age(None) == "unknown"

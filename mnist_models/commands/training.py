@@ -261,10 +261,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if result.unmeasured:
         print(f"not measured within --budget {args.budget:g} s: {len(result.unmeasured)} candidates")
     for model, best in result.best.items():
-        ranking = sorted((n for n in result.epochs if n.startswith(f"{model}-")), key=result.epochs.get)
         print(f"\n{model}: epochs of mnist-5k, fastest first")
-        for name in ranking:
-            print(f"  {name:45s} {result.epochs[name]:6.2f} s")
+        for name, seconds in result.epochs_of(model):
+            print(f"  {name:45s} {seconds:6.2f} s")
         print(f"  {'the seed pipeline (seed-eager-fp32)':45s} {result.reference[model]:6.2f} s")
         print(f"decided: {result.decisions[model]}")
         print(

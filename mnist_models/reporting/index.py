@@ -14,8 +14,9 @@ from pathlib import Path
 from ..core.bench_row import BenchRow, bench_rows
 from ..core.stats import format_level
 from ..core.variants import Variant, render_tag
+from ..runs.tune import Candidate
 from ..system.errors import UsageError
-from ..system.machine import machine_label
+from ..system.machine import TIMED_CODE, code_age, machine_label
 from .benchmarks import group_baseline, load_bench_json, pairs_with_level, speedup_cell
 from .markdown import code, fmt_time, md, plural
 
@@ -149,7 +150,7 @@ def _tune_lines(folder: Path) -> list[str]:
     for model, best in sorted((data.get("best") or {}).items()):
         spec = _tune_spec(best)
         seed = (data.get("seed_pipeline_epoch_s") or {}).get(model)
-        epoch = (data.get("epoch_s") or {}).get(f"{model}-{spec}-t{best.get('threads')}")
+        epoch = (data.get("epoch_s") or {}).get(Candidate.from_json({"model": model, **best}).name)
         interleaved = (data.get("speedup_over_seed_pipeline") or {}).get(model)
         if interleaved:  # tune since issue 23: interleaved pairs, with an interval
             ratio = (
@@ -227,50 +228,70 @@ def _tune_epoch_cell(folder: Path, model: str) -> str:
 
 
 def results_table(machines_dir: Path, link_prefix: str) -> str:
-    """The README's answer: per machine, the fastest variant of each net's train step (batch 100) and
-    epoch against eager fp32 / the seed pipeline, with the range the quartiles allow (an epoch from
-    tune's interleaved pairs where no benchmark run timed one), and the gate's calibrated noise. `link_prefix` is the machines folder as the reader's page links it."""
-    head = (
-        "| machine | train step, simple | train step, deep | epoch, simple | epoch, deep | noise (gate threshold) | made by |\n"
-    )
-    out = [head, "|---|---|---|---|---|---|---|\n"]
+    """The README's answer, one row per run: per machine, the fastest variant of each net's train step
+    (batch 100) and epoch against eager fp32 / the seed pipeline from its benchmark run, with the range
+    the quartiles allow; where that run timed no epoch, tune's interleaved epochs in a row of their own
+    (another run, another dataset, another statistic). Each row names the commit that made it and
+    whether the timed code changed since (system/machine.code_age); the gate's calibrated noise, with
+    its own commit, sits in the machine's first row. `link_prefix` is the machines folder as the
+    reader's page links it."""
+    out = [
+        "| machine | run | train step, simple | train step, deep | epoch, simple | epoch, deep | noise (gate threshold) | made by |\n",
+        "|---|---|---|---|---|---|---|---|\n",
+    ]
     for folder in sorted(p for p in Path(machines_dir).iterdir() if p.is_dir()):
-        best = fastest(folder)
-        cells, sources = [], {"benchmarks": _evidence_json(folder)}
-        for suite in ("train-step", "epoch"):
-            for model in ("simple", "deep"):
-                found = next(((b, base) for b, base in best.values() if b.suite == suite and b.identity.model == model), None)
-                if found is None:
-                    cells.append(_tune_epoch_cell(folder, model) if suite == "epoch" else "-")
-                    sources["tune"] = "tune.json" if suite == "epoch" and cells[-1] != "-" else sources.get("tune")
-                    continue
-                row, base = found
-                where = f" on {md(row.identity.dataset)}" if suite == "epoch" else ""
-                cells.append(f"{speedup_cell(base, row)} {code(_spec(row))}{where}")
-        noise = (_load(folder / "noise.json") or {}).get("benchmarks") or {}
-        threshold = ", ".join(f"{100 * e.get('threshold', 0):.1f}%" for e in noise.values()) or "-"
-        sources["noise"] = "noise.json" if noise else None
         source = _evidence_json(folder)
         link = f"[{md(folder.name)}]({link_prefix}/{folder.name}/{source.replace('.json', '.md')})" if source else md(folder.name)
-        out.append(f"| {link} | " + " | ".join(cells) + f" | {threshold} | {_made_by(folder, sources)} |\n")
+        rows = []
+        if source:
+            best = fastest(folder)
+            cells = []
+            for suite in ("train-step", "epoch"):
+                for model in ("simple", "deep"):
+                    found = next(((b, base) for b, base in best.values() if b.suite == suite and b.identity.model == model), None)
+                    where = f" on {md(found[0].identity.dataset)}" if found and suite == "epoch" else ""
+                    cells.append(f"{speedup_cell(found[1], found[0])} {code(_spec(found[0]))}{where}" if found else "-")
+            rows.append((code(source), cells, _made_by(_load(folder / source), TIMED_CODE)))
+        tune_cells = [_tune_epoch_cell(folder, model) for model in ("simple", "deep")]
+        if (not rows or rows[0][1][2:] == ["-", "-"]) and tune_cells != ["-", "-"]:
+            rows.append((code("tune.json"), ["-", "-", *tune_cells], _made_by(_load(folder / "tune.json"), TUNED_CODE)))
+        if not rows:
+            continue
+        for n, (run, cells, made_by) in enumerate(rows):
+            noise = _noise_cell(folder) if n == 0 else ""
+            out.append(f"| {link if n == 0 else ''} | {run} | " + " | ".join(cells) + f" | {noise} | {made_by} |\n")
     return "".join(out)
 
 
-def _made_by(folder: Path, sources: dict[str, str | None]) -> str:
-    """Which run of which code each part of a row comes from: 'benchmarks `c44a3f2` 2026-11-29; tune
-    `9b6e25b` 2026-12-01'. A row that pools several runs names every one."""
-    parts = []
-    for what, name in sources.items():
-        data = _load(folder / name) if name else None
-        if not data:
-            continue
-        machine = data.get("machine") or (data.get("machine_info") or {}).get("mnist_bench") or {}
-        entries = data.get("benchmarks") if isinstance(data.get("benchmarks"), dict) else {}  # noise.json: per benchmark
-        commits = {machine.get("code")} | {e.get("code") for e in entries.values() if isinstance(e, dict)}
-        commits = sorted(c for c in commits if c)
-        when = str(data.get("created") or data.get("datetime") or "")[:10]
-        parts.append(f"{what} {', '.join(code(c) for c in commits) or 'code unknown'}{f' {when}' if when else ''}")
-    return "; ".join(parts) or "-"
+TUNED_CODE = (*TIMED_CODE, "mnist_models/runs/tune.py")
+CALIBRATED_CODE = (*TIMED_CODE, "mnist_models/runs/ab.py", "mnist_models/runs/ab_worker.py")
+AGE_NOTES = {
+    "current": "",
+    "stale": " (stale: the timed code changed since)",
+    "dirty": " (uncommitted edits: no commit reproduces it)",
+    "unknown": " (age unknown: commit not in this clone)",
+}
+
+
+def _noise_cell(folder: Path) -> str:
+    data = _load(folder / "noise.json") or {}
+    noise = data.get("benchmarks") or {}
+    if not noise:
+        return "-"
+    thresholds = ", ".join(f"{100 * e.get('threshold', 0):.1f}%" for e in noise.values())
+    return f"{thresholds}, by {_made_by(data, CALIBRATED_CODE)}"
+
+
+def _made_by(data: dict | None, timed_code: tuple[str, ...]) -> str:
+    """Which code made a run, when, and how that code stands now: '`c44a3f2` 2026-11-29 (stale: ...)'."""
+    if not data:
+        return "-"
+    machine = data.get("machine") or (data.get("machine_info") or {}).get("mnist_bench") or {}
+    entries = data.get("benchmarks") if isinstance(data.get("benchmarks"), dict) else {}  # noise.json: per benchmark
+    commits = {machine.get("code")} | {e.get("code") for e in entries.values() if isinstance(e, dict)}
+    when = str(data.get("created") or data.get("datetime") or "")[:10]
+    named = [f"{code(c)}{AGE_NOTES[code_age(c, timed_code)]}" for c in sorted(c for c in commits if c)]
+    return f"{', '.join(named) or 'code unknown'}{f' {when}' if when else ''}"
 
 
 README_START = "<!-- results: generated by mnist-bench report; do not edit by hand -->"

@@ -138,6 +138,10 @@ class Tuning:
     decisions: dict[str, str] = field(default_factory=dict)  # model -> how the pick was decided, one sentence
     speedups: dict[str, Ratio] = field(default_factory=dict)  # model -> seed pipeline epoch / pick's epoch, interleaved
 
+    def epochs_of(self, model: str) -> list[tuple[str, float]]:
+        """(candidate name, seconds) of one net's timed epochs, fastest first (Candidate.name starts with the net)."""
+        return sorted(((n, t) for n, t in self.epochs.items() if n.startswith(f"{model}-")), key=lambda kv: kv[1])
+
 
 DECIDING_PAIRS = 6  # interleaved epoch pairs behind each decision: the fewest whose interval reaches 95% (96.9%)
 
@@ -288,9 +292,7 @@ def render_tuning(result: Tuning, machine: dict) -> str:
         out.append(f"- **Speedup over the seed pipeline's epoch** (mnist-5k, interleaved pairs): {speedup}\n" if speedup else "")
         out.append(f"- **Decided**: {result.decisions.get(model, 'by the fastest epoch')}\n")
         out.append("\n| epoch (one timing each) | seconds |\n|---|---:|\n")
-        for name, seconds in sorted(
-            ((n, t) for n, t in result.epochs.items() if n.startswith(f"{model}-")), key=lambda kv: kv[1]
-        ):
+        for name, seconds in result.epochs_of(model):
             out.append(f"| `{name}` | {seconds:.2f} |\n")
         out.append(f"| the seed pipeline | {result.reference[model]:.2f} |\n")
     if result.skipped:

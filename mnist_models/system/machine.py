@@ -427,3 +427,38 @@ def peak_memory_mb(device: str) -> tuple[float, str]:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process lifetime peak RSS (includes the dataset)"
+
+
+# The code a timing depends on: the nets, how a step is built and fed, the clock, the host allocator and
+# the suites. A change elsewhere (a report, the statistics) leaves the figure as it was measured.
+TIMED_CODE = (
+    "mnist_models/core/nets.py",
+    "mnist_models/core/harness.py",
+    "mnist_models/core/variants.py",
+    "mnist_models/core/data.py",
+    "mnist_models/core/blocks.py",
+    "mnist_models/core/timing.py",
+    "mnist_models/system/allocator.py",
+    "bench",
+)
+
+
+def code_age(commit: str | None, paths: tuple[str, ...] = TIMED_CODE, repo: Path | None = None) -> str:
+    """How the code that made a figure stands against this checkout: 'current' (`paths` unchanged since
+    `commit`), 'stale' (changed since: the figure describes older code), 'dirty' (made from uncommitted
+    edits: no commit reproduces it) or 'unknown' (no commit recorded, no git, or a clone without it)."""
+    import subprocess
+
+    from .paths import SOURCE_ROOT
+
+    if not commit:
+        return "unknown"
+    if commit.endswith("+dirty"):
+        return "dirty"
+    try:
+        diff = subprocess.run(
+            ["git", "diff", "--quiet", commit, "HEAD", "--", *paths], cwd=repo or SOURCE_ROOT, capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return {0: "current", 1: "stale"}.get(diff.returncode, "unknown")
