@@ -12,6 +12,7 @@ from grid import HAVE_CUDA, NO_CUDA
 
 from mnist_models.core.bench_row import BenchIdentity
 from mnist_models.core.roofline import bandwidth_sizes, conv_op, copy_op, matmul_op
+from mnist_models.core.timing import identify
 from mnist_models.core.variants import Variant
 from mnist_models.system.machine import cache_capacity, set_threads
 
@@ -50,9 +51,9 @@ def ceiling_identity(device: str, precision: str, op: str, batch: int) -> BenchI
 def test_matmul_ceiling(benchmark, device, precision, n):
     matmul, flops = matmul_op(n, precision, device)
     matmul()  # first-call allocation and library start-up, outside the timing
-    benchmark.group = "ceiling"
-    benchmark.extra_info.update(
-        **ceiling_identity(device, precision, f"matmul-n{n}", n).to_info(),
+    identify(
+        benchmark,
+        ceiling_identity(device, precision, f"matmul-n{n}", n),
         tf32=bool(HAVE_CUDA and torch.backends.cuda.matmul.allow_tf32),
     )
     out = benchmark(matmul)
@@ -80,8 +81,7 @@ def test_conv_ceiling(benchmark, device, precision):
     batch = CONV[device]
     convolve, flops = conv_op(precision, device, batch)
     convolve()  # oneDNN / cuDNN pick and prepare their kernel on the first call
-    benchmark.group = "ceiling"
-    benchmark.extra_info.update(**ceiling_identity(device, precision, f"conv-b{batch}", batch).to_info())
+    identify(benchmark, ceiling_identity(device, precision, f"conv-b{batch}", batch))
     out = benchmark(convolve)
     assert out.shape == (batch, 64, 56, 56) and torch.isfinite(out[:1, :4].float()).all()
     if getattr(benchmark, "stats", None):
@@ -99,9 +99,8 @@ def test_bandwidth_ceiling(benchmark, level, threads):
         size = bandwidth_sizes(cache_capacity(torch.get_num_threads()))[level]
         call, moved = copy_op(size)
         call()  # first touch of both tensors, outside the timing
-        benchmark.group = "ceiling"
-        benchmark.extra_info.update(
-            **ceiling_identity("cpu", "fp32", f"copy-{level}", None).to_info(), bytes_per_call=moved, threads_pinned=bool(threads)
+        identify(
+            benchmark, ceiling_identity("cpu", "fp32", f"copy-{level}", None), bytes_per_call=moved, threads_pinned=bool(threads)
         )
         out = benchmark(call)
     finally:

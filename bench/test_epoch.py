@@ -25,7 +25,6 @@ def test_epoch(benchmark, case, epoch_dataset, request):
         batches = make_loader(case.loader, epoch_dataset.train, case.batch, v.device)
         return (work.step, batches, v), {}
 
-    benchmark.group = f"epoch-{case.model}-{v.device}"
     steps = len(epoch_dataset.train) // case.batch
     describe(
         benchmark,

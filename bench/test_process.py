@@ -87,7 +87,6 @@ def test_train_process(benchmark, model, epoch_dataset, request, tmp_path):
             seed_times.append(train_process(SEED_PIPELINE, "seed"))
         rounds["i"] += 1
 
-    benchmark.group = f"process-{model}-cpu"
     images = len(epoch_dataset.train) // SEED_BATCH_SIZE * SEED_BATCH_SIZE
     ident = BenchIdentity(
         suite="process",

@@ -124,7 +124,6 @@ def test_ddp_step(benchmark, case, tmp_path, request):
     job = run_job(case, steps, tmp_path / "step.json")
     assert job["world_size"] == case.ranks and job["threads_per_rank"] == case.threads
     assert len(job["step_s"]) == steps and min(job["step_s"]) > 0
-    benchmark.group = f"scaling-{case.model}-cpu"
     ident = BenchIdentity(
         suite="scaling",
         variant=case.variant,

@@ -7,7 +7,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from ..core.variants import parse_tag
+from ..core.variants import Variant, parse_tag
 from ..system.errors import UsageError
 from ..system.paths import REPORTS_DIR
 from . import flags
@@ -161,7 +161,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     from ..runs.bisect import run_bisect
     from ..system.paths import SOURCE_ROOT
 
-    parse_tag(args.a, ("compile", "precision", "channels_last", "fast"))  # a bad spec is one line before any worktree
+    parse_tag(args.a, Variant.SWITCHES)  # a bad spec is one line before any worktree
     args.rounds = args.rounds or GATE_ROUNDS  # every step decides, as a gate does
     result, path = run_bisect(
         args.good,

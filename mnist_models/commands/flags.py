@@ -243,5 +243,5 @@ def ab_side(args: argparse.Namespace, label: str, spec: str, source: Path | None
     from ..runs.ab import Side
     from ..system.paths import SOURCE_ROOT
 
-    parse_tag(spec, ("compile", "precision", "channels_last", "fast"))  # one line for a bad spec, before any process
+    parse_tag(spec, Variant.SWITCHES)  # one line for a bad spec, before any process
     return Side(label, args.model, spec, source or SOURCE_ROOT, args.threads)

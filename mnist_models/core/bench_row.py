@@ -1,6 +1,7 @@
 """One benchmark row: what a timing measured (its identity) and what it found, in one type.
 
-The bench suites write a row's fields into pytest-benchmark's `extra_info` (core.timing.describe);
+The bench suites write a row's identity and fields into pytest-benchmark's `extra_info` and `group`
+(core.timing.describe: every suite, from its one BenchIdentity);
 the benchmark report, compare, the regression gate, the baselines and the accuracy report read them
 back with `BenchRow.from_json`, and nothing else reads `extra_info` or parses a benchmark's id.
 
@@ -112,6 +113,15 @@ class BenchIdentity:
             names = tuple(name for name in names if name != "threads")
         return [name for name in names if mine[name] != theirs[name]]
 
+    @property
+    def group(self) -> str:
+        """The table a row sits in, where it is compared with its group's baseline: the suite, the net
+        and the device (forward and train steps: the batch too); the ceiling's ops are one group."""
+        if self.model is None:
+            return self.suite
+        batch = f"-b{self.batch}" if self.suite in ("forward", "train-step") else ""
+        return f"{self.suite}-{self.model}-{self.variant.device}{batch}"
+
     def label(self, pinned_threads: bool = False) -> str:
         """A readable name rendered from the fields ('simple-tensor-cpu-eager-fp32-cl-b100'); the
         thread count is named where the case pinned it, the ranks where there are several."""
@@ -144,7 +154,6 @@ class BenchRow:
     with the same benchmark of another run; never parsed."""
 
     name: str
-    group: str
     identity: BenchIdentity
     median: float
     iqr: float
@@ -175,6 +184,11 @@ class BenchRow:
     straggler_ratio: float | None = None
     device_name: str | None = None
 
+    @property
+    def group(self) -> str:
+        """Its identity's group (BenchIdentity.group); the group string a JSON stores is never read."""
+        return self.identity.group
+
     @classmethod
     def from_json(cls, bench: object) -> BenchRow | None:
         """A row from one entry of a JSON's 'benchmarks' list, or None when it has no usable timing
@@ -197,7 +211,6 @@ class BenchRow:
         measured["straggler"] = _int(info.get("straggler"))
         return cls(
             name=bench["name"],
-            group=str(bench.get("group") or "ungrouped"),
             identity=identity,
             median=median,
             iqr=iqr,

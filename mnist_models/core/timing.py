@@ -30,11 +30,19 @@ def identity(case, suite: str, dataset: str, dataset_size: int | None = None) ->
     )
 
 
+def identify(benchmark, ident: BenchIdentity, **more) -> None:
+    """The one way a suite names its benchmark: pytest-benchmark's group and extra_info, both from the
+    row's BenchIdentity (core.bench_row reads them back), plus what the suite measured beside it."""
+    benchmark.group = ident.group
+    benchmark.extra_info.update(**ident.to_info(), **more)
+
+
 def describe(benchmark, ident: BenchIdentity, flops_per_call: float, images_per_call: int, pinned: bool, **more) -> None:
-    """Write a row's identity and what a reader needs to interpret its time (core.bench_row reads
-    them back); rates are added by `rates` after timing."""
-    benchmark.extra_info.update(
-        **ident.to_info(),
+    """Identify a net's row and add what a reader needs to interpret its time; rates are added by
+    `rates` after timing."""
+    identify(
+        benchmark,
+        ident,
         flops_per_call=flops_per_call,
         images_per_call=images_per_call,
         threads_pinned=pinned,
@@ -63,7 +71,6 @@ def time_call(benchmark, case, call, suite: str, flops_per_call: float):
     """
     v = case.variant
     compile_seconds = warm_up(call)
-    benchmark.group = f"{suite}-{case.model}-{v.device}-b{case.batch}"
     describe(
         benchmark,
         identity(case, suite, "mnist-5k"),

@@ -206,7 +206,8 @@ class Variant:
     channels_last: bool = False
     fast: bool = False  # nets.make_fast + fused Adam: the same function, less work
 
-    VARIANT_FIELDS = ("device", "compile", "precision", "channels_last", "fast")
+    SWITCHES = ("compile", "precision", "channels_last", "fast")  # the variant without its device: what a spec names
+    VARIANT_FIELDS = ("device", *SWITCHES)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

@@ -29,7 +29,7 @@ from ..core.interleave import alternate
 from ..core.nets import build_model
 from ..core.roofline import attainable, measure_roofs, step_work
 from ..core.stats import format_level, median_interval
-from ..core.variants import parse_tag
+from ..core.variants import Variant, parse_tag
 from ..system.machine import cache_capacity, native_bf16
 from .profiler import _conv_flops_by_shape, _row_flops
 from .roofline import _runs
@@ -220,7 +220,7 @@ def run_explain(
 
     def as_spec(text: str) -> str | None:
         try:
-            parse_tag(text, ("compile", "precision", "channels_last", "fast"))
+            parse_tag(text, Variant.SWITCHES)
             return text
         except UsageError:
             return None

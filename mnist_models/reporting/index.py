@@ -140,7 +140,7 @@ def _level_of(ratio: dict) -> str:
 
 def _tune_spec(best: dict) -> str:
     """A tune pick as a sweep spec (tune.json files before issue 21 hold the variant's fields loose)."""
-    variant = best.get("variant") or {k: best.get(k) for k in ("compile", "precision", "channels_last", "fast")}
+    variant = best.get("variant") or {k: best.get(k) for k in Variant.SWITCHES}
     return render_tag(loader=best.get("loader"), **{k: v for k, v in Variant(**variant).fields().items() if k != "device"})
 
 

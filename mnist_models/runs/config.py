@@ -28,7 +28,7 @@ MAX_THREADS_PER_CPU = 2
 BACKENDS = ("auto", "gloo", "nccl")
 # A variant spec (`train --variant`, `sweep --variants`, tune's stored choice) names these axes, e.g.
 # "seed-eager-fp32", "tensor-eager-bf16-cl"; the device, threads and recipe come from their own flags.
-SPEC_FIELDS = ("loader", "compile", "precision", "channels_last", "fast")
+SPEC_FIELDS = ("loader", *Variant.SWITCHES)
 
 
 def variant_spec(loader: str, variant: Variant) -> str:

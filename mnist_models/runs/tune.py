@@ -73,7 +73,7 @@ class Candidate:
     @classmethod
     def from_json(cls, data: dict) -> Candidate:
         if "variant" not in data:  # tune results written before the variant was one value: its fields were loose
-            loose = {k: data[k] for k in ("compile", "precision", "channels_last", "fast") if k in data}
+            loose = {k: data[k] for k in Variant.SWITCHES if k in data}
             data = {k: data[k] for k in ("model", "threads", "loader") if k in data} | {"variant": loose}
         return cls(data["model"], data["threads"], Variant.from_json(data["variant"]), data.get("loader", "tensor"))
 
