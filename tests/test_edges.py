@@ -126,7 +126,7 @@ def test_a_sweep_skips_a_run_that_another_command_finished_meanwhile(tmp_path):
 
             raise RunExists(f"a finished run is already stored at {Stored.path}")
 
-    counts, lines = new_counts(0), []
+    counts, lines = new_counts(0, {}), []
     assert store_result(Store(), Plan(), Record(), {}, counts, lines.append) is None
     assert counts["skipped"] == 1 and "another command finished this run meanwhile" in lines[0]
 

@@ -283,6 +283,30 @@ def test_the_search_halves_the_candidates_stores_the_pick_and_train_uses_it(tmp_
     assert math.isfinite(again["seconds"])
 
 
+def test_the_search_reads_back_the_runs_its_rounds_stored_where_they_were_placed(tmp_path, monkeypatch):
+    """A Ray round resolves each run with its task's CPUs as threads; the search once looked for the key of
+    this process's threads instead and stopped with "left no record" after a round that had succeeded."""
+    from mnist_models.runs.train import train
+
+    monkeypatch.setitem(targets.TARGETS, ("mnist-5k", "simple"), targets.Target(0.6, "test"))
+    set_threads(2)
+    store = RunStore(tmp_path / "runs")
+
+    def one_cpu_round(configs):  # as a Ray round with --cpus-per-run 1 would place them
+        keys = {config: config.resolve(default_threads=1) for config in configs}
+        for config, key in keys.items():
+            model, record = train(config, log=quiet, key=key)
+            store.save(record, model)
+        set_threads(2)  # a Ray task trains in its own process: the driver's threads stay as they were
+        return {"trained": len(configs), "failed": [], "keys": keys}
+
+    good = Recipe.parse("e1-b100-lr0.003-onecycle")
+    base = TrainConfig(model="simple", **(QUICK | {"threads": None}))  # threads: where the round places the run
+    result = recipe_search.search(base, [good], (777,), tmp_path / "runs", budget_s=600, train_round=one_cpu_round, log=quiet)
+    assert result["best"] == good.spec
+    assert [r.key.threads for r in store.load_all()[0]] == [1]  # stored at the round's 1 thread, not this process's 2
+
+
 def test_a_runs_store_finds_runs_to_a_target_apart_from_full_runs(one_record, tmp_path):
     store = RunStore(tmp_path)
     model = build("simple", Variant("cpu")).model

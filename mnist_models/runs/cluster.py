@@ -268,13 +268,13 @@ def run_cluster_sweep(
     try:
         nodes = live_nodes()
         cpus = reservation([c for c, _ in nodes], cpus_per_run, log)
-        todo, skipped = plan_sweep(
+        todo, skipped, keys = plan_sweep(
             configs, store, redo_contended, log, default_threads=cpus, device_for=lambda c: device_for(c, nodes)
         )
         driver_code = code_version()
         if skipped:
             log(f"skipping {skipped} finished run(s) already in {runs_dir}")
-        counts = new_counts(skipped)
+        counts = new_counts(skipped, keys)
         if not todo:
             return counts
         if progress:

@@ -121,7 +121,7 @@ def search(
         for c in alive:  # read back from the records: a Ray round's runs were trained elsewhere
             for seed in new_seeds:
                 config = planned[c.recipe, seed]
-                key = config.resolve()
+                key = result.get("keys", {}).get(config) or config.resolve()  # as the round placed it (Ray: its threads, device)
                 found = store.find(key)
                 if found.record is None and key.name not in failed:
                     raise UsageError(f"run {key.name} left no record; see the messages above")

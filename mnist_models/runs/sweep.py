@@ -99,17 +99,17 @@ def plan_sweep(
     log,
     default_threads: int | None = None,
     device_for=None,
-) -> tuple[list[Run], int]:
+) -> tuple[list[Run], int, dict[TrainConfig, RunKey]]:
     """Clean what killed writers left, resolve every run's key (devices fail here, before hours of
     training; threads are each config's own, else `default_threads`: a Ray task's reserved CPUs;
     `device_for(config)`: the device where the sweep places the run, when not this machine), and
-    return (runs still to train, finished runs)."""
+    return (runs still to train, finished runs, every config's key)."""
     for dataset in sorted({c.dataset for c in configs}):
         for line in store.clean_leftovers(dataset):
             log(line)
     runs = [Run(c, c.resolve(default_threads, device_for(c) if device_for else None)) for c in configs]
     todo = [run for run in runs if _plan(store, run.key, redo_contended).needed]
-    return todo, len(runs) - len(todo)
+    return todo, len(runs) - len(todo), {run.config: run.key for run in runs}
 
 
 def take(store: RunStore, run: Run, redo_contended: bool, counts: dict, write) -> _Plan | None:
@@ -156,8 +156,10 @@ def store_result(store: RunStore, plan: _Plan, record, weights, counts: dict, wr
     return saved
 
 
-def new_counts(skipped: int) -> dict:
-    return {"trained": 0, "skipped": skipped, "claimed_elsewhere": 0, "failed": []}
+def new_counts(skipped: int, keys: dict[TrainConfig, RunKey]) -> dict:
+    """What a sweep returns: its counts, and the key each config resolved to where the sweep placed it
+    (a Ray task's threads and device), so that a caller reads back the very records it stored."""
+    return {"trained": 0, "skipped": skipped, "claimed_elsewhere": 0, "failed": [], "keys": keys}
 
 
 def run_sweep(
@@ -174,10 +176,10 @@ def run_sweep(
     a candidate's failure), a run that diverges is listed under "failed" and the sweep goes on;
     otherwise its TrainingDiverged ends the sweep."""
     store = RunStore(runs_dir)
-    todo, skipped = plan_sweep(configs, store, redo_contended, log)
+    todo, skipped, keys = plan_sweep(configs, store, redo_contended, log)
     if skipped:
         log(f"skipping {skipped} finished run(s) already in {runs_dir}")
-    counts = new_counts(skipped)
+    counts = new_counts(skipped, keys)
     if not todo:
         return counts
     datasets = {name: load_dataset(name, todo[0].config.data_root) for name in {run.key.dataset for run in todo}}
