@@ -249,6 +249,21 @@ def test_the_targets_section_tests_deep_against_simple(one_record, tmp_path):
     assert "p = 0.008" in lines and "a real difference" in lines  # 2/252, every deep run above every simple one
 
 
+def test_the_summary_renders_every_machines_report_from_its_own_runs(one_record, tmp_path, monkeypatch):
+    """Rendering needs no machine: `mnist-bench report` writes each machine's time-to-accuracy.md from its
+    records, so an older machine's report is re-worded by this version too."""
+    from mnist_models.reporting import publish
+
+    monkeypatch.setattr(publish, "REPORTS_DIR", tmp_path)
+    monkeypatch.setattr(publish, "MACHINES_DIR", tmp_path / "machines")
+    other = dataclasses.replace(one_record, machine={**one_record.machine, "cpu": "Other CPU (family 1, model 2)"})
+    runs = [_as(r, 777 + i, [10.0 + i], [0.96]) for r in (one_record, other) for i in range(5)]
+    publish._write_tta_reports(runs, tmp_path / "accuracy-vs-cost.md", log=lambda line: None)
+    for record in (one_record, other):
+        text = (tmp_path / "machines" / record.machine_key / "time-to-accuracy.md").read_text()
+        assert record.machine["cpu"].split(" (")[0] in text and "| 5 |" in text  # its own five runs, not ten
+
+
 # --- the search -----------------------------------------------------------------------------------
 
 

@@ -150,3 +150,28 @@ def test_the_speedup_over_the_seed_pipeline_is_interleaved_with_its_interval(tun
             and ratio.estimate == pytest.approx(result.reference[model] / result.epochs[result.best[model].name])
         )
         assert stored["speedup_over_seed_pipeline"][model]["rounds"] == tune.DECIDING_PAIRS and model in stored["decisions"]
+
+
+def test_a_saved_result_re_renders_to_the_same_report(tuned):
+    result, path = tuned
+    data = json.loads(path.read_text())
+    fresh = tune.render_tuning(result, data["machine"])
+    again = tune.render_tuning(tune.Tuning.from_json(data), data["machine"], "abc1234")
+    body = lambda text: text.split("\n", 3)[3]  # past the header line, which names the re-rendering  # noqa: E731
+    assert body(again) == body(fresh) and "re-rendered by `mnist-bench report` at code abc1234" in again
+
+
+def test_an_older_result_says_its_levels_are_unknown(tuned):
+    """A tune.json from before intervals carried their level printed "95%" for 3 rounds (a 75% range):
+    re-rendered, no interval claims 95% and the report says why."""
+    _, path = tuned
+    data = json.loads(path.read_text())
+    for model, ratio in data["speedup_over_seed_pipeline"].items():
+        ratio.pop("level")
+        ratio["rounds"] = 3
+        data["decisions"][model] = "a beats b beyond noise: 0.800x (95% interval 0.731-0.873, 3 rounds)"
+    path.write_text(json.dumps(data))
+    tune.rerender_saved(path, "abc1234")
+    text = path.with_suffix(".md").read_text()
+    assert "95% interval" not in text and text.count("level unknown") >= 4
+    assert "a range of 3 rounds covers 75%" in text

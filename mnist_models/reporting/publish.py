@@ -1,7 +1,7 @@
 """Every markdown report `mnist-bench report` renders, from stored data only: the benchmark report of a
 saved pytest-benchmark JSON, a machine's conv-kernel report, the accuracy-vs-cost report of every
-machine's runs, this machine's time-to-accuracy report, the index of all machines and the README's
-results table (the same evidence as the index, so it is never typed by hand)."""
+machine's runs, each machine's time-to-accuracy report and tune report, the index of all machines and the
+README's results table (the same evidence as the index, so it is never typed by hand)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def publish(
 ) -> None:
     """`mnist-bench report`: a benchmark report re-rendered from its JSON (bench_json -> bench_out), a
     machine's kernel report (kernels: its folder), and (accuracy) the accuracy-vs-cost report of every
-    machine's runs, with this machine's time-to-accuracy report, the index and the README's table."""
+    machine's runs, with each machine's time-to-accuracy and tune reports, the index and the README's table."""
     out = out or str(REPORTS_DIR / "accuracy-vs-cost.md")
 
     bench = load_bench_json(Path(bench_json)) if bench_json else None
@@ -81,27 +81,46 @@ def publish(
     out = Path(out)
     write_text(out, render(runs, problems, benches, out.parent, command="mnist-bench report"))
     log(f"accuracy-vs-cost report written to {out} ({len(runs)} runs)")
-    _write_tta_report(runs, out, log)
+    _write_tta_reports(runs, out, log)
     if out.resolve().parent == REPORTS_DIR.resolve() and MACHINES_DIR.is_dir():  # the summary of all machines
         from .index import render_index
 
+        _rerender_tune_reports(log, warn)
         write_text(REPORTS_DIR / "index.md", render_index(REPORTS_DIR, MACHINES_DIR))
         log(f"index of every machine's reports written to {REPORTS_DIR / 'index.md'}")
         _refresh_readme_results(log)
 
 
-def _write_tta_report(runs: list, out: Path, log: Callable[[str], None]) -> None:
-    """This machine's time-to-accuracy report (another machine's is written on that machine): in its evidence
-    folder beside the summary of all machines, else beside `out`."""
+def _write_tta_reports(runs: list, out: Path, log: Callable[[str], None]) -> None:
+    """Each machine's time-to-accuracy report, from its own records (rendering needs no machine: every
+    figure is in the records): in each evidence folder beside the summary of all machines; else only
+    this machine's, beside `out`."""
     from ..system.machine import machine_info, machine_key
     from .tta import write_report
 
-    here = machine_key(machine_info())
-    mine = [r for r in runs if r.machine_key == here]
-    folder = MACHINES_DIR / here if out.resolve().parent == REPORTS_DIR.resolve() else out.parent
-    path = write_report(folder / "time-to-accuracy.md", mine, runs, "mnist-bench report")
-    if path is not None:
-        log(f"time-to-accuracy report of this machine written to {path}")
+    if out.resolve().parent == REPORTS_DIR.resolve():
+        keys = sorted({r.machine_key for r in runs})
+        folders = {key: MACHINES_DIR / key for key in keys}
+    else:
+        folders = {machine_key(machine_info()): out.parent}
+    for key, folder in folders.items():
+        path = write_report(folder / "time-to-accuracy.md", [r for r in runs if r.machine_key == key], runs, "mnist-bench report")
+        if path is not None:
+            log(f"time-to-accuracy report of {key} written to {path}")
+
+
+def _rerender_tune_reports(log: Callable[[str], None], warn: Callable[[str], None]) -> None:
+    """Every machine's tune.md from its tune.json, in this version's words (an older run's intervals,
+    printed as 95% at any n, are named for what they are)."""
+    from ..runs.tune import rerender_saved
+    from ..system.machine import git_commit
+
+    code = git_commit()
+    for path in sorted(MACHINES_DIR.glob("*/tune.json")):
+        try:
+            log(f"tune report re-rendered: {rerender_saved(path, code)}")
+        except (OSError, ValueError, KeyError, TypeError, UsageError) as exc:
+            warn(f"warning: {path} could not be re-rendered ({type(exc).__name__}: {exc}); its tune.md is left as it was")
 
 
 def _rerender_command(bench: dict, path: str) -> str:
