@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import pytest
@@ -381,3 +382,29 @@ def test_a_child_process_is_not_counted_as_contention():
     )
     assert probe.own_seconds() >= 1.4
     assert probe.cores_used_by_others() < 0.5  # it burned a whole core, but it was ours
+
+
+def test_a_runs_set_up_is_its_busy_sample_with_its_own_work_taken_out():
+    """train() reads the busy check over its own set-up instead of waiting idle first: burning a core itself
+    is not somebody else's load, a stranger spinning beside it is."""
+    from mnist_models.system.machine import CpuContention, busy_check
+
+    def spin(seconds: float) -> None:
+        t = time.process_time()
+        while time.process_time() - t < seconds:
+            pass
+
+    started = time.perf_counter()
+    mine = CpuContention()
+    spin(0.6)
+    assert busy_check(since=mine)["cores_used_by_others"] < 0.5  # a whole core busy, but ours
+    assert time.perf_counter() - started < 1.0  # no extra wait: the set-up was the sample
+    stranger = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # started and spinning
+        theirs = CpuContention()
+        spin(0.6)
+        assert busy_check(since=theirs)["cores_used_by_others"] > 0.5
+    finally:
+        stranger.kill()
+        stranger.wait(timeout=10)

@@ -86,7 +86,7 @@ class RunRecord:
     train_images_per_second: float
     device_name: str
     machine: dict  # machine.machine_info(): CPU, ISA, versions, code commit
-    busy_before_start: dict  # machine.busy_check() taken before the work
+    busy_before_start: dict  # machine.busy_check() over the run's set-up, before the epochs
     cores_used_by_others_during_run: float | None
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     inference_ms: dict[str, float] = field(default_factory=dict)

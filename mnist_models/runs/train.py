@@ -218,12 +218,12 @@ def train(
     """
     # Set up: threads, data, the seeded net and its optimizer, the loader, the schedule.
     setting_up = time.perf_counter()
+    set_up_contention = CpuContention()  # the set-up is the busy check's sample: no idle wait before the work
     key = key or run_key(config, job)
     variant = key.variant
     log = log if job.is_main else _silent
     set_threads(key.threads)
     keep_freed_memory()  # also where train() runs without the CLI: a Ray worker, a library caller
-    busy = busy_check()  # before any work of ours, so the busy share is somebody else's
     machine = machine_info()  # taken as the run starts: the code id is the code that runs, not what the tree holds later
     dataset = dataset or load_dataset(config.dataset, config.data_root)
     check_batch_size(config.batch_size, dataset.train)
@@ -231,6 +231,8 @@ def train(
     reset_peak_memory(variant.device)
     work = build(config.model, variant, "train", seed=config.seed, lr=config.lr, wrap=job.wrapper(variant.device))
     job.seed_own_randomness(config.seed)
+    # Our own CPU time (and our job's other ranks') is taken out: the rest is somebody else's.
+    busy = busy_check(since=set_up_contention, siblings_seconds=job.siblings_cpu_seconds(set_up_contention.own_seconds()))
     described = job.describe(config.per_rank_batch, torch.get_num_threads())
     if described and described["oversubscribed"]:
         busy = busy | {

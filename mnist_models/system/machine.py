@@ -171,19 +171,24 @@ def set_threads(threads: int) -> int:
     return before
 
 
-def busy_check(sample_seconds: float = 0.5) -> dict:
-    """How much of the CPU other processes use while this one waits, plus load and thread counts.
+MIN_SAMPLE_S = 0.2  # the least time a busy check samples: /proc/stat counts in 10 ms ticks
 
-    Call it before starting work: this process is idle while sampling, so the busy share is
-    somebody else's.
+
+def busy_check(sample_seconds: float = 0.5, since: CpuContention | None = None, siblings_seconds: float = 0.0) -> dict:
+    """How much of the CPU other processes use, plus load and thread counts.
+
+    Without `since`, it samples `sample_seconds` while this process waits (call it before the work).
+    With `since` (a CpuContention started earlier, e.g. when a run's set-up began) the set-up itself is
+    the sample, this process's own CPU time (and `siblings_seconds`, its job's other ranks') taken out:
+    no idle wait before the work; a set-up shorter than MIN_SAMPLE_S is topped up by waiting.
     """
     cores = os.cpu_count() or 1
-    before = _cpu_times()
-    time.sleep(sample_seconds)
-    after = _cpu_times()
-    others = None
-    if before and after and after[1] > before[1]:
-        others = round(cores * (after[0] - before[0]) / (after[1] - before[1]), 2)
+    if since is None:
+        since = CpuContention()
+        time.sleep(sample_seconds)
+    else:
+        time.sleep(max(0.0, MIN_SAMPLE_S - since.seconds()))
+    others = since.cores_used_by_others(siblings_seconds)
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     threads = torch.get_num_threads()
     reasons = []
@@ -209,12 +214,18 @@ def _own_cpu() -> float:
 class CpuContention:
     """Cores used by *other* processes while this one works: all CPU time minus our own.
 
-    busy_check() looks before the work; this catches a neighbour that starts halfway through.
+    busy_check() reads one over a run's set-up (or a wait); a run keeps another over its epochs, which
+    catches a neighbour that starts halfway through.
     """
 
     def __init__(self) -> None:
         self._start = _cpu_times()
         self._own = _own_cpu()
+        self._wall = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Wall seconds since it started."""
+        return time.perf_counter() - self._wall
 
     def own_seconds(self) -> float:
         """CPU seconds this process and the children it waited for (e.g. a benchmark's torchrun jobs) used since the start."""
