@@ -390,6 +390,9 @@ def _data_parser(sub) -> None:
     p.set_defaults(func=cmd_data)
 
 
+DOWNLOADABLE = ("mnist", "fashion-mnist")  # torchvision's downloads; train, sweep and the benchmarks fetch them on first use
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from ..core.data import load_dataset
 
@@ -404,7 +407,8 @@ def cmd_data(args: argparse.Namespace) -> int:
             found.append({"name": name, "available": False, "problem": str(exc)})
             missing.append(name)
             if not args.json:
-                print(f"{name:14s} unavailable: {exc}")
+                fetch = "" if args.download or name not in DOWNLOADABLE else " (mnist-bench data --download fetches it)"
+                print(f"{name:14s} unavailable{fetch}: {exc}")
             continue
         counts = dataset.counts()
         found.append(

@@ -170,10 +170,7 @@ def _load_torchvision(name: str, root: Path, download: bool) -> Dataset:
         source = f"{DEBIAN_FASHION_DIR} (Debian dataset-fashion-mnist)"
     if _missing_files(name, root):
         if not download:
-            raise DataError(
-                f"{name} is not in {root} and this command only looks (train, sweep and the benchmarks download it; "
-                f"mnist-bench data --download fetches it now); {OFFLINE_HINT}"
-            )
+            raise DataError(f"{name} is not in {root} and downloading is off; {OFFLINE_HINT}")
         _download(name, root)
         source = f"{source} (downloaded)"
     splits = []
