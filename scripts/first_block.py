@@ -12,6 +12,9 @@ machine's threads, channels_last as the fast path runs:
   into channels_last order) and the weight gradient as one matrix product with those patches;
 - argmax: as gemm, but the weight gradient read from the pooled gradient at each window's argmax
   (a quarter of the positions), so the pooled gradient is never scattered back to 28x28;
+- densepool: the native convolution, then the pooling as four strided maxima forward and, backward,
+  the gradient routed by equality masks (the first maximum of a window in row-major order takes it,
+  as max_pool2d's argmax does): no int64 indices, no zero-filled gradient, but a dozen eager passes;
 - compiled (with --with-compile): the convolution written as nine shifted multiply-adds, so that
   torch.compile (inductor) may fuse it with the pooling and the ReLU into one loop, forward and
   backward; its compile time is printed.
@@ -66,6 +69,35 @@ class GemmBlock(torch.autograd.Function):
         return None, weight.view(32, 1, 3, 3), grad.sum((0, 2, 3)), None
 
 
+class DensePool(torch.autograd.Function):
+    """Max-pool 2x2 / 2 without indices: maxima of four strided views; the gradient goes to the first
+    maximum of each window (row-major), where max_pool2d's argmax sends it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        a, b, c, d = x[:, :, 0::2, 0::2], x[:, :, 0::2, 1::2], x[:, :, 1::2, 0::2], x[:, :, 1::2, 1::2]
+        out = torch.maximum(torch.maximum(a, b), torch.maximum(c, d))
+        ctx.save_for_backward(x, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, out = ctx.saved_tensors
+        a, b, c = x[:, :, 0::2, 0::2], x[:, :, 0::2, 1::2], x[:, :, 1::2, 0::2]
+        first = a == out
+        second = (b == out) & ~first
+        taken = first | second
+        third = (c == out) & ~taken
+        taken |= third
+        zero = torch.zeros((), dtype=grad.dtype)
+        full = torch.empty_like(x)
+        full[:, :, 0::2, 0::2] = torch.where(first, grad, zero)
+        full[:, :, 0::2, 1::2] = torch.where(second, grad, zero)
+        full[:, :, 1::2, 0::2] = torch.where(third, grad, zero)
+        full[:, :, 1::2, 1::2] = torch.where(taken, zero, grad)
+        return full
+
+
 def native(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(conv(x), 2, 2)
 
@@ -83,6 +115,7 @@ def shifted(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
 REWRITES = {
     "gemm": lambda conv, x: GemmBlock.apply(x, conv.weight, conv.bias, False),
     "argmax": lambda conv, x: GemmBlock.apply(x, conv.weight, conv.bias, True),
+    "densepool": lambda conv, x: DensePool.apply(conv(x)),
 }
 
 
@@ -139,7 +172,7 @@ def main() -> None:
     for name, seconds in times.items():
         ratios = [s / n for s, n in zip(seconds, times["native"])]
         print(
-            f"  {name:7s} {statistics.median(seconds) * 1e3:7.3f} ms   {statistics.median(ratios):5.2f}x the native block's time"
+            f"  {name:9s} {statistics.median(seconds) * 1e3:7.3f} ms   {statistics.median(ratios):5.2f}x the native block's time"
         )
     print(f"  (all outputs and gradients equal to the native block's; native median {base * 1e3:.3f} ms)")
     if compile_seconds is not None:
