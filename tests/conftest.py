@@ -1,4 +1,8 @@
+import io
 import os
+import subprocess
+import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +63,23 @@ class History:
 @pytest.fixture
 def history(tmp_path) -> History:
     return History(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def committed(tmp_path_factory) -> Path:
+    """README.md and reports/ as the last commit holds them, for the tests about the committed evidence:
+    a local run (`make bench`, `pytest bench --benchmark-only`) rewrites this machine's evidence in the
+    working tree, and `make test` after it must still judge what was committed. Without git (an
+    unpacked archive) the working tree is all there is."""
+    from mnist_models.system.paths import SOURCE_ROOT
+
+    try:
+        archive = subprocess.run(
+            ["git", "archive", "HEAD", "README.md", "reports"], cwd=SOURCE_ROOT, capture_output=True, check=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return SOURCE_ROOT
+    into = tmp_path_factory.mktemp("committed")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))  # 3.10.12+ / 3.11.4+
+    return into

@@ -148,10 +148,10 @@ def test_rows_that_measured_different_work_are_never_ratioed(tmp_path, capsys):
     assert "the gate has nothing to judge" in err and "2 not comparable" in err
 
 
-def test_the_committed_baseline_against_the_committed_full_report_claims_no_regression_from_a_dataset_change(tmp_path):
+def test_the_committed_baseline_against_the_committed_full_report_claims_no_regression_from_a_dataset_change(tmp_path, committed):
     """The Zen 4 baseline (quick subset, epochs on mnist-5k) against the full run of the same box
     (epochs on fashion-mnist): once a 17x 'regression' of the seed-loader epoch."""
-    zen4 = ROOT / "reports" / "machines" / "AMD-EPYC-family-25-model-17-avx512bf16"
+    zen4 = committed / "reports" / "machines" / "AMD-EPYC-family-25-model-17-avx512bf16"
     out = tmp_path / "c.md"
     cli.main(
         ["compare", str(zen4 / "baseline.json"), str(zen4 / "benchmarks-cpu.json"), "--fail-above", "25%"]
