@@ -10,6 +10,7 @@ cause (MnistBenchError) prints as one line and exits non-zero; nothing half-writ
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mnist-bench: interrupted; finished runs are saved, the unfinished one left nothing behind", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mnist-bench data | head -1`: the reader is gone, which is no error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not raise again
+        return 0
 
 
 if __name__ == "__main__":

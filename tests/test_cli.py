@@ -251,3 +251,12 @@ def test_home_resolution(tmp_path, monkeypatch):
     assert paths.shown("/elsewhere/x.md") == "/elsewhere/x.md"
     monkeypatch.delenv("MNIST_BENCH_HOME")
     assert paths.home() == Path(__file__).resolve().parent.parent  # this checkout: the package runs from it
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path):
+    """`mnist-bench data | head -1`: the reader leaves after one line; no traceback, exit 0."""
+    env = os.environ | {"MNIST_BENCH_HOME": str(tmp_path)}
+    cmd = f"{sys.executable} -m mnist_models data | head -1"
+    done = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.startswith("mnist ")

@@ -390,11 +390,8 @@ def _data_parser(sub) -> None:
     p.set_defaults(func=cmd_data)
 
 
-DOWNLOADABLE = ("mnist", "fashion-mnist")  # torchvision's downloads; train, sweep and the benchmarks fetch them on first use
-
-
 def cmd_data(args: argparse.Namespace) -> int:
-    from ..core.data import load_dataset
+    from ..core.data import IDX_FOLDERS, load_dataset
 
     unknown = [n for n in args.names if n not in DATASETS]
     if unknown:
@@ -407,7 +404,7 @@ def cmd_data(args: argparse.Namespace) -> int:
             found.append({"name": name, "available": False, "problem": str(exc)})
             missing.append(name)
             if not args.json:
-                fetch = "" if args.download or name not in DOWNLOADABLE else " (mnist-bench data --download fetches it)"
+                fetch = "" if args.download or name not in IDX_FOLDERS else " (mnist-bench data --download fetches it)"
                 print(f"{name:14s} unavailable{fetch}: {exc}")
             continue
         counts = dataset.counts()
