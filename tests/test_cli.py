@@ -260,3 +260,26 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path):
     done = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert done.stdout.startswith("mnist ")
+
+
+def test_a_torchrun_rank_ends_without_the_interpreters_teardown(monkeypatch):
+    """gloo's teardown at interpreter exit aborted finished ranks (SIGABRT); a rank leaves through
+    scale.distributed.leave, and every way the CLI is run as a process ends through cli.end_process."""
+    from mnist_models.scale import distributed
+
+    root = Path(__file__).resolve().parent.parent
+
+    left = []
+    monkeypatch.setattr(distributed, "leave", left.append)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    with pytest.raises(SystemExit):  # the real leave never returns; this one does, so sys.exit follows
+        cli.end_process(3)
+    assert left == [3]
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    with pytest.raises(SystemExit) as ended:
+        cli.end_process(2)
+    assert ended.value.code == 2 and left == [3]
+    assert 'mnist-bench = "mnist_models.cli:run_as_process"' in (root / "pyproject.toml").read_text()
+    for path in [root / "mnist_models" / "__main__.py", *(root / "tests" / "helpers").glob("*.py")]:
+        text = path.read_text()
+        assert "cli.main(" not in text or "cli.end_process(" in text, f"{path.name} ends another way than a rank does"

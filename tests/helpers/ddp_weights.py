@@ -44,4 +44,4 @@ try:
 finally:
     with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
         json.dump(log, fh)
-sys.exit(status)
+cli.end_process(status)  # as a real rank ends

@@ -40,4 +40,4 @@ def commit(tmp, path):
 
 
 atomic.stage, atomic.commit = stage, commit
-sys.exit(cli.main(args))
+cli.run_as_process(args)
