@@ -84,18 +84,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_as_process(argv: list[str] | None = None) -> None:
     """main(argv) as a whole process: `mnist-bench`, `python -m mnist_models` and the tests' planted
-    ranks all run and end here, so a test's rank ends as a user's does."""
+    ranks all run and end here (scale/distributed.py, end_process), so a test's rank ends as a user's does."""
+    from .scale.distributed import end_process
+
     end_process(main(argv))
-
-
-def end_process(code: int) -> None:
-    """A torchrun rank leaves without the interpreter's teardown (scale/distributed.py, leave: gloo's
-    teardown at exit has aborted finished ranks); any other process ends through sys.exit."""
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun rank (distributed.under_torchrun, without importing torch)
-        from .scale.distributed import leave
-
-        leave(code)
-    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -264,7 +264,7 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path):
 
 def test_a_torchrun_rank_ends_without_the_interpreters_teardown(monkeypatch):
     """gloo's teardown at interpreter exit aborted finished ranks (SIGABRT); a rank leaves through
-    scale.distributed.leave, and every way the CLI is run as a process ends through cli.end_process."""
+    scale.distributed.leave, and every way the CLI is run as a process ends through distributed.end_process."""
     from mnist_models.scale import distributed
 
     root = Path(__file__).resolve().parent.parent
@@ -273,13 +273,13 @@ def test_a_torchrun_rank_ends_without_the_interpreters_teardown(monkeypatch):
     monkeypatch.setattr(distributed, "leave", left.append)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     with pytest.raises(SystemExit):  # the real leave never returns; this one does, so sys.exit follows
-        cli.end_process(3)
+        distributed.end_process(3)
     assert left == [3]
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     with pytest.raises(SystemExit) as ended:
-        cli.end_process(2)
+        distributed.end_process(2)
     assert ended.value.code == 2 and left == [3]
     assert 'mnist-bench = "mnist_models.cli:run_as_process"' in (root / "pyproject.toml").read_text()
     for path in [root / "mnist_models" / "__main__.py", *(root / "tests" / "helpers").glob("*.py")]:
         text = path.read_text()
-        assert "cli.main(" not in text or "cli.end_process(" in text, f"{path.name} ends another way than a rank does"
+        assert "cli.main(" not in text or "end_process(" in text, f"{path.name} ends another way than a rank does"

@@ -128,6 +128,14 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
+def end_process(code: int) -> None:
+    """The end of every process that runs the CLI or a rank's script (cli.run_as_process, scaling.py):
+    a torchrun rank leaves without the interpreter's teardown, any other process through sys.exit."""
+    if under_torchrun():
+        leave(code)
+    sys.exit(code)
+
+
 def leave(code: int) -> None:
     """End a torchrun worker with `code`, its results written, without the interpreter's teardown.
 

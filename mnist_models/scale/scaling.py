@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 
 from ..core import blocks
 from ..core.data import load_dataset
@@ -153,7 +152,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    if distributed.under_torchrun():
-        distributed.leave(code)  # without the interpreter's teardown of gloo (see leave)
-    sys.exit(code)
+    distributed.end_process(main())  # without the interpreter's teardown of gloo (see leave)

@@ -45,4 +45,4 @@ if kind == "data" and rank == int(value):
     from mnist_models.core.data import Dataset
 
     Dataset.digest = lambda self: "other-images"
-cli.run_as_process(args)  # and end as a real rank does (cli.end_process)
+cli.run_as_process(args)  # and end as a real rank does (distributed.end_process)

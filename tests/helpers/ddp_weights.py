@@ -14,6 +14,7 @@ import torch
 
 import mnist_models.runs.train as training
 from mnist_models import cli
+from mnist_models.scale.distributed import end_process
 
 out, args = sys.argv[1], sys.argv[2:]
 rank = os.environ["RANK"]
@@ -44,4 +45,4 @@ try:
 finally:
     with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
         json.dump(log, fh)
-cli.end_process(status)  # as a real rank ends
+end_process(status)  # as a real rank ends
